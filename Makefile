@@ -1,0 +1,41 @@
+# Every target works on a fresh machine with Python 3.11 and pip: the virtual environment is made when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The CPU build that lies on the developers' disk; set TORCH_SPEC to another torch (a CUDA build) if you like.
+TORCH_SPEC ?= torch==2.13.0
+KERNEL := workbench
+
+.PHONY: install test reports lab benchmark chromium clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[test,lab]"
+	$(VENV)/bin/workbench kernel
+	touch $@
+
+install: $(VENV)/.installed
+
+# The report test opens HTML in headless Chromium; Debian's package is installed when missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the report tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: install chromium
+	$(PY) -m pytest
+
+reports: install
+	$(VENV)/bin/workbench reports
+
+lab: install
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+benchmark: install
+	$(PY) benchmarks/bench_gradients.py
+
+clean:
+	rm -rf $(VENV) reports/*.ipynb reports/*.html reports/*.nc reports/*/

@@ -1,0 +1,47 @@
+"""Sample a probe during training every ``k`` steps into one Dataset with a ``step`` dim."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import xarray as xr
+from torch import Tensor
+
+__all__ = ["ProbeRecorder"]
+
+Probe = Callable[..., xr.Dataset]
+
+
+class ProbeRecorder:
+    """Calls ``probe(model, batch, **options)`` at step 0 and every ``every`` steps.
+
+    The training loop calls :meth:`maybe_record` with the batch it is about to train on; the
+    Datasets are concatenated along ``step`` by :attr:`history`. ``name`` labels the result in a
+    training history (default: the probe's function name).
+    """
+
+    def __init__(self, probe: Probe, every: int = 10, name: str | None = None, **options: Any) -> None:
+        if every < 1:
+            raise ValueError(f"every must be a positive number of steps, got {every}")
+        self.probe = probe
+        self.every = every
+        self.name = name or probe.__name__
+        self.options = options
+        self._records: list[xr.Dataset] = []
+
+    def maybe_record(self, step: int, model, batch: tuple[Tensor, Mapping[str, Tensor]]) -> bool:
+        """Record the probe if ``step`` is due; returns whether it recorded."""
+        if step % self.every:
+            return False
+        self._records.append(self.probe(model, batch, **self.options).expand_dims(step=[step]))
+        return True
+
+    @property
+    def history(self) -> xr.Dataset:
+        """All records along ``step``, with the probe's attrs and the sampling interval."""
+        if not self._records:
+            raise RuntimeError(f"recorder {self.name!r} has recorded nothing yet")
+        ds = xr.concat(self._records, dim="step", combine_attrs="override")
+        ds.attrs["every"] = self.every
+        return ds

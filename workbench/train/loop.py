@@ -1,0 +1,137 @@
+"""The training loop: equal-weight multi-task training with probe recorders attached.
+
+``train`` runs a fixed number of optimiser steps on shuffled batches, records the per-task batch
+losses every step, evaluates loss and metric per task on held-out data every ``eval_every`` steps,
+and lets each :class:`~workbench.probes.ProbeRecorder` sample its probe on the batch about to be
+trained on. ``single_task_baselines`` trains one model per task with the same loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+from tqdm.auto import tqdm
+
+from workbench.probes.recorder import ProbeRecorder
+from workbench.tasks import MultiTaskData, MultiTaskModel, Task
+
+__all__ = ["TrainingResult", "train", "single_task_baselines"]
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+@dataclass
+class TrainingResult:
+    """What a run leaves: the trained model, its metric ``history`` and each recorder's probe history.
+
+    ``history`` holds ``train_loss (step, task)`` for every step and ``loss``, ``metric``
+    ``(eval_step, task)`` on the evaluation data.
+    """
+
+    model: MultiTaskModel
+    history: xr.Dataset
+    probes: dict[str, xr.Dataset] = field(default_factory=dict)
+
+
+def train(
+    model: MultiTaskModel,
+    data: MultiTaskData,
+    steps: int,
+    *,
+    eval_data: MultiTaskData | None = None,
+    batch_size: int = 64,
+    optimizer: OptimizerFactory = partial(torch.optim.Adam, lr=1e-3),
+    recorders: Sequence[ProbeRecorder] = (),
+    eval_every: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainingResult:
+    """Train ``model`` on the sum of its task losses for ``steps`` steps; deterministic under ``seed``.
+
+    ``optimizer`` builds any torch optimiser from the parameters (``functools.partial(torch.optim.SGD,
+    lr=0.1, momentum=0.9)``). ``eval_data`` defaults to ``data``; it is evaluated at step 0, every
+    ``eval_every`` steps (default: ten times per run) and after the last step.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be positive, got {steps}")
+    missing = set(model.task_names) - set(data.task_names)
+    if missing:
+        raise ValueError(f"the data has no targets for tasks {sorted(missing)} of the model")
+    eval_data = data if eval_data is None else eval_data
+    eval_every = eval_every or max(1, steps // 10)
+    torch.manual_seed(seed)
+    opt = optimizer(model.parameters())
+    batches = data.batches(batch_size, torch.Generator().manual_seed(seed))
+    names = model.task_names
+    train_loss = np.empty((steps, len(names)))
+    eval_steps, eval_loss, eval_metric = [], [], []
+
+    def evaluate(step: int) -> None:
+        scores = model.evaluate(eval_data.x, eval_data.targets)
+        eval_steps.append(step)
+        eval_loss.append([scores[n][0] for n in names])
+        eval_metric.append([scores[n][1] for n in names])
+
+    model.train()
+    for step in tqdm(range(steps), desc="training", disable=not progress):
+        if step % eval_every == 0:
+            evaluate(step)
+        batch = next(batches)
+        for recorder in recorders:
+            recorder.maybe_record(step, model, batch)
+        losses = model.losses(*batch)
+        opt.zero_grad(set_to_none=True)
+        torch.stack(list(losses.values())).sum().backward()
+        opt.step()
+        train_loss[step] = [losses[n].item() for n in names]
+    evaluate(steps)
+
+    tasks = [model.tasks[n] for n in names]
+    history = xr.Dataset(
+        {
+            "train_loss": (("step", "task"), train_loss),
+            "loss": (("eval_step", "task"), np.array(eval_loss)),
+            "metric": (("eval_step", "task"), np.array(eval_metric)),
+        },
+        coords={
+            "step": np.arange(steps),
+            "eval_step": eval_steps,
+            "task": names,
+            "metric_name": ("task", [t.metric_name for t in tasks]),
+            "higher_is_better": ("task", [t.higher_is_better for t in tasks]),
+        },
+        attrs={"steps": steps, "batch_size": batch_size, "seed": seed, "optimizer": repr(opt.__class__.__name__)},
+    )
+    return TrainingResult(model, history, {r.name: r.history for r in recorders})
+
+
+def single_task_baselines(
+    model_factory: Callable[[Sequence[Task]], MultiTaskModel],
+    data: MultiTaskData,
+    steps: int,
+    *,
+    eval_data: MultiTaskData | None = None,
+    seed: int = 0,
+    **train_options,
+) -> xr.Dataset:
+    """Train one model per task with the same loop; final ``loss`` and ``metric`` per ``task``.
+
+    ``model_factory(tasks)`` builds a fresh model for the given tasks; it is called under
+    ``torch.manual_seed(seed)`` so every baseline starts from a seeded initialisation.
+    """
+    eval_data = data if eval_data is None else eval_data
+    finals = []
+    for task in data.tasks:
+        torch.manual_seed(seed)
+        model = model_factory([task])
+        result = train(model, data.subset([task.name]), steps, eval_data=eval_data.subset([task.name]), seed=seed, **train_options)
+        finals.append(result.history[["loss", "metric"]].isel(eval_step=-1, drop=True))
+    baselines = xr.concat(finals, dim="task")
+    baselines.attrs.update(baseline="single_task", steps=steps, seed=seed)
+    return baselines

@@ -69,7 +69,8 @@ def nearest_correlation(c: np.ndarray, floor: float = 1e-6) -> np.ndarray:
         return c
     fixed = (vectors * np.clip(values, floor, None)) @ vectors.T
     scale = np.sqrt(np.diag(fixed))
-    return fixed / np.outer(scale, scale)
+    fixed = fixed / np.outer(scale, scale)
+    return (fixed + fixed.T) / 2
 
 
 @dataclass

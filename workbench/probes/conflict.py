@@ -34,6 +34,7 @@ def gramian_statistics(gramian: Tensor, threshold: float = 0.0) -> dict[str, np.
     Entries that involve a task with a zero gradient are NaN; the indicator is 1.0 / 0.0 / NaN.
     """
     g = gramian.detach().double().cpu()
+    g = (g + g.T) / 2  # exact symmetry; float32 products differ in the last bits
     squared = torch.diagonal(g).clamp_min(0)
     norm = squared.sqrt()
     undefined = (squared == 0)[:, None] | (squared == 0)[None, :]

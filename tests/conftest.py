@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny multi-task models and batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench.tasks import MultiTaskModel, mlp_encoder, regression_task
+
+
+def tiny_model(n_tasks: int = 3, in_features: int = 5, hidden=(7, 6), seed: int = 0) -> MultiTaskModel:
+    torch.manual_seed(seed)
+    tasks = [regression_task(f"t{i}") for i in range(n_tasks)]
+    return MultiTaskModel(mlp_encoder(in_features, hidden, torch.nn.Tanh), tasks, representation_dim=hidden[-1])
+
+
+def tiny_batch(model: MultiTaskModel, n: int = 11, in_features: int = 5, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, in_features, generator=g)
+    return x, {name: torch.randn(n, generator=g) for name in model.task_names}
+
+
+@pytest.fixture
+def model():
+    return tiny_model()
+
+
+@pytest.fixture
+def batch(model):
+    return tiny_batch(model)

@@ -1,0 +1,83 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from tests.conftest import tiny_batch, tiny_model
+from workbench.gradients import model_task_jacobian, task_jacobian
+
+
+def naive_jacobian(model, batch):
+    """One ``torch.autograd.grad`` per task, flattened and stacked: the reference."""
+    rows = []
+    for name in model.task_names:
+        loss = model.losses(*batch)[name]
+        grads = torch.autograd.grad(loss, [p for _, p in model.shared_parameters()], allow_unused=True)
+        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, (_, p) in zip(grads, model.shared_parameters())]))
+    return torch.stack(rows)
+
+
+@settings(max_examples=15, deadline=None)
+@given(n_tasks=st.integers(1, 6), width=st.integers(1, 9), seed=st.integers(0, 10_000))
+def test_jacobian_matches_naive_loop(n_tasks, width, seed):
+    model = tiny_model(n_tasks, hidden=(width, 4), seed=seed)
+    batch = tiny_batch(model, seed=seed)
+    jacobian = model_task_jacobian(model, *batch)
+    expected = naive_jacobian(model, batch)
+    torch.testing.assert_close(jacobian.matrix(), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(jacobian.gramian(), expected @ expected.T, atol=1e-5, rtol=1e-5)
+
+
+def test_block_shapes_and_layer_gramians_add_up(model, batch):
+    jacobian = model_task_jacobian(model, *batch)
+    for name, parameter in model.shared_parameters():
+        assert jacobian.blocks[name].shape == (3, *parameter.shape)
+    per_tensor = jacobian.gramians("tensor")
+    per_module = jacobian.gramians("module")
+    assert list(per_module) == ["0", "2"]
+    assert list(per_tensor) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    torch.testing.assert_close(per_module["0"], per_tensor["0.weight"] + per_tensor["0.bias"])
+    torch.testing.assert_close(sum(per_module.values()), jacobian.gramian())
+
+
+def test_unused_parameters_and_zero_gradient_give_zero_rows():
+    a = nn.Parameter(torch.tensor([1.0, 2.0]))
+    b = nn.Parameter(torch.tensor([3.0]))
+    losses = {"uses_a": (a**2).sum(), "uses_b": 2 * b.sum(), "constant": a.sum() * 0.0}
+    jacobian = task_jacobian(losses, [("a", a), ("b", b)])
+    torch.testing.assert_close(jacobian.matrix(), torch.tensor([[2.0, 4.0, 0.0], [0.0, 0.0, 2.0], [0.0, 0.0, 0.0]]))
+
+
+def test_losses_without_graph_give_zeros():
+    a = nn.Parameter(torch.ones(2))
+    jacobian = task_jacobian({"x": torch.tensor(1.0), "y": torch.tensor(2.0)}, [("a", a)])
+    assert torch.equal(jacobian.matrix(), torch.zeros(2, 2))
+
+
+def test_unbatchable_operator_falls_back_to_a_loop(monkeypatch):
+    a = nn.Parameter(torch.tensor([1.0, -2.0]))
+    real_grad = torch.autograd.grad
+
+    def no_vmap(*args, **kwargs):
+        if kwargs.get("is_grads_batched"):
+            raise RuntimeError("no batching rule")
+        return real_grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", no_vmap)
+    with pytest.warns(RuntimeWarning, match="task by task"):
+        jacobian = task_jacobian({"p": (a**2).sum(), "q": (3 * a).sum()}, [("a", a)])
+    torch.testing.assert_close(jacobian.matrix(), torch.tensor([[2.0, -4.0], [3.0, 3.0]]))
+
+
+@pytest.mark.parametrize(
+    "losses, message",
+    [
+        ({}, "no losses"),
+        ({"vector": torch.ones(2, requires_grad=True)}, "task 'vector' must be a scalar"),
+        ({"bad": torch.tensor(float("nan"), requires_grad=True)}, "task 'bad' is nan"),
+    ],
+)
+def test_bad_losses_are_refused_by_name(losses, message):
+    with pytest.raises(ValueError, match=message):
+        task_jacobian(losses, [("a", nn.Parameter(torch.ones(1)))])

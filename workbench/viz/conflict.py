@@ -1,0 +1,83 @@
+"""Plotly figures of gradient conflict; each takes the xarray objects the probes return."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import xarray as xr
+
+from workbench.probes.conflict import upper_pairs
+
+__all__ = ["cosine_matrix_slider", "layer_conflict_heatmap", "pair_cosine_over_time", "planted_vs_measured"]
+
+_DIVERGING = dict(colorscale="RdBu", zmin=-1, zmax=1, zmid=0)
+
+
+def _matrix_text(values: np.ndarray) -> list[list[str]]:
+    return [["–" if np.isnan(v) else f"{v:.2f}" for v in row] for row in values]
+
+
+def cosine_matrix_slider(history: xr.Dataset, variable: str = "cosine") -> go.Figure:
+    """The ``(task, other_task)`` matrix of ``variable`` at each recorded step, with a slider over ``step``.
+
+    Missing values (zero gradients) are drawn as empty cells labelled "–".
+    """
+    tasks = [str(t) for t in history.task.values]
+    steps = [int(s) for s in history.step.values]
+    fig = go.Figure()
+    for i, step in enumerate(steps):
+        values = history[variable].sel(step=step).values
+        fig.add_trace(go.Heatmap(
+            z=values, x=tasks, y=tasks, text=_matrix_text(values), texttemplate="%{text}",
+            visible=i == len(steps) - 1, colorbar=dict(title=variable), name=f"step {step}",
+            hovertemplate="%{y} · %{x}: %{z:.3f}<extra>step " + str(step) + "</extra>", **_DIVERGING,
+        ))
+    slider_steps = [
+        dict(label=str(step), method="update", args=[{"visible": [j == i for j in range(len(steps))]}])
+        for i, step in enumerate(steps)
+    ]
+    fig.update_layout(
+        title=f"Pairwise gradient {variable.replace('_', ' ')} over training",
+        sliders=[dict(active=len(steps) - 1, currentvalue=dict(prefix="step "), steps=slider_steps)],
+        yaxis=dict(autorange="reversed", scaleanchor="x"),
+    )
+    return fig
+
+
+def layer_conflict_heatmap(layer_frequency: xr.DataArray) -> go.Figure:
+    """Conflict frequency per layer (rows) and task pair (columns), from ``conflict_frequency(...)["layer_frequency"]``."""
+    pairs = upper_pairs(layer_frequency).transpose("layer", "pair")
+    fig = go.Figure(go.Heatmap(
+        z=pairs.values, x=list(pairs.pair.values), y=[str(v) for v in pairs.layer.values],
+        colorscale="Reds", zmin=0, zmax=1, colorbar=dict(title="conflict<br>frequency"),
+        hovertemplate="%{y} · %{x}: %{z:.2f}<extra></extra>",
+    ))
+    fig.update_layout(title="How often each task pair conflicts, per layer", xaxis_title="task pair", yaxis_title="layer")
+    return fig
+
+
+def pair_cosine_over_time(history: xr.Dataset, variable: str = "cosine") -> go.Figure:
+    """One line per task pair: ``variable`` against training step (gaps where undefined)."""
+    pairs = upper_pairs(history[variable])
+    fig = go.Figure([
+        go.Scatter(x=pairs.step.values, y=pairs.sel(pair=p).values, mode="lines+markers", name=str(p))
+        for p in pairs.pair.values
+    ])
+    fig.add_hline(y=history.attrs.get("threshold", 0.0), line_dash="dot", line_color="grey")
+    fig.update_layout(title=f"Pairwise gradient {variable.replace('_', ' ')} during training", xaxis_title="step", yaxis_title=variable)
+    return fig
+
+
+def planted_vs_measured(planted: xr.DataArray, measured: xr.DataArray, rank_correlation: float | None = None) -> go.Figure:
+    """Scatter of the planted pairwise similarity (x) against the measured one (y), one point per pair ``i < j``."""
+    truth = upper_pairs(planted)
+    seen = upper_pairs(measured.sel(task=planted.task, other_task=planted.other_task))
+    fig = go.Figure(go.Scatter(
+        x=truth.values, y=seen.values, mode="markers+text", text=list(truth.pair.values), textposition="top center",
+        hovertemplate="%{text}: planted %{x:.2f}, measured %{y:.3f}<extra></extra>",
+    ))
+    title = "Planted task similarity against measured gradient cosine"
+    if rank_correlation is not None:
+        title += f" (Spearman ρ = {rank_correlation:.2f})"
+    fig.update_layout(title=title, xaxis_title=planted.name or "planted similarity", yaxis_title=measured.name or "measured")
+    return fig

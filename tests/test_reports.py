@@ -1,0 +1,55 @@
+"""The notebooks run end to end, and their HTML reports render offline in a real browser."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.browser import external_references, render
+from workbench import results
+
+NOTEBOOK = "notebooks/01_gradient_conflict.ipynb"
+
+
+@pytest.fixture(scope="module")
+def conflict_report(tmp_path_factory):
+    """``workbench run`` on the first notebook, quick, from the command line as a user would call it."""
+    out = tmp_path_factory.mktemp("reports")
+    done = subprocess.run(
+        [sys.executable, "-m", "workbench.cli", "run", NOTEBOOK, "-p", "quick", "True", "-p", "steps", "50", "-o", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_run_writes_notebook_html_and_results(conflict_report):
+    assert (conflict_report / "01_gradient_conflict.ipynb").exists()
+    assert (conflict_report / "01_gradient_conflict.html").exists()
+    history = results.load(conflict_report / "01_gradient_conflict" / "conflict_history.nc")
+    assert history.step.values.tolist() == [0, 10, 20, 30, 40]
+    training = results.load(conflict_report / "01_gradient_conflict" / "training_history.nc")
+    assert training.sizes["step"] == 50
+
+
+@pytest.mark.slow
+def test_report_renders_every_figure_offline(conflict_report):
+    page = conflict_report / "01_gradient_conflict.html"
+    html = page.read_text()
+    figures = html.count('class="plotly-graph-div"')
+    assert figures == 4
+    assert external_references(html) == []
+    dom, requests = render(page)
+    assert requests == []
+    assert dom.count("plot-container plotly") == figures, "a figure did not render"
+    assert dom.count('class="main-svg"') >= figures
+
+
+@pytest.mark.slow
+def test_browser_check_catches_a_page_that_loads_from_the_network(tmp_path):
+    page = tmp_path / "leaky.html"
+    page.write_text('<html><body><script src="http://plotly.invalid/plotly.js"></script><p>hi</p></body></html>')
+    assert external_references(page.read_text()) == ["http://plotly.invalid/plotly.js"]
+    _, requests = render(page)
+    assert requests == ["http://plotly.invalid/plotly.js"]

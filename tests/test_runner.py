@@ -1,0 +1,101 @@
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from workbench import runner
+
+NOTEBOOK = Path("notebooks/01_gradient_conflict.ipynb")
+
+
+def test_every_notebook_has_parameters_with_quick_and_seed_and_no_outputs():
+    notebooks = sorted(Path("notebooks").glob("*.ipynb"))
+    assert notebooks
+    for path in notebooks:
+        parameters = runner.notebook_parameters(path)
+        assert {"quick", "seed"} <= set(parameters), path
+        assert parameters["quick"].default is False, path
+        nb = nbformat.read(path, as_version=4)
+        assert nb.metadata.kernelspec.name == runner.KERNEL_NAME
+        assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code"), path
+
+
+def test_parameters_are_read_with_their_types():
+    parameters = runner.notebook_parameters(NOTEBOOK)
+    assert parameters["steps"].default == 600 and parameters["steps"].kind is int
+    assert parameters["groups"].default == [[0, 1, 2], [3, 4]]
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"stepz": 50}, "unknown parameter 'stepz'"),
+        ({"steps": "fifty"}, "parameter 'steps' takes a int, got 'fifty'"),
+        ({"quick": 1}, "parameter 'quick' takes a bool"),
+        ({"steps": 2.5}, "parameter 'steps' takes a int"),
+    ],
+)
+def test_bad_parameters_are_refused_with_the_list(values, message):
+    with pytest.raises(ValueError, match=message) as error:
+        runner.check_parameters(NOTEBOOK, values)
+    assert "Its parameters are: n_tasks=6" in str(error.value)
+
+
+def test_good_parameters_are_coerced():
+    checked = runner.check_parameters(NOTEBOOK, {"lr": 1, "steps": 50, "by": "module", "quick": True})
+    assert checked == {"lr": 1.0, "steps": 50, "by": "module", "quick": True}
+    assert isinstance(checked["lr"], float)
+
+
+def test_cli_values_parse_as_literals():
+    assert runner.parse_cli_value("50") == 50
+    assert runner.parse_cli_value("True") is True
+    assert runner.parse_cli_value("[[0, 1]]") == [[0, 1]]
+    assert runner.parse_cli_value("module") == "module"
+
+
+def test_cli_refuses_unknown_parameter_before_running(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "workbench.cli", "run", str(NOTEBOOK), "-p", "stepz", "50", "-o", str(tmp_path)],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 2
+    assert "unknown parameter 'stepz'" in done.stderr and "steps=600" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_all_refuses_a_parameter_no_notebook_has(tmp_path):
+    with pytest.raises(ValueError, match="no notebook"):
+        runner.run_all("notebooks", tmp_path, {"nonsense": 1})
+
+
+def test_a_failed_run_keeps_the_previous_report(tmp_path):
+    notebook = tmp_path / "nb" / "09_fails.ipynb"
+    notebook.parent.mkdir()
+    cells = [nbformat.v4.new_code_cell("fail = False\nquick = False\nseed = 0", metadata={"tags": ["parameters"]}),
+             nbformat.v4.new_code_cell("assert not fail, 'asked to fail'")]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "workbench", "display_name": "w", "language": "python"}}), notebook)
+    out = tmp_path / "out"
+    report = runner.run_notebook(notebook, {}, out, progress=False)
+    good = report.notebook.read_text()
+    with pytest.raises(Exception, match="asked to fail"):
+        runner.run_notebook(notebook, {"fail": True}, out, progress=False)
+    assert report.notebook.read_text() == good
+    assert (out / "09_fails.failed.ipynb").exists()
+    index = runner.write_index([report], out)
+    assert '<a href="09_fails.html">' in index.read_text()
+
+
+def test_environment_yml_mirrors_pyproject():
+    project = tomllib.loads(Path("pyproject.toml").read_text())["project"]
+    wanted = set(project["dependencies"]) | {d for extra in project["optional-dependencies"].values() for d in extra}
+    environment = yaml.safe_load(Path("environment.yml").read_text())
+    pip = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
+    assert set(pip) - {"-e ."} == wanted
+    assert "-e ." in pip
+    python = next(d for d in environment["dependencies"] if isinstance(d, str) and d.startswith("python"))
+    assert python.replace("python", "") == project["requires-python"]

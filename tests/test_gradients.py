@@ -75,9 +75,20 @@ def test_unbatchable_operator_falls_back_to_a_loop(monkeypatch):
     [
         ({}, "no losses"),
         ({"vector": torch.ones(2, requires_grad=True)}, "task 'vector' must be a scalar"),
-        ({"bad": torch.tensor(float("nan"), requires_grad=True)}, "task 'bad' is nan"),
+        ({"bad": torch.tensor(float("nan"), requires_grad=True)}, "non-finite loss for tasks {'bad': nan}"),
     ],
 )
 def test_bad_losses_are_refused_by_name(losses, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, FloatingPointError), match=message):
         task_jacobian(losses, [("a", nn.Parameter(torch.ones(1)))])
+
+
+def test_representation_grads_are_each_tasks_gradient_at_z(model, batch):
+    assert model_task_jacobian(model, *batch).representation_grads is None
+    jacobian = model_task_jacobian(model, *batch, keep_representation_grads=True)
+    z = model.represent(batch[0]).detach().requires_grad_()
+    for i, name in enumerate(model.task_names):
+        loss = model.tasks[name].loss(model.heads[name](z), batch[1][name])
+        (expected,) = torch.autograd.grad(loss, z)
+        torch.testing.assert_close(jacobian.representation_grads[i], expected)
+    assert jacobian.representation_grads.shape == (3, 11, 6)

@@ -73,12 +73,20 @@ def test_run_all_refuses_a_parameter_no_notebook_has(tmp_path):
         runner.run_all("notebooks", tmp_path, {"nonsense": 1})
 
 
+def _write_notebook(path, source):
+    """A small notebook with a ``fail`` parameter, a markdown title and one result file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cells = [
+        nbformat.v4.new_markdown_cell("# A small experiment"),
+        nbformat.v4.new_code_cell(f"fail = False\nquick = False\nseed = 0\nresults_dir = 'out'", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(source),
+    ]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "workbench", "display_name": "w", "language": "python"}}), path)
+
+
 def test_a_failed_run_keeps_the_previous_report(tmp_path):
     notebook = tmp_path / "nb" / "09_fails.ipynb"
-    notebook.parent.mkdir()
-    cells = [nbformat.v4.new_code_cell("fail = False\nquick = False\nseed = 0", metadata={"tags": ["parameters"]}),
-             nbformat.v4.new_code_cell("assert not fail, 'asked to fail'")]
-    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "workbench", "display_name": "w", "language": "python"}}), notebook)
+    _write_notebook(notebook, "assert not fail, 'asked to fail'")
     out = tmp_path / "out"
     report = runner.run_notebook(notebook, {}, out, progress=False)
     good = report.notebook.read_text()
@@ -86,8 +94,25 @@ def test_a_failed_run_keeps_the_previous_report(tmp_path):
         runner.run_notebook(notebook, {"fail": True}, out, progress=False)
     assert report.notebook.read_text() == good
     assert (out / "09_fails.failed.ipynb").exists()
-    index = runner.write_index([report], out)
-    assert '<a href="09_fails.html">' in index.read_text()
+
+
+def test_run_all_writes_every_report_and_the_index(tmp_path):
+    save = "from pathlib import Path\nPath(results_dir).mkdir(parents=True, exist_ok=True)\nPath(results_dir, 'r.txt').write_text(str(seed))"
+    _write_notebook(tmp_path / "nb" / "01_first.ipynb", save)
+    _write_notebook(tmp_path / "nb" / "02_second.ipynb", save)
+    reports = runner.run_all(tmp_path / "nb", tmp_path / "out", {"seed": 7}, progress=False)
+    assert [r.notebook.name for r in reports] == ["01_first.ipynb", "02_second.ipynb"]
+    assert (tmp_path / "out" / "02_second" / "r.txt").read_text() == "7"
+    index = (tmp_path / "out" / "index.html").read_text()
+    assert '<a href="01_first.html">A small experiment</a>' in index
+    assert '<a href="02_second/r.txt">r.txt</a>' in index and "{&quot;seed&quot;: 7}" in index
+
+
+def test_kernel_runs_this_python():
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    assert runner.ensure_kernel() == "workbench"
+    assert KernelSpecManager().get_kernel_spec("workbench").argv[0] == sys.executable
 
 
 def test_environment_yml_mirrors_pyproject():

@@ -49,7 +49,7 @@ def test_any_torch_optimizer():
 def test_nan_loss_names_the_task():
     problem = _problem()
     problem.data.targets["t1"][5] = float("nan")
-    with pytest.raises(FloatingPointError, match="task 't1'"):
+    with pytest.raises(FloatingPointError, match="tasks {'t1': nan}"):
         train(_factory(problem.data.tasks), problem.data, 5, batch_size=200, progress=False)
 
 

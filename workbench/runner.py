@@ -126,18 +126,22 @@ def check_parameters(path: str | os.PathLike, values: Mapping[str, Any]) -> dict
 
 
 def ensure_kernel() -> str:
-    """Install the ``workbench`` Jupyter kernel for this Python when no usable one exists; returns its name."""
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    """Make the ``workbench`` Jupyter kernel run this Python; returns its name.
 
-    try:
-        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
-        if spec.argv and Path(spec.argv[0]).exists():
-            return KERNEL_NAME
-    except NoSuchKernel:
-        pass
-    from ipykernel.kernelspec import install
+    The kernel spec lives in this environment (``sys.prefix/share/jupyter``) and is (re)written when
+    missing or pointing at another Python. That directory is put first on ``JUPYTER_PATH`` for this
+    process, so a ``workbench`` kernel of another environment cannot shadow it.
+    """
+    data_dir = Path(sys.prefix) / "share" / "jupyter"
+    spec_file = data_dir / "kernels" / KERNEL_NAME / "kernel.json"
+    current = json.loads(spec_file.read_text()).get("argv", [None])[0] if spec_file.exists() else None
+    if current != sys.executable:
+        from ipykernel.kernelspec import install
 
-    install(kernel_name=KERNEL_NAME, display_name="Python (workbench)", prefix=sys.prefix)
+        install(kernel_name=KERNEL_NAME, display_name="Python (workbench)", prefix=sys.prefix)
+    paths = os.environ.get("JUPYTER_PATH", "").split(os.pathsep)
+    if str(data_dir) not in paths:
+        os.environ["JUPYTER_PATH"] = os.pathsep.join([str(data_dir), *filter(None, paths)])
     return KERNEL_NAME
 
 

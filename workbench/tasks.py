@@ -10,6 +10,7 @@ A :class:`MultiTaskData` holds inputs and one target tensor per task.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["Task", "MultiTaskModel", "MultiTaskData", "mlp_encoder", "regression_task", "classification_task"]
+__all__ = ["check_finite", "Task", "MultiTaskModel", "MultiTaskData", "mlp_encoder", "regression_task", "classification_task"]
 
 TaskKind = Literal["regression", "classification"]
 
@@ -41,6 +42,14 @@ def _accuracy(output: Tensor, target: Tensor) -> Tensor:
     else:
         predicted = output.argmax(dim=-1).to(target.dtype)
     return (predicted == target).float().mean()
+
+
+def check_finite(losses: Mapping[str, Tensor]) -> None:
+    """Raise ``FloatingPointError`` naming every task whose loss is NaN or infinite (one check for all)."""
+    values = torch.stack([loss.detach().reshape(()) for loss in losses.values()])
+    if not torch.isfinite(values).all():
+        bad = {name: v for name, v in zip(losses, values.tolist()) if not math.isfinite(v)}
+        raise FloatingPointError(f"non-finite loss for tasks {bad}: check their targets and the learning rate")
 
 
 @dataclass(frozen=True)
@@ -145,14 +154,11 @@ class MultiTaskModel(nn.Module):
 
     def losses_from_outputs(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """``{task: scalar loss}`` for the given outputs; raises on a missing target or a non-finite loss."""
-        losses = {}
-        for name, task in self.tasks.items():
-            if name not in targets:
-                raise KeyError(f"no target for task {name!r}; targets hold {sorted(targets)}")
-            loss = task.loss(outputs[name], targets[name])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss of task {name!r} is {loss.item()}: check its targets and the learning rate")
-            losses[name] = loss
+        missing = [name for name in self.tasks if name not in targets]
+        if missing:
+            raise KeyError(f"no targets for tasks {missing}; targets hold {sorted(targets)}")
+        losses = {name: task.loss(outputs[name], targets[name]) for name, task in self.tasks.items()}
+        check_finite(losses)
         return losses
 
     def losses(self, x: Tensor, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:

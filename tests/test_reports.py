@@ -39,6 +39,8 @@ def test_report_renders_every_figure_offline(conflict_report):
     html = page.read_text()
     figures = html.count('class="plotly-graph-div"')
     assert figures == 4
+    assert "Spearman rank correlation, |planted similarity| vs mean cosine" in html
+    assert "training:" not in html, "a progress-bar frame was frozen into the report"
     assert external_references(html) == []
     dom, requests = render(page)
     assert requests == []

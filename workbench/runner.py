@@ -10,18 +10,21 @@ as ``reports/NAME.failed.ipynb``. ``run_all`` does this for every notebook and w
 from __future__ import annotations
 
 import ast
+import contextlib
 import datetime as _dt
 import html
 import json
 import os
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nbformat
+
+from workbench.progress import ENV_VARIABLE as PROGRESS_VARIABLE
 
 __all__ = [
     "KERNEL_NAME",
@@ -145,6 +148,21 @@ def ensure_kernel() -> str:
     return KERNEL_NAME
 
 
+@contextlib.contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of the block (kernels started inside inherit them)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -200,10 +218,11 @@ def run_notebook(
     handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".ipynb", dir=output_dir)
     os.close(handle)
     try:
-        papermill.execute_notebook(
-            str(notebook), temporary, parameters=checked, kernel_name=ensure_kernel(),
-            cwd=str(notebook.parent), progress_bar=progress,
-        )
+        with _environment({PROGRESS_VARIABLE: "0"}):  # the kernel inherits it: no widget frames frozen in the report
+            papermill.execute_notebook(
+                str(notebook), temporary, parameters=checked, kernel_name=ensure_kernel(),
+                cwd=str(notebook.parent), progress_bar=progress,
+            )
     except BaseException:
         os.replace(temporary, failed)
         print(f"{name} failed; the partly executed notebook is {failed}", file=sys.stderr)

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import xarray as xr
 from torch import nn
-from tqdm.auto import tqdm
 
 from workbench.probes.recorder import ProbeRecorder
+from workbench.progress import progress as progress_bar
 from workbench.tasks import MultiTaskData, MultiTaskModel, Task
 
 __all__ = ["TrainingResult", "train", "single_task_baselines"]
@@ -79,7 +79,7 @@ def train(
         eval_metric.append([scores[n][1] for n in names])
 
     model.train()
-    for step in tqdm(range(steps), desc="training", disable=not progress):
+    for step in progress_bar(range(steps), "training", enabled=progress):
         if step % eval_every == 0:
             evaluate(step)
         batch = next(batches)

@@ -92,3 +92,26 @@ def test_representation_grads_are_each_tasks_gradient_at_z(model, batch):
         (expected,) = torch.autograd.grad(loss, z)
         torch.testing.assert_close(jacobian.representation_grads[i], expected)
     assert jacobian.representation_grads.shape == (3, 11, 6)
+
+
+def test_a_cnn_encoder_fits_the_contract():
+    """A representation of shape (B, C, H, W) and heads that pool it: the engine still matches the loop."""
+    from workbench.tasks import MultiTaskModel, classification_task, regression_task
+
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1))
+    tasks = [regression_task("depth"), classification_task("digit", n_classes=5)]
+    heads = {"depth": nn.Sequential(nn.Flatten(), nn.Linear(3 * 6 * 6, 1)), "digit": nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 5))}
+    model = MultiTaskModel(encoder, tasks, heads=heads)
+    x = torch.randn(7, 1, 6, 6)
+    targets = {"depth": torch.randn(7), "digit": torch.randint(0, 5, (7,))}
+    jacobian = model_task_jacobian(model, x, targets, keep_representation_grads=True)
+    torch.testing.assert_close(jacobian.matrix(), naive_jacobian(model, (x, targets)), atol=1e-5, rtol=1e-5)
+    assert jacobian.representation_grads.shape == (2, 7, 3, 6, 6)
+
+
+def test_a_head_output_that_does_not_fit_its_targets_names_the_task(model, batch):
+    x, targets = batch
+    targets["t2"] = torch.randn(11, 3)
+    with pytest.raises(ValueError, match=r"task 't2': its loss failed on output \(11, 1\) and targets \(11, 3\)"):
+        model_task_jacobian(model, x, targets)

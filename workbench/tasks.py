@@ -157,7 +157,14 @@ class MultiTaskModel(nn.Module):
         missing = [name for name in self.tasks if name not in targets]
         if missing:
             raise KeyError(f"no targets for tasks {missing}; targets hold {sorted(targets)}")
-        losses = {name: task.loss(outputs[name], targets[name]) for name, task in self.tasks.items()}
+        losses = {}
+        for name, task in self.tasks.items():
+            try:
+                losses[name] = task.loss(outputs[name], targets[name])
+            except (RuntimeError, ValueError) as error:
+                raise ValueError(
+                    f"task {name!r}: its loss failed on output {tuple(outputs[name].shape)} and targets {tuple(targets[name].shape)}: {error}"
+                ) from error
         check_finite(losses)
         return losses
 

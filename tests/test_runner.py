@@ -124,3 +124,14 @@ def test_environment_yml_mirrors_pyproject():
     assert "-e ." in pip
     python = next(d for d in environment["dependencies"] if isinstance(d, str) and d.startswith("python"))
     assert python.replace("python", "") == project["requires-python"]
+
+
+def test_cli_reports_a_failing_cell_and_exits_1(tmp_path):
+    notebook = tmp_path / "nb" / "09_fails.ipynb"
+    _write_notebook(notebook, "assert not fail, 'asked to fail'")
+    done = subprocess.run(
+        [sys.executable, "-m", "workbench.cli", "run", str(notebook), "-p", "fail", "True", "-o", str(tmp_path / "out")],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 1
+    assert "AssertionError: asked to fail" in done.stderr and "previous report is untouched" in done.stderr

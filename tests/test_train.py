@@ -43,7 +43,7 @@ def test_deterministic_under_seed():
 
 def test_any_torch_optimizer():
     result = _run(optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9))
-    assert result.history.attrs["optimizer"] == "'SGD'"
+    assert result.history.attrs["optimizer"] == "SGD"
 
 
 def test_nan_loss_names_the_task():
@@ -70,3 +70,13 @@ def test_delta_m_pinned():
     assert float(delta_m(metric, single, higher)) == pytest.approx(-35.0)
     with pytest.raises(ValueError, match="zero"):
         delta_m(metric, single * 0, higher)
+
+
+def test_batches_are_full_and_cover_an_epoch():
+    data = _problem().data.rows(torch.arange(10))
+    stream = data.batches(4, torch.Generator().manual_seed(0))
+    first_epoch = [next(stream)[0] for _ in range(2)]
+    assert [b.shape[0] for b in first_epoch] == [4, 4]
+    assert len({tuple(row.tolist()) for b in first_epoch for row in b}) == 8
+    small = data.batches(32, torch.Generator().manual_seed(0))
+    assert next(small)[0].shape[0] == 10

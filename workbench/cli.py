@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from papermill.exceptions import PapermillExecutionError
+
 from workbench import runner
 
 __all__ = ["main"]
@@ -53,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"workbench: {error}", file=sys.stderr)
         return 2
+    except PapermillExecutionError as error:
+        print(f"workbench: a cell failed ({error.ename}: {error.evalue}); the previous report is untouched", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -232,8 +232,9 @@ class MultiTaskData:
         """An endless stream of shuffled batches ``(x (B, ...), {task: (B,)})``, epoch after epoch."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        last_start = max(len(self) - batch_size, 0)  # full batches only, or all samples when fewer than one batch
         while True:
             order = torch.randperm(len(self), generator=generator)
-            for start in range(0, len(self) - batch_size + 1 if len(self) >= batch_size else 1, batch_size):
+            for start in range(0, last_start + 1, batch_size):
                 index = order[start : start + batch_size]
                 yield self.x[index], {n: y[index] for n, y in self.targets.items()}

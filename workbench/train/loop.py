@@ -106,7 +106,7 @@ def train(
             "metric_name": ("task", [t.metric_name for t in tasks]),
             "higher_is_better": ("task", [t.higher_is_better for t in tasks]),
         },
-        attrs={"steps": steps, "batch_size": batch_size, "seed": seed, "optimizer": repr(opt.__class__.__name__)},
+        attrs={"steps": steps, "batch_size": batch_size, "seed": seed, "optimizer": type(opt).__name__},
     )
     return TrainingResult(model, history, {r.name: r.history for r in recorders})
 

@@ -96,11 +96,12 @@ def test_a_failed_run_keeps_the_previous_report(tmp_path):
     assert (out / "09_fails.failed.ipynb").exists()
 
 
-def test_run_all_writes_every_report_and_the_index(tmp_path):
+def test_run_all_writes_every_report_and_the_index(tmp_path, monkeypatch):
     save = "from pathlib import Path\nPath(results_dir).mkdir(parents=True, exist_ok=True)\nPath(results_dir, 'r.txt').write_text(str(seed))"
     _write_notebook(tmp_path / "nb" / "01_first.ipynb", save)
     _write_notebook(tmp_path / "nb" / "02_second.ipynb", save)
-    reports = runner.run_all(tmp_path / "nb", tmp_path / "out", {"seed": 7}, progress=False)
+    monkeypatch.chdir(tmp_path)  # relative folders, as `make reports` passes them
+    reports = runner.run_all("nb", "out", {"seed": 7}, progress=False)
     assert [r.notebook.name for r in reports] == ["01_first.ipynb", "02_second.ipynb"]
     assert (tmp_path / "out" / "02_second" / "r.txt").read_text() == "7"
     index = (tmp_path / "out" / "index.html").read_text()

@@ -243,7 +243,7 @@ def _title(notebook: Path) -> str:
 
 def write_index(reports: Sequence[Report], output_dir: str | os.PathLike = "reports") -> Path:
     """``OUTPUT/index.html``: one link per report with its title, parameters and result files."""
-    output_dir = Path(output_dir)
+    output_dir = Path(output_dir).resolve()
     rows = []
     for report in reports:
         results = sorted(report.results_dir.glob("*")) if report.results_dir.exists() else []

@@ -148,6 +148,15 @@ def test_recorder_samples_every_k_steps(model, batch):
     history = recorder.history
     assert history.step.values.tolist() == [0, 3, 6]
     assert history.attrs["threshold"] == -0.2 and history.attrs["every"] == 3
+    assert history.attrs["batch"] == "training"
+
+
+def test_recorder_measures_on_a_fixed_batch_when_given(model, batch):
+    other = tiny_batch(model, seed=5)
+    fixed = ProbeRecorder(gradient_conflict, every=1, batch=other)
+    fixed.maybe_record(0, model, batch)
+    xr.testing.assert_identical(fixed.history.isel(step=0, drop=True).drop_attrs(), gradient_conflict(model, other).drop_attrs())
+    assert fixed.history.attrs["batch"] == "fixed"
 
 
 def test_recorder_refuses_bad_interval_and_empty_history():

@@ -16,17 +16,27 @@ Probe = Callable[..., xr.Dataset]
 class ProbeRecorder:
     """Calls ``probe(model, batch, **options)`` at step 0 and every ``every`` steps.
 
-    The training loop calls :meth:`maybe_record` with the batch it is about to train on; the
-    Datasets are concatenated along ``step`` by :attr:`history`. ``name`` labels the result in a
-    training history (default: the probe's function name).
+    The training loop calls :meth:`maybe_record` with the batch it is about to train on; the probe
+    measures on that batch, or on the fixed ``batch`` ``(x, {task: targets})`` when one is given (a
+    larger held-out batch gives less noisy estimates that are comparable across steps). The Datasets
+    are concatenated along ``step`` by :attr:`history`. ``name`` labels the result in a training
+    history (default: the probe's function name).
     """
 
-    def __init__(self, probe: Probe, every: int = 10, name: str | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        probe: Probe,
+        every: int = 10,
+        name: str | None = None,
+        batch: tuple[Tensor, Mapping[str, Tensor]] | None = None,
+        **options: Any,
+    ) -> None:
         if every < 1:
             raise ValueError(f"every must be a positive number of steps, got {every}")
         self.probe = probe
         self.every = every
         self.name = name or probe.__name__
+        self.batch = batch
         self.options = options
         self._records: list[xr.Dataset] = []
 
@@ -34,7 +44,8 @@ class ProbeRecorder:
         """Record the probe if ``step`` is due; returns whether it recorded."""
         if step % self.every:
             return False
-        self._records.append(self.probe(model, batch, **self.options).expand_dims(step=[step]))
+        measured_on = batch if self.batch is None else self.batch
+        self._records.append(self.probe(model, measured_on, **self.options).expand_dims(step=[step]))
         return True
 
     @property
@@ -43,5 +54,5 @@ class ProbeRecorder:
         if not self._records:
             raise RuntimeError(f"recorder {self.name!r} has recorded nothing yet")
         ds = xr.concat(self._records, dim="step", combine_attrs="override")
-        ds.attrs["every"] = self.every
+        ds.attrs.update(every=self.every, batch="fixed" if self.batch is not None else "training")
         return ds

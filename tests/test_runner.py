@@ -20,6 +20,8 @@ def test_every_notebook_has_parameters_with_quick_and_seed_and_no_outputs():
         assert {"quick", "seed"} <= set(parameters), path
         assert parameters["quick"].default is False, path
         nb = nbformat.read(path, as_version=4)
+        first_code = next(c for c in nb.cells if c.cell_type == "code")
+        assert "parameters" in first_code.metadata.get("tags", []), f"{path}: the first code cell must be the parameters"
         assert nb.metadata.kernelspec.name == runner.KERNEL_NAME
         assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code"), path
 

@@ -1,8 +1,12 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from workbench.data import block_similarity, make_synthetic
+from workbench.data.synthetic import nearest_correlation
 from workbench.probes import ProbeRecorder, gradient_conflict, mean_cosine
 from workbench.probes.validation import pairwise_rank_correlation
 from workbench.tasks import MultiTaskModel, mlp_encoder
@@ -73,3 +77,13 @@ def test_planted_blocks_are_visible_in_measured_cosine():
     value = lambda i, j: float(measured.isel(task=i, other_task=j))  # noqa: E731
     assert min(value(i, j) for i, j in same) > max(value(i, j) for i, j in cross)
     assert pairwise_rank_correlation(problem.similarity, measured) > 0.6
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.float64, (5, 5), elements=st.floats(-1, 1)))
+def test_nearest_correlation_always_gives_a_valid_correlation_matrix(raw):
+    c = nearest_correlation(raw)
+    np.testing.assert_allclose(np.diag(c), 1.0, atol=1e-9)
+    np.testing.assert_allclose(c, c.T)
+    assert np.linalg.eigvalsh(c).min() > -1e-9
+    assert np.all(np.abs(c) <= 1 + 1e-9)

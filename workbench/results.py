@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
 import workbench
+from workbench.files import atomic_write
 
 __all__ = ["save", "load"]
 
@@ -51,15 +51,8 @@ def save(ds: xr.Dataset | xr.DataArray, path: str | os.PathLike) -> Path:
     ds.attrs = _encode_attrs({**ds.attrs, "workbench_version": workbench.__version__})
     for var in ds.variables.values():
         var.attrs = _encode_attrs(var.attrs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_write(path) as temporary:
         ds.to_netcdf(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -16,7 +16,7 @@ import html
 import json
 import os
 import sys
-import tempfile
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any
 
 import nbformat
 
+from workbench.files import atomic_write
 from workbench.progress import ENV_VARIABLE as PROGRESS_VARIABLE
 
 __all__ = [
@@ -163,17 +164,6 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def export_html(notebook: str | os.PathLike, html_path: str | os.PathLike | None = None) -> Path:
     """Export an executed notebook to a self-contained HTML page that loads nothing from the network."""
     from nbconvert import HTMLExporter
@@ -182,7 +172,8 @@ def export_html(notebook: str | os.PathLike, html_path: str | os.PathLike | None
     html_path = Path(html_path) if html_path else notebook.with_suffix(".html")
     exporter = HTMLExporter(extra_template_basedirs=[str(TEMPLATE_DIR)], template_name="offline")
     body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
-    _atomic_write_text(html_path, body)
+    with atomic_write(html_path) as temporary:
+        temporary.write_text(body, encoding="utf-8")
     return html_path
 
 
@@ -215,19 +206,17 @@ def run_notebook(
         checked.setdefault(RESULTS_PARAMETER, str(results_dir))
     final = output_dir / f"{name}.ipynb"
     failed = output_dir / f"{name}.failed.ipynb"
-    handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".ipynb", dir=output_dir)
-    os.close(handle)
-    try:
-        with _environment({PROGRESS_VARIABLE: "0"}):  # the kernel inherits it: no widget frames frozen in the report
+    with atomic_write(final, suffix=".ipynb") as temporary, _environment({PROGRESS_VARIABLE: "0"}):
+        # the kernel inherits WORKBENCH_PROGRESS=0: no widget frames frozen in the report
+        try:
             papermill.execute_notebook(
-                str(notebook), temporary, parameters=checked, kernel_name=ensure_kernel(),
+                str(notebook), str(temporary), parameters=checked, kernel_name=ensure_kernel(),
                 cwd=str(notebook.parent), progress_bar=progress,
             )
-    except BaseException:
-        os.replace(temporary, failed)
-        print(f"{name} failed; the partly executed notebook is {failed}", file=sys.stderr)
-        raise
-    os.replace(temporary, final)
+        except BaseException:
+            shutil.copyfile(temporary, failed)
+            print(f"{name} failed; the partly executed notebook is {failed}", file=sys.stderr)
+            raise
     failed.unlink(missing_ok=True)
     return Report(final, export_html(final), results_dir, checked)
 
@@ -261,7 +250,8 @@ def write_index(reports: Sequence[Report], output_dir: str | os.PathLike = "repo
         "<table><tr><th>report</th><th>parameters</th><th>result files</th></tr>" + "".join(rows) + "</table></body></html>"
     )
     index = output_dir / "index.html"
-    _atomic_write_text(index, page)
+    with atomic_write(index) as temporary:
+        temporary.write_text(page, encoding="utf-8")
     return index
 
 

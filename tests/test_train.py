@@ -32,7 +32,12 @@ def test_history_layout_and_learning():
     assert h.eval_step.values.tolist() == [0, 10, 20, 30]
     assert h.metric_name.values.tolist() == ["mse", "mse", "accuracy"]
     assert (h.loss.isel(eval_step=-1) < h.loss.isel(eval_step=0)).all()
-    assert result.probes["gradient_conflict"].step.values.tolist() == [0, 10, 20]
+    probe = result.probes["gradient_conflict"]
+    assert probe.step.values.tolist() == [0, 10, 20]
+    for ds in (h, probe):
+        assert ds.attrs["model"] == {"encoder": "Sequential", "shared_parameters": 112, "parameters": 163, "tasks": ["t0", "t1", "t2"]}
+        assert ds.attrs["data"]["generator"] == "synthetic" and ds.attrs["data"]["seed"] == 3
+    assert probe.attrs["probe"] == "gradient_conflict"
 
 
 def test_deterministic_under_seed():

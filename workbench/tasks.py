@@ -148,6 +148,15 @@ class MultiTaskModel(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.heads_forward(self.represent(x))
 
+    def summary(self) -> dict:
+        """What the model is, for the attrs of the results it produces."""
+        return {
+            "encoder": type(self.encoder).__name__,
+            "shared_parameters": sum(p.numel() for _, p in self.shared_parameters()),
+            "parameters": sum(p.numel() for p in self.parameters()),
+            "tasks": self.task_names,
+        }
+
     def shared_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """``(name, parameter)`` of the encoder's trainable parameters, in module order."""
         return [(name, p) for name, p in self.encoder.named_parameters() if p.requires_grad]

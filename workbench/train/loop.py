@@ -106,9 +106,11 @@ def train(
             "metric_name": ("task", [t.metric_name for t in tasks]),
             "higher_is_better": ("task", [t.higher_is_better for t in tasks]),
         },
-        attrs={"steps": steps, "batch_size": batch_size, "seed": seed, "optimizer": type(opt).__name__},
     )
-    return TrainingResult(model, history, {r.name: r.history for r in recorders})
+    provenance = {"model": model.summary(), "data": dict(data.attrs), "seed": seed}
+    history.attrs.update(provenance, steps=steps, batch_size=batch_size, optimizer=type(opt).__name__)
+    probes = {r.name: r.history.assign_attrs(provenance) for r in recorders}
+    return TrainingResult(model, history, probes)
 
 
 def single_task_baselines(

@@ -94,8 +94,12 @@ def test_cosine_matches_direct_computation(model, batch):
     np.testing.assert_allclose(ds.magnitude_similarity.values, phi.numpy(), atol=1e-6)
 
 
+# entries are 0 or at least 1e-3 in magnitude: squares of ~1e-160 underflow, which says nothing about the probe
+_ENTRIES = st.one_of(st.just(0.0), st.floats(1e-3, 10), st.floats(-10, -1e-3))
+
+
 @settings(max_examples=30, deadline=None)
-@given(arrays(np.float64, st.tuples(st.integers(2, 5), st.integers(1, 6)), elements=st.floats(-10, 10)), st.data())
+@given(arrays(np.float64, st.tuples(st.integers(2, 5), st.integers(1, 6)), elements=_ENTRIES), st.data())
 def test_statistics_are_permutation_equivariant_and_scale_invariant(jacobian, data):
     t = jacobian.shape[0]
     permutation = data.draw(st.permutations(range(t)))

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from hypothesis import settings
+
+# CI runs the same examples every time (a failure there is reproducible, never a coin toss);
+# HYPOTHESIS_PROFILE=thorough explores many more.
+settings.register_profile("dev", max_examples=25)
+settings.register_profile("ci", max_examples=25, derandomize=True, database=None)
+settings.register_profile("thorough", max_examples=500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 from workbench.tasks import MultiTaskModel, mlp_encoder, regression_task
 

@@ -18,7 +18,7 @@ def naive_jacobian(model, batch):
     return torch.stack(rows)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(deadline=None)
 @given(n_tasks=st.integers(1, 6), width=st.integers(1, 9), seed=st.integers(0, 10_000))
 def test_jacobian_matches_naive_loop(n_tasks, width, seed):
     model = tiny_model(n_tasks, hidden=(width, 4), seed=seed)

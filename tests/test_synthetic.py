@@ -79,7 +79,7 @@ def test_planted_blocks_are_visible_in_measured_cosine():
     assert pairwise_rank_correlation(problem.similarity, measured) > 0.6
 
 
-@settings(max_examples=40, deadline=None)
+@settings(deadline=None)
 @given(arrays(np.float64, (5, 5), elements=st.floats(-1, 1)))
 def test_nearest_correlation_always_gives_a_valid_correlation_matrix(raw):
     c = nearest_correlation(raw)

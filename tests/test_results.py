@@ -46,3 +46,16 @@ def test_bad_paths_are_refused(tmp_path):
         results.save(_dataset(1.0), tmp_path / "r.pkl")
     with pytest.raises(FileNotFoundError, match="no result file"):
         results.load(tmp_path / "missing.nc")
+
+
+def test_load_refuses_what_is_not_a_netcdf_result(tmp_path):
+    import pickle
+
+    pickled = tmp_path / "r.pkl"
+    pickled.write_bytes(pickle.dumps({"cosine": 1.0}))
+    with pytest.raises(ValueError, match="not a NetCDF result"):
+        results.load(pickled)
+    disguised = tmp_path / "r.nc"
+    disguised.write_bytes(pickle.dumps({"cosine": 1.0}))
+    with pytest.raises(ValueError, match="not a readable NetCDF result"):
+        results.load(disguised)

@@ -61,8 +61,13 @@ def load(path: str | os.PathLike) -> xr.Dataset:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no result file at {path}")
-    with xr.open_dataset(path) as opened:
-        ds = opened.load()
+    if path.suffix != ".nc":
+        raise ValueError(f"{path} is not a NetCDF result (.nc); the workbench reads nothing else, pickles least of all")
+    try:
+        with xr.open_dataset(path) as opened:
+            ds = opened.load()
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} is not a readable NetCDF result: {error}") from error
     ds.attrs = _decode_attrs(ds.attrs)
     for var in ds.variables.values():
         var.attrs = _decode_attrs(var.attrs)

@@ -86,10 +86,11 @@ def train(
         for recorder in recorders:
             recorder.maybe_record(step, model, batch)
         losses = model.losses(*batch)
+        stacked = torch.stack([losses[n] for n in names])
         opt.zero_grad(set_to_none=True)
-        torch.stack(list(losses.values())).sum().backward()
+        stacked.sum().backward()
         opt.step()
-        train_loss[step] = [losses[n].item() for n in names]
+        train_loss[step] = stacked.detach().cpu().numpy()
     evaluate(steps)
 
     tasks = [model.tasks[n] for n in names]

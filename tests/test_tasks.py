@@ -1,8 +1,9 @@
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from workbench.tasks import MultiTaskData, MultiTaskModel, Task, classification_task, mlp_encoder, regression_task
+from workbench.tasks import MultiTaskData, MultiTaskModel, Task, classification_task, mlp_encoder, num_samples, regression_task
 
 
 def test_model_contract(model, batch):
@@ -52,3 +53,50 @@ def test_data_checks_rows_and_tasks():
     train, test = data.split(0.3, seed=1)
     assert len(train) == 7 and len(test) == 3
     assert sorted(torch.cat([train.x[:, 0], test.x[:, 0]]).tolist()) == data.x[:, 0].tolist()
+
+
+def test_named_inputs_and_meta_follow_the_samples():
+    x = {"input_ids": torch.arange(20).reshape(10, 2), "attention_mask": torch.ones(10, 2, dtype=torch.long)}
+    meta = {"word": np.array([f"w{i}" for i in range(10)], dtype=object)}
+    data = MultiTaskData(x, {"a": torch.arange(10.0)}, [regression_task("a")], meta=meta)
+    assert len(data) == 10 and num_samples(x) == 10
+    picked = data.rows(torch.tensor([3, 7]))
+    assert picked.x["input_ids"].tolist() == [[6, 7], [14, 15]]
+    assert picked.meta["word"].tolist() == ["w3", "w7"] and picked.targets["a"].tolist() == [3.0, 7.0]
+    splits = data.splits(0.2, 0.2, seed=1)
+    words = [set(s.meta["word"]) for s in (splits.train, splits.validation, splits.test)]
+    assert sum(map(len, words)) == 10 and not (words[0] & words[1] or words[0] & words[2] or words[1] & words[2])
+    for part in (splits.train, splits.validation, splits.test):
+        assert [f"w{int(v)}" for v in part.targets["a"]] == part.meta["word"].tolist()
+    batch_x, batch_targets = next(data.batches(4, torch.Generator().manual_seed(0)))
+    assert batch_x["input_ids"].shape == (4, 2) and batch_targets["a"].shape == (4,)
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: num_samples({"a": torch.zeros(3), "b": torch.zeros(4)}), r"share their first dim, got {'a': 3, 'b': 4}"),
+        (lambda: num_samples({}), "empty mapping"),
+        (lambda: MultiTaskData(torch.zeros(3, 1), {"a": torch.zeros(3)}, [regression_task("a")], meta={"w": np.zeros(2)}), "meta 'w' has 2 rows, x has 3"),
+        (lambda: MultiTaskData(torch.zeros(9, 1), {"a": torch.zeros(9)}, [regression_task("a")]).splits(0.5, 0.5), "sum below 1"),
+    ],
+)
+def test_bad_inputs_are_named(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_evaluation_in_chunks_equals_one_pass(model, batch):
+    x, targets = batch
+    whole = model.evaluate(x, targets, batch_size=len(x))
+    chunked = model.evaluate(x, targets, batch_size=3)
+    for name in whole:
+        assert chunked[name] == pytest.approx(whole[name], rel=1e-6)
+
+
+def test_spatial_representations_get_flattening_heads():
+    encoder = nn.Conv2d(1, 2, 3, padding=1)
+    model = MultiTaskModel(encoder, [classification_task("digit", 10), regression_task("size")], representation_dim=(2, 4, 5))
+    outputs = model(torch.randn(3, 1, 4, 5))
+    assert outputs["digit"].shape == (3, 10) and outputs["size"].shape == (3, 1)
+    assert model.device == torch.device("cpu")

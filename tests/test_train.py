@@ -85,3 +85,36 @@ def test_batches_are_full_and_cover_an_epoch():
     assert len({tuple(row.tolist()) for b in first_epoch for row in b}) == 8
     small = data.batches(32, torch.Generator().manual_seed(0))
     assert next(small)[0].shape[0] == 10
+
+
+def test_named_inputs_train_and_probe():
+    """Token ids with a mask go through the loop, the evaluation and a recorder's fixed batch."""
+    transformers = pytest.importorskip("transformers")
+    from workbench.encoders import TransformerEncoder
+    from workbench.tasks import MultiTaskData, regression_task
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16, max_position_embeddings=8)
+    tasks = [regression_task("a"), regression_task("b")]
+    model = MultiTaskModel(TransformerEncoder(transformers.BertModel(config), trainable_layers=1), tasks, representation_dim=8)
+    ids = torch.randint(1, 30, (40, 5))
+    x = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    data = MultiTaskData(x, {"a": ids[:, 0].float() / 30, "b": -ids[:, 1].float() / 30}, tasks)
+    fixed = data.head(16)
+    recorder = ProbeRecorder(gradient_conflict, every=5, by="block", batch=(fixed.x, fixed.targets))
+    result = train(model, data, 10, batch_size=8, eval_batch_size=16, recorders=[recorder], device="cpu", progress=False)
+    assert result.history.attrs["device"] == "cpu"
+    assert result.probes["gradient_conflict"].layer.values.tolist() == ["transformer.encoder.layer.1"]
+    assert np.isfinite(result.history.loss.values).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_training_and_probes_on_cuda():
+    problem = _problem()
+    held_out = problem.data.head(64)
+    recorder = ProbeRecorder(gradient_conflict, every=10, batch=(held_out.x, held_out.targets))
+    torch.manual_seed(0)
+    result = train(_factory(problem.data.tasks), problem.data, 30, batch_size=16, recorders=[recorder], device="cuda", progress=False)
+    assert result.history.attrs["device"].startswith("cuda") and result.model.device.type == "cuda"
+    cpu = _run(recorders=[ProbeRecorder(gradient_conflict, every=10, batch=(held_out.x, held_out.targets))])
+    np.testing.assert_allclose(result.history.loss.values, cpu.history.loss.values, rtol=1e-3)

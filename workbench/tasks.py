@@ -5,7 +5,12 @@ A :class:`Task` names a loss, a metric and whether the metric is better when hig
 ``{task: output}``, :meth:`MultiTaskModel.represent` returns the shared representation ``Z`` and
 :meth:`MultiTaskModel.shared_parameters` the parameters of the encoder. An MLP, a CNN or a
 transformers encoder all fit: the encoder is any module mapping a batch to ``Z``.
-A :class:`MultiTaskData` holds inputs and one target tensor per task.
+A :class:`MultiTaskData` holds inputs and one target tensor per task; :class:`MultiTaskSplits` a
+problem's train, validation and test data with the reference relationship between its tasks.
+
+Inputs are a tensor ``(N, ...)`` or a mapping of named tensors that share the first dim (token ids
+and their attention mask, as a tokenizer returns them); :func:`num_samples`, :func:`take_rows` and
+:func:`to_device` handle both.
 """
 
 from __future__ import annotations
@@ -13,15 +18,60 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Union
 
+import numpy as np
 import torch
+import xarray as xr
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["check_finite", "Task", "MultiTaskModel", "MultiTaskData", "mlp_encoder", "regression_task", "classification_task"]
+__all__ = [
+    "Inputs",
+    "num_samples",
+    "take_rows",
+    "to_device",
+    "check_finite",
+    "Task",
+    "MultiTaskModel",
+    "MultiTaskData",
+    "MultiTaskSplits",
+    "mlp_encoder",
+    "regression_task",
+    "classification_task",
+]
 
 TaskKind = Literal["regression", "classification"]
+Inputs = Union[Tensor, Mapping[str, Tensor]]
+"""A batch of inputs: one tensor ``(B, ...)`` or named tensors that share the first dim ``B``."""
+
+
+def num_samples(x: Inputs) -> int:
+    """The number of samples ``B`` in ``x``; raises when named tensors disagree on it (naming them)."""
+    if isinstance(x, Tensor):
+        return x.shape[0]
+    if not x:
+        raise ValueError("inputs are an empty mapping; give at least one named tensor")
+    sizes = {name: tensor.shape[0] for name, tensor in x.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"named inputs must share their first dim, got {sizes}")
+    return next(iter(sizes.values()))
+
+
+def take_rows(x: Inputs, index: Tensor) -> Inputs:
+    """The samples of ``x`` at ``index`` (a 1-d index tensor), of every named tensor alike."""
+    if isinstance(x, Tensor):
+        return x[index]
+    return {name: tensor[index] for name, tensor in x.items()}
+
+
+def to_device(x: Inputs, device: torch.device | str | None) -> Inputs:
+    """``x`` on ``device`` (unchanged when ``device`` is ``None`` or already holds it)."""
+    if device is None:
+        return x
+    if isinstance(x, Tensor):
+        return x.to(device)
+    return {name: tensor.to(device) for name, tensor in x.items()}
 
 
 def _mse(output: Tensor, target: Tensor) -> Tensor:
@@ -102,12 +152,20 @@ def mlp_encoder(in_features: int, hidden: Sequence[int] = (64, 64), activation: 
     return nn.Sequential(*layers)
 
 
+def _linear_head(representation_shape: Sequence[int], out_features: int) -> nn.Module:
+    """A linear map of the representation to a head's output; a representation with more than one dim is flattened first."""
+    if len(representation_shape) == 1:
+        return nn.Linear(representation_shape[0], out_features)
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(representation_shape), out_features))
+
+
 class MultiTaskModel(nn.Module):
     """A shared encoder and one head per task.
 
-    ``encoder`` maps a batch ``x`` to the shared representation ``Z`` of shape ``(B, C)`` (or
-    ``(B, C, ...)`` for a CNN or a sequence model); each head maps ``Z`` to that task's output.
-    When ``heads`` is omitted, every task gets a linear head on ``representation_dim`` features.
+    ``encoder`` maps a batch ``x`` (see :data:`Inputs`) to the shared representation ``Z`` of shape
+    ``(B, C)`` (or ``(B, C, H, W)`` for a CNN); each head maps ``Z`` to that task's output. When
+    ``heads`` is omitted, every task gets a linear head on ``representation_dim`` features: an int
+    ``C``, or the shape ``(C, H, W)`` of one sample's representation, which the head flattens.
     """
 
     def __init__(
@@ -115,7 +173,7 @@ class MultiTaskModel(nn.Module):
         encoder: nn.Module,
         tasks: Sequence[Task],
         heads: Mapping[str, nn.Module] | None = None,
-        representation_dim: int | None = None,
+        representation_dim: int | Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         names = [t.name for t in tasks]
@@ -124,7 +182,8 @@ class MultiTaskModel(nn.Module):
         if heads is None:
             if representation_dim is None:
                 raise ValueError("give either heads or representation_dim for linear heads")
-            heads = {t.name: nn.Linear(representation_dim, t.out_features) for t in tasks}
+            shape = (representation_dim,) if isinstance(representation_dim, int) else tuple(representation_dim)
+            heads = {t.name: _linear_head(shape, t.out_features) for t in tasks}
         missing = set(names) - set(heads)
         extra = set(heads) - set(names)
         if missing or extra:
@@ -137,7 +196,12 @@ class MultiTaskModel(nn.Module):
     def task_names(self) -> list[str]:
         return list(self.tasks)
 
-    def represent(self, x: Tensor) -> Tensor:
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's first parameter (where inputs must go)."""
+        return next(self.parameters()).device
+
+    def represent(self, x: Inputs) -> Tensor:
         """The shared representation ``Z = encoder(x)``."""
         return self.encoder(x)
 
@@ -145,7 +209,7 @@ class MultiTaskModel(nn.Module):
         """Every head applied to the shared representation ``z``."""
         return {name: head(z) for name, head in self.heads.items()}
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Inputs) -> dict[str, Tensor]:
         return self.heads_forward(self.represent(x))
 
     def summary(self) -> dict:
@@ -158,7 +222,7 @@ class MultiTaskModel(nn.Module):
         }
 
     def shared_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """``(name, parameter)`` of the encoder's trainable parameters, in module order."""
+        """``(name, parameter)`` of the encoder's trainable parameters, in module order (frozen ones are not shared)."""
         return [(name, p) for name, p in self.encoder.named_parameters() if p.requires_grad]
 
     def losses_from_outputs(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -177,17 +241,27 @@ class MultiTaskModel(nn.Module):
         check_finite(losses)
         return losses
 
-    def losses(self, x: Tensor, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def losses(self, x: Inputs, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """One forward pass: ``{task: scalar loss}`` on the batch ``(x, targets)``."""
         return self.losses_from_outputs(self(x), targets)
 
     @torch.no_grad()
-    def evaluate(self, x: Tensor, targets: Mapping[str, Tensor]) -> dict[str, tuple[float, float]]:
-        """``{task: (loss, metric)}`` on ``(x, targets)`` without gradients (eval mode, restored after)."""
+    def evaluate(self, x: Inputs, targets: Mapping[str, Tensor], batch_size: int = 1024) -> dict[str, tuple[float, float]]:
+        """``{task: (loss, metric)}`` on ``(x, targets)`` without gradients (eval mode, restored after).
+
+        The forward runs ``batch_size`` samples at a time on the model's device; loss and metric are
+        computed once on all outputs, so they equal a single pass over the whole set.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
         was_training = self.training
         self.eval()
         try:
-            outputs = self(x)
+            device = self.device
+            n = num_samples(x)
+            chunks = [self(to_device(take_rows(x, torch.arange(start, min(start + batch_size, n))), device)) for start in range(0, n, batch_size)]
+            outputs = {name: torch.cat([chunk[name] for chunk in chunks]) for name in self.tasks}
+            targets = {name: targets[name].to(device) for name in self.tasks if name in targets}
             losses = self.losses_from_outputs(outputs, targets)
             return {n: (losses[n].item(), t.metric(outputs[n], targets[n]).item()) for n, t in self.tasks.items()}
         finally:
@@ -196,23 +270,32 @@ class MultiTaskModel(nn.Module):
 
 @dataclass
 class MultiTaskData:
-    """Inputs ``x`` of shape ``(N, ...)`` and ``targets[task]`` of shape ``(N,)`` for every task."""
+    """Inputs ``x`` (``(N, ...)`` or named tensors ``(N, ...)``) and ``targets[task]`` of shape ``(N,)`` for every task.
 
-    x: Tensor
+    ``meta`` holds per-sample labels that are not model inputs, as arrays of length ``N`` (the word
+    of a lexicon sample, the source images of a composed digit); they follow the samples through
+    :meth:`rows` and :meth:`split`.
+    """
+
+    x: Inputs
     targets: dict[str, Tensor]
     tasks: list[Task]
     attrs: dict = field(default_factory=dict)
+    meta: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        n = self.x.shape[0]
+        n = num_samples(self.x)
         for task in self.tasks:
             if task.name not in self.targets:
                 raise ValueError(f"no targets for task {task.name!r}")
             if self.targets[task.name].shape[0] != n:
                 raise ValueError(f"targets of task {task.name!r} have {self.targets[task.name].shape[0]} rows, x has {n}")
+        for name, values in self.meta.items():
+            if len(values) != n:
+                raise ValueError(f"meta {name!r} has {len(values)} rows, x has {n}")
 
     def __len__(self) -> int:
-        return self.x.shape[0]
+        return num_samples(self.x)
 
     @property
     def task_names(self) -> list[str]:
@@ -223,11 +306,20 @@ class MultiTaskData:
         unknown = set(tasks) - set(self.task_names)
         if unknown:
             raise KeyError(f"unknown tasks {sorted(unknown)}; known: {self.task_names}")
-        return MultiTaskData(self.x, {n: self.targets[n] for n in tasks}, [t for t in self.tasks if t.name in tasks], self.attrs)
+        kept = [t for t in self.tasks if t.name in tasks]
+        return MultiTaskData(self.x, {t.name: self.targets[t.name] for t in kept}, kept, self.attrs, self.meta)
 
     def rows(self, index: Tensor) -> MultiTaskData:
         """The samples at ``index`` (a 1-d index tensor)."""
-        return MultiTaskData(self.x[index], {n: y[index] for n, y in self.targets.items()}, self.tasks, self.attrs)
+        picked = index.cpu().numpy()
+        return MultiTaskData(
+            take_rows(self.x, index), {n: y[index] for n, y in self.targets.items()}, self.tasks, self.attrs,
+            {name: values[picked] for name, values in self.meta.items()},
+        )
+
+    def head(self, n: int) -> MultiTaskData:
+        """The first ``n`` samples (all when fewer)."""
+        return self.rows(torch.arange(min(n, len(self))))
 
     def split(self, test_fraction: float = 0.2, seed: int = 0) -> tuple[MultiTaskData, MultiTaskData]:
         """A seeded random ``(train, test)`` split."""
@@ -237,7 +329,19 @@ class MultiTaskData:
         n_test = max(1, int(round(test_fraction * len(self))))
         return self.rows(order[n_test:]), self.rows(order[:n_test])
 
-    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+    def splits(
+        self, validation_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0, reference: xr.DataArray | None = None
+    ) -> MultiTaskSplits:
+        """A seeded random train / validation / test split of the samples, with ``reference`` attached."""
+        if not (0 < validation_fraction and 0 < test_fraction and validation_fraction + test_fraction < 1):
+            raise ValueError(f"fractions must be positive and sum below 1, got validation {validation_fraction}, test {test_fraction}")
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        n_test = max(1, int(round(test_fraction * len(self))))
+        n_validation = max(1, int(round(validation_fraction * len(self))))
+        test, validation, train = order[:n_test], order[n_test : n_test + n_validation], order[n_test + n_validation :]
+        return MultiTaskSplits(self.rows(train), self.rows(validation), self.rows(test), reference)
+
+    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Inputs, dict[str, Tensor]]]:
         """An endless stream of shuffled batches ``(x (B, ...), {task: (B,)})``, epoch after epoch."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -246,4 +350,45 @@ class MultiTaskData:
             order = torch.randperm(len(self), generator=generator)
             for start in range(0, last_start + 1, batch_size):
                 index = order[start : start + batch_size]
-                yield self.x[index], {n: y[index] for n, y in self.targets.items()}
+                yield take_rows(self.x, index), {n: y[index] for n, y in self.targets.items()}
+
+
+@dataclass
+class MultiTaskSplits:
+    """A problem's ``train``, ``validation`` and ``test`` data and, where one exists, its ``reference``.
+
+    ``reference`` is a ``(task, other_task)`` DataArray relating the tasks independently of any
+    model (the planted similarity of synthetic tasks, the correlation of lexicon ratings), or ``None``.
+    ``attrs`` is the provenance the builder recorded (sources and versions, sizes, split seed); every
+    split carries it too.
+    """
+
+    train: MultiTaskData
+    validation: MultiTaskData
+    test: MultiTaskData
+    reference: xr.DataArray | None = None
+
+    @property
+    def tasks(self) -> list[Task]:
+        return self.train.tasks
+
+    @property
+    def task_names(self) -> list[str]:
+        return self.train.task_names
+
+    @property
+    def attrs(self) -> dict:
+        return self.train.attrs
+
+    def describe(self):
+        """A table (pandas DataFrame) of the tasks: kind, metric, outputs, and the samples per split."""
+        import pandas as pd
+
+        sizes = {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
+        rows = [{"task": t.name, "kind": t.kind, "metric": t.metric_name, "outputs": t.out_features, **sizes} for t in self.tasks]
+        return pd.DataFrame(rows).set_index("task")
+
+    def subset(self, tasks: Sequence[str]) -> MultiTaskSplits:
+        """The same splits with only the named tasks (and their part of the reference)."""
+        reference = None if self.reference is None else self.reference.sel(task=list(tasks), other_task=list(tasks))
+        return MultiTaskSplits(self.train.subset(tasks), self.validation.subset(tasks), self.test.subset(tasks), reference)

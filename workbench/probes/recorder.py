@@ -8,6 +8,8 @@ from typing import Any
 import xarray as xr
 from torch import Tensor
 
+from workbench.tasks import Inputs, to_device
+
 __all__ = ["ProbeRecorder"]
 
 Probe = Callable[..., xr.Dataset]
@@ -28,7 +30,7 @@ class ProbeRecorder:
         probe: Probe,
         every: int = 10,
         name: str | None = None,
-        batch: tuple[Tensor, Mapping[str, Tensor]] | None = None,
+        batch: tuple[Inputs, Mapping[str, Tensor]] | None = None,
         **options: Any,
     ) -> None:
         if every < 1:
@@ -40,11 +42,16 @@ class ProbeRecorder:
         self.options = options
         self._records: list[xr.Dataset] = []
 
-    def maybe_record(self, step: int, model, batch: tuple[Tensor, Mapping[str, Tensor]]) -> bool:
-        """Record the probe if ``step`` is due; returns whether it recorded."""
+    def maybe_record(self, step: int, model, batch: tuple[Inputs, Mapping[str, Tensor]]) -> bool:
+        """Record the probe if ``step`` is due (the fixed batch is moved to the model's device); returns whether it recorded."""
         if step % self.every:
             return False
-        measured_on = batch if self.batch is None else self.batch
+        if self.batch is None:
+            measured_on = batch
+        else:
+            x, targets = self.batch
+            device = model.device
+            measured_on = (to_device(x, device), {name: y.to(device) for name, y in targets.items()})
         self._records.append(self.probe(model, measured_on, **self.options).expand_dims(step=[step]))
         return True
 

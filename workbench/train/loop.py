@@ -19,7 +19,7 @@ from torch import nn
 
 from workbench.probes.recorder import ProbeRecorder
 from workbench.progress import progress as progress_bar
-from workbench.tasks import MultiTaskData, MultiTaskModel, Task
+from workbench.tasks import MultiTaskData, MultiTaskModel, Task, to_device
 
 __all__ = ["TrainingResult", "train", "single_task_baselines"]
 
@@ -49,14 +49,19 @@ def train(
     optimizer: OptimizerFactory = partial(torch.optim.Adam, lr=1e-3),
     recorders: Sequence[ProbeRecorder] = (),
     eval_every: int | None = None,
+    eval_batch_size: int = 1024,
     seed: int = 0,
+    device: torch.device | str | None = None,
     progress: bool = True,
 ) -> TrainingResult:
     """Train ``model`` on the sum of its task losses for ``steps`` steps; deterministic under ``seed``.
 
-    ``optimizer`` builds any torch optimiser from the parameters (``functools.partial(torch.optim.SGD,
-    lr=0.1, momentum=0.9)``). ``eval_data`` defaults to ``data``; it is evaluated at step 0, every
-    ``eval_every`` steps (default: ten times per run) and after the last step.
+    ``optimizer`` builds any torch optimiser from the trainable parameters
+    (``functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)``). ``eval_data`` defaults to
+    ``data``; it is evaluated ``eval_batch_size`` samples at a time at step 0, every ``eval_every``
+    steps (default: ten times per run) and after the last step. ``device`` (``"cuda"``, ``"cpu"``;
+    default: where the model is) receives the model; the data stay where they are and each batch is
+    moved when it is used.
     """
     if steps < 1:
         raise ValueError(f"steps must be positive, got {steps}")
@@ -65,15 +70,18 @@ def train(
         raise ValueError(f"the data has no targets for tasks {sorted(missing)} of the model")
     eval_data = data if eval_data is None else eval_data
     eval_every = eval_every or max(1, steps // 10)
+    if device is not None:
+        model.to(device)
+    device = model.device
     torch.manual_seed(seed)
-    opt = optimizer(model.parameters())
+    opt = optimizer([p for p in model.parameters() if p.requires_grad])
     batches = data.batches(batch_size, torch.Generator().manual_seed(seed))
     names = model.task_names
     train_loss = np.empty((steps, len(names)))
     eval_steps, eval_loss, eval_metric = [], [], []
 
     def evaluate(step: int) -> None:
-        scores = model.evaluate(eval_data.x, eval_data.targets)
+        scores = model.evaluate(eval_data.x, eval_data.targets, batch_size=eval_batch_size)
         eval_steps.append(step)
         eval_loss.append([scores[n][0] for n in names])
         eval_metric.append([scores[n][1] for n in names])
@@ -82,7 +90,8 @@ def train(
     for step in progress_bar(range(steps), "training", enabled=progress):
         if step % eval_every == 0:
             evaluate(step)
-        batch = next(batches)
+        x, targets = next(batches)
+        batch = (to_device(x, device), {name: y.to(device) for name, y in targets.items()})
         for recorder in recorders:
             recorder.maybe_record(step, model, batch)
         losses = model.losses(*batch)
@@ -109,7 +118,7 @@ def train(
         },
     )
     provenance = {"model": model.summary(), "data": dict(data.attrs), "seed": seed}
-    history.attrs.update(provenance, steps=steps, batch_size=batch_size, optimizer=type(opt).__name__)
+    history.attrs.update(provenance, steps=steps, batch_size=batch_size, optimizer=type(opt).__name__, device=str(device))
     probes = {r.name: r.history.assign_attrs(provenance) for r in recorders}
     return TrainingResult(model, history, probes)
 

@@ -12,24 +12,52 @@ tasks calling backward. For a :class:`~workbench.tasks.MultiTaskModel` the work 
 Differentiating the stacked losses directly (what :func:`task_jacobian` does for arbitrary losses)
 would push T batched cotangents through every head and add up T mostly-zero ``(T, *Z.shape)``
 tensors at ``Z``; the split avoids that O(T²) work. From the blocks follow the T × P Jacobian, the
-T × T Gramian ``G = J Jᵀ``, and both per parameter tensor and per module.
+T × T Gramian ``G = J Jᵀ``, and both per parameter tensor, per module and per block.
+
+Which second stage is faster depends on the encoder: a vmapped backward wins on small MLPs, where
+Python and autograd overhead dominate, and can lose to T plain backward passes through attention.
+``strategy="auto"`` (the default for models) times both once per encoder and input shape, remembers
+the faster, and reports the choice in :attr:`TaskJacobian.strategy`.
 """
 
 from __future__ import annotations
 
+import re
+import time
 import warnings
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from workbench.tasks import check_finite
+from workbench.tasks import Inputs, check_finite
 
-__all__ = ["TaskJacobian", "task_jacobian", "model_task_jacobian"]
+__all__ = ["TaskJacobian", "task_jacobian", "model_task_jacobian", "layer_label"]
 
-Grouping = Literal["tensor", "module"]
+Grouping = Literal["tensor", "module", "block"]
+Strategy = Literal["auto", "batched", "loop"]
+_INDEX = re.compile(r"\.\d+(?=\.|$)")
+
+
+def layer_label(name: str, by: Grouping) -> str:
+    """The layer a parameter tensor belongs to: itself (``"tensor"``), its owning module (``"module"``),
+    or its block (``"block"``: the name up to its first numeric index, ``encoder.layer.4`` of
+    ``encoder.layer.4.attention.self.query.weight`` or ``0`` of ``0.weight``; the owning module when
+    the name has no index, as ``embeddings.LayerNorm``)."""
+    if by == "tensor":
+        return name
+    module = name.rpartition(".")[0] or name
+    if by == "module":
+        return module
+    if by == "block":
+        if name.split(".")[0].isdigit():
+            return name.split(".")[0]
+        found = _INDEX.search(name)
+        return name[: found.end()] if found else module
+    raise ValueError(f"by must be 'tensor', 'module' or 'block', not {by!r}")
 
 
 @dataclass(frozen=True)
@@ -40,27 +68,26 @@ class TaskJacobian:
     where ``L_t`` does not depend on it). ``losses`` holds the loss values, shape ``(T,)``.
     ``representation_grads`` is ``∂L_t/∂Z`` of shape ``(T, *Z.shape)`` when the Jacobian came from a
     model's shared representation ``Z`` (the per-sample task saliency of Rep-MTL), else ``None``.
+    ``strategy`` says how the blocks were computed: ``"batched"`` (one vmapped backward) or ``"loop"``
+    (one backward per task).
     """
 
     tasks: list[str]
     blocks: dict[str, Tensor]
     losses: Tensor
     representation_grads: Tensor | None = None
+    strategy: str = "batched"
 
     def matrix(self) -> Tensor:
         """The Jacobian ``J`` of shape ``(T, P)``: every block flattened and concatenated in order."""
         return torch.cat([b.reshape(len(self.tasks), -1) for b in self.blocks.values()], dim=1)
 
     def groups(self, by: Grouping = "tensor") -> dict[str, list[str]]:
-        """Tensor names per layer: each tensor alone (``"tensor"``) or grouped by owning module (``"module"``)."""
-        if by == "tensor":
-            return {name: [name] for name in self.blocks}
-        if by == "module":
-            grouped: dict[str, list[str]] = {}
-            for name in self.blocks:
-                grouped.setdefault(name.rpartition(".")[0] or name, []).append(name)
-            return grouped
-        raise ValueError(f"by must be 'tensor' or 'module', not {by!r}")
+        """Tensor names per layer, in order: each tensor alone, grouped by owning module or by block (see :func:`layer_label`)."""
+        grouped: dict[str, list[str]] = {}
+        for name in self.blocks:
+            grouped.setdefault(layer_label(name, by), []).append(name)
+        return grouped
 
     def gramians(self, by: Grouping = "tensor") -> dict[str, Tensor]:
         """``{layer: G_layer}`` with ``G_layer = J_layer J_layerᵀ`` of shape ``(T, T)``."""
@@ -88,61 +115,113 @@ def _check_losses(losses: Mapping[str, Tensor]) -> None:
     check_finite(losses)
 
 
-def task_jacobian(losses: Mapping[str, Tensor], params: Sequence[tuple[str, Tensor]]) -> TaskJacobian:
+def task_jacobian(
+    losses: Mapping[str, Tensor], params: Sequence[tuple[str, Tensor]], *, strategy: Literal["batched", "loop"] = "batched"
+) -> TaskJacobian:
     """The Jacobian of arbitrary scalar ``losses`` (``{task: loss}``) with respect to the named ``params``.
 
-    One batched backward differentiates all ``T`` losses at once. A parameter that a loss does not
-    reach gets a zero row. Raises ``ValueError`` on a non-scalar or non-finite loss, naming the task.
-    For a :class:`~workbench.tasks.MultiTaskModel` prefer :func:`model_task_jacobian`.
+    One batched backward differentiates all ``T`` losses at once (``strategy="loop"``: one backward
+    per loss). A parameter that a loss does not reach gets a zero row. Raises ``ValueError`` on a
+    non-scalar or non-finite loss, naming the task. For a :class:`~workbench.tasks.MultiTaskModel`
+    prefer :func:`model_task_jacobian`.
     """
     _check_losses(losses)
     names = list(losses)
     stacked = torch.stack([losses[n] for n in names])
     identity = torch.eye(len(names), dtype=stacked.dtype, device=stacked.device)
-    grads = _batched_vjp(stacked, params, identity)
-    return TaskJacobian(names, grads, stacked.detach())
+    grads, used = _vjp(stacked, params, identity, strategy)
+    return TaskJacobian(names, grads, stacked.detach(), strategy=used)
 
 
 def model_task_jacobian(
-    model, x: Tensor, targets: Mapping[str, Tensor], *, keep_representation_grads: bool = False
+    model, x: Inputs, targets: Mapping[str, Tensor], *, keep_representation_grads: bool = False, strategy: Strategy = "auto"
 ) -> TaskJacobian:
     """Per-task gradients of a :class:`~workbench.tasks.MultiTaskModel` over its shared parameters on one batch.
 
     ``x`` is the input batch and ``targets`` maps every task to its targets ``(B,)``. One encoder
-    forward, one backward through the heads, one batched backward through the encoder.
+    forward, one backward through the heads, and the encoder's T vector-Jacobian products, either
+    in one batched backward (``strategy="batched"``) or one backward per task (``"loop"``);
+    ``"auto"`` times both on the first call for this encoder, input shape and T and keeps the faster.
     ``keep_representation_grads`` keeps ``∂L_t/∂Z`` ``(T, *Z.shape)`` in the result (memory: T copies of ``Z``).
     """
+    if strategy not in ("auto", "batched", "loop"):
+        raise ValueError(f"strategy must be 'auto', 'batched' or 'loop', not {strategy!r}")
     z = model.represent(x)
     names = model.task_names
     leaves = [z.detach().requires_grad_() for _ in names]  # each head sees its own copy of Z
     losses = model.losses_from_outputs({name: model.heads[name](leaf) for name, leaf in zip(names, leaves)}, targets)
     stacked = torch.stack([losses[n] for n in names])
     cotangents = torch.stack(torch.autograd.grad(stacked.sum(), leaves, allow_unused=True, materialize_grads=True))
-    grads = _batched_vjp(z, model.shared_parameters(), cotangents)
-    return TaskJacobian(names, grads, stacked.detach(), cotangents if keep_representation_grads else None)
+    params = model.shared_parameters()
+    if strategy == "auto":
+        grads, used = _fastest_vjp(model.encoder, _signature(x, params, len(names)), z, params, cotangents)
+    else:
+        grads, used = _vjp(z, params, cotangents, strategy)
+    return TaskJacobian(names, grads, stacked.detach(), cotangents if keep_representation_grads else None, used)
 
 
-def _batched_vjp(output: Tensor, params: Sequence[tuple[str, Tensor]], cotangents: Tensor) -> dict[str, Tensor]:
-    """``{name: (T, *p.shape)}``: the T vector-Jacobian products ``cotangents[t] · ∂output/∂p``.
+_chosen: weakref.WeakKeyDictionary[nn.Module, dict[tuple, str]] = weakref.WeakKeyDictionary()
+"""The strategy timed fastest, per encoder and call signature."""
 
-    One vmapped backward; one backward per row where an operator has no batching rule.
+
+def _signature(x: Inputs, params: Sequence[tuple[str, Tensor]], n_tasks: int) -> tuple:
+    """What the relative speed of the strategies depends on: input shapes, device, trainable tensors, T."""
+    tensors = [x] if isinstance(x, Tensor) else [x[k] for k in sorted(x)]
+    return (n_tasks, tuple((tuple(t.shape), t.dtype, str(t.device)) for t in tensors), tuple(n for n, _ in params))
+
+
+def _fastest_vjp(encoder: nn.Module, signature: tuple, z: Tensor, params, cotangents: Tensor) -> tuple[dict[str, Tensor], str]:
+    """The encoder VJPs by the strategy known to be fastest for ``signature``; timed (twice each, alternating) when unknown."""
+    known = _chosen.setdefault(encoder, {})
+    if signature in known:
+        return _vjp(z, params, cotangents, known[signature])
+    timings: dict[str, list[float]] = {"batched": [], "loop": []}
+    results: dict[str, dict[str, Tensor]] = {}
+    for strategy in ("batched", "loop", "batched", "loop"):
+        seconds, (grads, used) = _timed(z.device, _vjp, z, params, cotangents, strategy)
+        timings[used].append(seconds)  # "batched" may fall back to the loop
+        results[used] = grads
+    fastest = min(results, key=lambda s: min(timings[s]))
+    known[signature] = fastest
+    return results[fastest], fastest
+
+
+def _timed(device: torch.device, compute: Callable[..., tuple], *args) -> tuple[float, tuple]:
+    """``(seconds, compute(*args))``, waiting for the device's queued work at both ends."""
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    synchronize()
+    start = time.perf_counter()
+    result = compute(*args)
+    synchronize()
+    return time.perf_counter() - start, result
+
+
+def _vjp(output: Tensor, params: Sequence[tuple[str, Tensor]], cotangents: Tensor, strategy: str) -> tuple[dict[str, Tensor], str]:
+    """``({name: (T, *p.shape)}, strategy used)``: the T vector-Jacobian products ``cotangents[t] · ∂output/∂p``.
+
+    ``"batched"``: one vmapped backward, falling back to the loop (with a warning) where an operator
+    has no batching rule; ``"loop"``: one backward per row. The graph of ``output`` is kept (the
+    caller may differentiate again); it is freed with ``output``. A parameter that ``output`` does
+    not reach gets zero rows.
     """
     if not params:
-        raise ValueError("no parameters to differentiate with respect to")
+        raise ValueError("no parameters to differentiate with respect to (are they all frozen?)")
     names, tensors = [n for n, _ in params], [p for _, p in params]
     t = cotangents.shape[0]
+    grads: Sequence[Tensor | None]
     if not output.requires_grad:
-        return {n: torch.zeros(t, *p.shape, dtype=p.dtype, device=p.device) for n, p in params}
-    try:
-        grads = torch.autograd.grad(
-            output, tensors, grad_outputs=cotangents, is_grads_batched=True,
-            retain_graph=True, allow_unused=True, materialize_grads=True,
-        )  # the graph is kept for the fallback below; it is freed with ``output`` on return
-    except RuntimeError as error:  # an operator without a batching rule
-        warnings.warn(f"batched backward unavailable ({error}); differentiating task by task", RuntimeWarning, stacklevel=3)
-        rows = [
-            torch.autograd.grad(output, tensors, grad_outputs=cotangents[i], retain_graph=i < t - 1, allow_unused=True, materialize_grads=True)
-            for i in range(t)
-        ]
-        grads = tuple(torch.stack(per_tensor) for per_tensor in zip(*rows))
-    return dict(zip(names, grads))
+        grads = [None] * len(tensors)
+    elif strategy == "batched":
+        try:
+            grads = torch.autograd.grad(output, tensors, grad_outputs=cotangents, is_grads_batched=True, retain_graph=True, allow_unused=True)
+        except RuntimeError as error:  # an operator without a batching rule
+            warnings.warn(f"batched backward unavailable ({error}); differentiating task by task", RuntimeWarning, stacklevel=3)
+            return _vjp(output, params, cotangents, "loop")
+    else:
+        rows = [torch.autograd.grad(output, tensors, grad_outputs=cotangents[i], retain_graph=True, allow_unused=True) for i in range(t)]
+        grads = [None if per_tensor[0] is None else torch.stack(per_tensor) for per_tensor in zip(*rows)]
+    blocks = {
+        name: torch.zeros(t, *p.shape, dtype=p.dtype, device=p.device) if g is None else g
+        for name, p, g in zip(names, tensors, grads)
+    }
+    return blocks, strategy

@@ -16,7 +16,7 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from workbench.gradients import Grouping, model_task_jacobian
+from workbench.gradients import Grouping, Strategy, model_task_jacobian
 
 __all__ = [
     "gramian_statistics",
@@ -70,23 +70,26 @@ def gradient_conflict(
     batch: tuple[Tensor, Mapping[str, Tensor]],
     threshold: float = 0.0,
     by: Grouping = "tensor",
+    strategy: Strategy = "auto",
 ) -> xr.Dataset:
     """Pairwise gradient conflict of a model's tasks on one batch, whole encoder and per layer.
 
     ``batch`` is ``(x, {task: targets})``. Returns a Dataset with ``cosine``, ``magnitude_similarity``,
     ``conflict`` over ``(task, other_task)``, ``grad_norm`` and ``loss`` over ``task``, and the same
     statistics per layer as ``layer_*`` over ``(layer, task, other_task)``; layers are parameter
-    tensors (``by="tensor"``) or modules (``by="module"``).
+    tensors (``by="tensor"``), modules (``"module"``) or blocks such as transformer layers
+    (``"block"``, see :func:`~workbench.gradients.layer_label`). ``strategy`` goes to the gradient
+    engine; the one it used is in the attrs.
     """
     x, targets = batch
-    jacobian = model_task_jacobian(model, x, targets)
+    jacobian = model_task_jacobian(model, x, targets, strategy=strategy)
     layers = _statistics_dataset(jacobian.gramians(by), jacobian.tasks, threshold)
     whole = gramian_statistics(jacobian.gramian(), threshold)
     pair_dims = ("task", "other_task")
     ds = layers.assign(
         {key: (pair_dims if key != "grad_norm" else ("task",), value) for key, value in whole.items()}
     ).assign(loss=("task", jacobian.losses.double().cpu().numpy()))
-    ds.attrs.update(probe="gradient_conflict", threshold=threshold, by=by)
+    ds.attrs.update(probe="gradient_conflict", threshold=threshold, by=by, strategy=jacobian.strategy)
     return ds
 
 

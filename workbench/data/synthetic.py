@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workbench.tasks import MultiTaskData, classification_task, regression_task
+from workbench.tasks import MultiTaskData, MultiTaskSplits, classification_task, regression_task
 
 __all__ = ["block_similarity", "SyntheticTasks", "make_synthetic"]
 
@@ -81,6 +81,15 @@ class SyntheticTasks:
     weights: xr.DataArray
     similarity: xr.DataArray
 
+    @property
+    def reference(self) -> xr.DataArray:
+        """The planted similarity: the reference relationship every builder offers."""
+        return self.similarity
+
+    def splits(self, validation_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> MultiTaskSplits:
+        """A seeded train / validation / test split with the planted similarity as reference."""
+        return self.data.splits(validation_fraction, test_fraction, seed, reference=self.similarity)
+
 
 def make_synthetic(
     n_tasks: int = 6,
@@ -143,5 +152,8 @@ def make_synthetic(
     return SyntheticTasks(
         data=data,
         weights=xr.DataArray(weights, dims=("task", "feature"), coords={"task": names}),
-        similarity=xr.DataArray(similarity, dims=("task", "other_task"), coords={"task": names, "other_task": names}, attrs={"description": "planted correlation of the tasks' true weight vectors"}),
+        similarity=xr.DataArray(
+            similarity, dims=("task", "other_task"), coords={"task": names, "other_task": names}, name="planted similarity",
+            attrs={"description": "planted correlation of the tasks' true weight vectors"},
+        ),
     )

@@ -1,0 +1,96 @@
+"""MultiDigits: shapes, determinism, split hygiene and labels that match the pictures."""
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+from sklearn.datasets import load_digits
+
+from workbench.data import MULTIDIGITS_TASKS, make_multidigits
+
+SIZES = dict(n_train=300, n_validation=80, n_test=80)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    source = load_digits()
+    return source.images / 16.0, source.target
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return make_multidigits(tasks=MULTIDIGITS_TASKS, seed=3, **SIZES)
+
+
+def test_shapes_and_target_types(splits):
+    train = splits.train
+    assert train.x.shape == (300, 1, 12, 16) and train.x.dtype == torch.float32
+    assert 0 <= train.x.min() and train.x.max() <= 1
+    assert train.targets["left"].dtype == torch.int64 and set(train.targets["left"].tolist()) <= set(range(10))
+    assert set(train.targets["parity"].tolist()) <= {0.0, 1.0} and set(train.targets["greater"].tolist()) <= {0.0, 1.0}
+    assert [t.out_features for t in splits.tasks] == [10, 10, 1, 1, 1]
+    assert abs(float(train.targets["sum"].mean())) < 1e-5 and float(train.targets["sum"].std()) == pytest.approx(1, abs=0.01)
+    assert (len(splits.validation), len(splits.test)) == (80, 80)
+    assert splits.attrs["source"].startswith("scikit-learn") and splits.attrs["seed"] == 3
+
+
+def test_same_seed_same_data(splits):
+    again = make_multidigits(tasks=MULTIDIGITS_TASKS, seed=3, **SIZES)
+    other = make_multidigits(tasks=MULTIDIGITS_TASKS, seed=4, **SIZES)
+    assert torch.equal(splits.train.x, again.train.x) and torch.equal(splits.test.targets["sum"], again.test.targets["sum"])
+    assert not torch.equal(splits.train.x, other.train.x)
+
+
+def test_no_source_image_of_test_or_validation_is_in_training(splits, digits):
+    images, _ = digits
+
+    def used(data):
+        return {images[i].tobytes() for key in ("left_source", "right_source") for i in data.meta[key]}
+
+    train, validation, test = used(splits.train), used(splits.validation), used(splits.test)
+    assert not train & test and not train & validation and not validation & test
+    assert splits.attrs["source_images"] == {"train": 1078, "validation": 360, "test": 359}
+
+
+def test_each_canvas_holds_its_recorded_digits_and_labels(splits, digits):
+    """The recorded source image lies on the canvas (composition takes the brighter pixel) and the labels follow it."""
+    images, labels = digits
+    data = splits.test
+    for i in range(len(data)):
+        canvas = data.x[i, 0].numpy()
+        for key, columns in (("left_source", range(0, 3)), ("right_source", range(6, 9))):
+            image = images[data.meta[key][i]]
+            placed = [
+                np.all(canvas[r : r + 8, c : c + 8] >= image - 1e-6) for r in range(0, 5) for c in columns
+            ]
+            assert any(placed), f"sample {i}: {key} not on the canvas"
+        left, right = labels[data.meta["left_source"][i]], labels[data.meta["right_source"][i]]
+        assert data.targets["left"][i] == left and data.targets["right"][i] == right
+        assert data.targets["parity"][i] == (left + right) % 2 and data.targets["greater"][i] == (left > right)
+    mean, std = splits.attrs["target_scaling"]["sum"]
+    raw_sum = labels[data.meta["left_source"]] + labels[data.meta["right_source"]]
+    np.testing.assert_allclose(data.targets["sum"].numpy() * std + mean, raw_sum, atol=1e-4)
+
+
+def test_reference_is_the_mutual_information_of_the_labels(splits):
+    reference = splits.reference
+    assert reference.dims == ("task", "other_task")
+    np.testing.assert_allclose(np.diag(reference), 1.0)
+    np.testing.assert_allclose(reference, reference.T)
+    assert reference.sel(task="left", other_task="right") < 0.05  # independent digits
+    assert reference.sel(task="parity", other_task="sum") > 0.3  # the sum decides the parity
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(tasks=["left", "middle"]), r"unknown MultiDigits tasks \['middle'\]; available: \['left', 'right', 'parity', 'greater', 'sum'\]"),
+        (dict(tasks=["left", "left"]), "distinct"),
+        (dict(height=7), "cannot hold 8 × 8 digits"),
+        (dict(n_test=0), "every split needs samples"),
+    ],
+)
+def test_bad_options_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        make_multidigits(**options)

@@ -38,14 +38,36 @@ def test_report_renders_every_figure_offline(conflict_report):
     page = conflict_report / "01_gradient_conflict.html"
     html = page.read_text()
     figures = html.count('class="plotly-graph-div"')
-    assert figures == 4
+    assert figures == 5
     assert "Spearman rank correlation, |planted similarity| vs mean cosine" in html
+    assert "Agreement of the probe with the reference during training" in html
     assert "training:" not in html, "a progress-bar frame was frozen into the report"
     assert external_references(html) == []
     dom, requests = render(page)
     assert requests == []
     assert dom.count("plot-container plotly") == figures, "a figure did not render"
     assert dom.count('class="main-svg"') >= figures
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset, layer", [("multidigits", "0.weight"), ("lexicon", "transformer.encoder.layer.5")])
+def test_conflict_report_on_real_tasks(tmp_path, dataset, layer):
+    """The same notebook on MultiDigits (CNN) and the lexicon tasks (MiniLM, layers are its blocks), offline."""
+    done = subprocess.run(
+        [sys.executable, "-m", "workbench.cli", "run", NOTEBOOK, "-p", "quick", "True", "-p", "dataset", dataset, "-o", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    history = results.load(tmp_path / "01_gradient_conflict" / "conflict_history.nc")
+    assert layer in history.layer.values.tolist()
+    reference = results.load(tmp_path / "01_gradient_conflict" / "reference.nc")
+    assert reference.attrs["dataset"] == dataset and reference.sizes["task"] == history.sizes["task"]
+    page = tmp_path / "01_gradient_conflict.html"
+    html = page.read_text()
+    assert f"{dataset}: " in html and "LOAD REPORT" not in html
+    dom, requests = render(page)
+    assert requests == [] and external_references(html) == []
+    assert dom.count("plot-container plotly") == html.count('class="plotly-graph-div"') == 5
 
 
 @pytest.mark.slow

@@ -44,7 +44,7 @@ def test_parameters_are_read_with_their_types():
 def test_bad_parameters_are_refused_with_the_list(values, message):
     with pytest.raises(ValueError, match=message) as error:
         runner.check_parameters(NOTEBOOK, values)
-    assert "Its parameters are: n_tasks=6" in str(error.value)
+    assert "Its parameters are: dataset='synthetic', n_tasks=6" in str(error.value)
 
 
 def test_good_parameters_are_coerced():

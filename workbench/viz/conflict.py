@@ -8,7 +8,7 @@ import xarray as xr
 
 from workbench.probes.conflict import upper_pairs
 
-__all__ = ["cosine_matrix_slider", "layer_conflict_heatmap", "pair_cosine_over_time", "planted_vs_measured"]
+__all__ = ["agreement_over_training", "cosine_matrix_slider", "layer_conflict_heatmap", "pair_cosine_over_time", "reference_vs_measured"]
 
 _DIVERGING = dict(colorscale="RdBu", zmin=-1, zmax=1, zmid=0)
 
@@ -68,16 +68,32 @@ def pair_cosine_over_time(history: xr.Dataset, variable: str = "cosine") -> go.F
     return fig
 
 
-def planted_vs_measured(planted: xr.DataArray, measured: xr.DataArray, rank_correlation: float | None = None) -> go.Figure:
-    """Scatter of the planted pairwise similarity (x) against the measured one (y), one point per pair ``i < j``."""
-    truth = upper_pairs(planted)
-    seen = upper_pairs(measured.sel(task=planted.task, other_task=planted.other_task))
+def reference_vs_measured(reference: xr.DataArray, measured: xr.DataArray, rank_correlation: float | None = None) -> go.Figure:
+    """Scatter of a reference pairwise relationship (x) against the measured one (y), one point per pair ``i < j``.
+
+    The axes are titled by the arrays' names (``reference.name``: "planted similarity", "target correlation", ...).
+    """
+    truth = upper_pairs(reference)
+    seen = upper_pairs(measured.sel(task=reference.task, other_task=reference.other_task))
     fig = go.Figure(go.Scatter(
         x=truth.values, y=seen.values, mode="markers+text", text=list(truth.pair.values), textposition="top center",
-        hovertemplate="%{text}: planted %{x:.2f}, measured %{y:.3f}<extra></extra>",
+        hovertemplate="%{text}: reference %{x:.2f}, measured %{y:.3f}<extra></extra>",
     ))
-    title = "Planted task similarity against measured gradient cosine"
+    x_title, y_title = reference.name or "reference", measured.name or "measured"
+    title = f"{x_title[0].upper()}{x_title[1:]} against {y_title}"
     if rank_correlation is not None:
         title += f" (Spearman ρ = {rank_correlation:.2f})"
-    fig.update_layout(title=title, xaxis_title=planted.name or "planted similarity", yaxis_title=measured.name or "measured")
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title)
+    return fig
+
+
+def agreement_over_training(curves: dict[str, xr.DataArray]) -> go.Figure:
+    """One line per named curve of a rank correlation over ``step`` (from ``rank_correlation_over_training``)."""
+    fig = go.Figure([go.Scatter(x=c.step.values, y=c.values, mode="lines+markers", name=name) for name, c in curves.items()])
+    fig.add_hline(y=0, line_dash="dot", line_color="grey")
+    window = next(iter(curves.values())).attrs.get("window")
+    fig.update_layout(
+        title=f"Agreement of the probe with the reference during training (cosine averaged over {window} records)",
+        xaxis_title="step", yaxis_title="Spearman ρ", yaxis_range=[-1, 1],
+    )
     return fig

@@ -1,0 +1,77 @@
+"""Ready problems: a dataset's splits together with the model that suits it.
+
+The notebooks run the same experiment on synthetic tasks (an MLP), MultiDigits (a small CNN) and the
+lexicon tasks (MiniLM); :func:`load_problem` builds either by name, and the model builders make a
+fresh model for any subset of the tasks (single-task baselines, pairs, groups).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from workbench.encoders import Pooling, conv_encoder, minilm_encoder, representation_shape
+from workbench.gradients import Grouping
+from workbench.tasks import MultiTaskModel, MultiTaskSplits, Task, mlp_encoder
+
+__all__ = ["DATASETS", "Problem", "load_problem", "mlp_model", "multidigits_model", "minilm_model"]
+
+DATASETS = ("synthetic", "multidigits", "lexicon")
+
+
+def mlp_model(tasks: Sequence[Task], in_features: int, hidden: Sequence[int] = (64, 64)) -> MultiTaskModel:
+    """An MLP encoder ``(B, in_features) -> (B, hidden[-1])`` with one linear head per task."""
+    return MultiTaskModel(mlp_encoder(in_features, hidden), tasks, representation_dim=hidden[-1])
+
+
+def multidigits_model(tasks: Sequence[Task], canvas: Sequence[int] = (12, 16), channels: Sequence[int] = (16, 32, 32)) -> MultiTaskModel:
+    """:func:`~workbench.encoders.conv_encoder` on ``(B, 1, *canvas)`` images with a linear head per task on the flattened ``Z``."""
+    import torch
+
+    encoder = conv_encoder(1, channels)
+    return MultiTaskModel(encoder, tasks, representation_dim=representation_shape(encoder, torch.zeros(1, 1, *canvas)))
+
+
+def minilm_model(tasks: Sequence[Task], pooling: Pooling = "mean", trainable_layers: int | None = 2) -> MultiTaskModel:
+    """MiniLM (:func:`~workbench.encoders.minilm_encoder`) with one linear head per task on its 384 features."""
+    return MultiTaskModel(minilm_encoder(pooling, trainable_layers), tasks, representation_dim=384)
+
+
+@dataclass
+class Problem:
+    """A dataset by name: its ``splits``, ``make_model(tasks)`` for a fresh model, and the natural ``layers`` grouping of its encoder."""
+
+    name: str
+    splits: MultiTaskSplits
+    make_model: Callable[[Sequence[Task]], MultiTaskModel]
+    layers: Grouping
+
+
+def load_problem(dataset: str, seed: int = 0, **options: Any) -> Problem:
+    """Build ``dataset`` (one of :data:`DATASETS`) with its model; ``options`` go to the builder.
+
+    - ``"synthetic"``: :func:`~workbench.data.make_synthetic` options plus ``hidden`` (MLP widths),
+      ``validation_fraction`` and ``test_fraction``;
+    - ``"multidigits"``: :func:`~workbench.data.make_multidigits` options plus ``channels`` (CNN widths);
+    - ``"lexicon"``: :func:`~workbench.data.make_lexicon` options plus ``pooling`` and
+      ``trainable_layers`` for MiniLM; its layers are the transformer blocks.
+    """
+    from functools import partial
+
+    from workbench import data
+
+    if dataset == "synthetic":
+        hidden = options.pop("hidden", (64, 64))
+        fractions = {k: options.pop(k) for k in ("validation_fraction", "test_fraction") if k in options}
+        synthetic = data.make_synthetic(seed=seed, **options)
+        features = synthetic.data.x.shape[1]
+        return Problem(dataset, synthetic.splits(seed=seed, **fractions), partial(mlp_model, in_features=features, hidden=hidden), "tensor")
+    if dataset == "multidigits":
+        channels = options.pop("channels", (16, 32, 32))
+        splits = data.make_multidigits(seed=seed, **options)
+        return Problem(dataset, splits, partial(multidigits_model, canvas=tuple(splits.attrs["canvas"]), channels=channels), "tensor")
+    if dataset == "lexicon":
+        model_options = {k: options.pop(k) for k in ("pooling", "trainable_layers") if k in options}
+        return Problem(dataset, data.make_lexicon(seed=seed, **options), partial(minilm_model, **model_options), "block")
+    raise ValueError(f"unknown dataset {dataset!r}; available: {list(DATASETS)}")

@@ -15,14 +15,19 @@ tensors at ``Z``; the split avoids that O(T²) work. From the blocks follow the 
 T × T Gramian ``G = J Jᵀ``, and both per parameter tensor, per module and per block.
 
 Which second stage is faster depends on the encoder: a vmapped backward wins on small MLPs, where
-Python and autograd overhead dominate, and can lose to T plain backward passes through attention.
-``strategy="auto"`` (the default for models) times both once per encoder and input shape, remembers
-the faster, and reports the choice in :attr:`TaskJacobian.strategy`.
+Python and autograd overhead dominate, and can lose to T plain backward passes through wide layers or
+attention. ``strategy="auto"`` (the default for models) learns it per encoder and input shape
+without extra work: its first calls alternate the two strategies, each timing the work it does
+anyway; later calls use the faster (by median time). Each result says which strategy computed it
+(:attr:`TaskJacobian.strategy`). The two agree to float rounding (about 1e-8 relative); pass a
+strategy explicitly for bitwise-reproducible runs.
 """
 
 from __future__ import annotations
 
+import math
 import re
+import statistics
 import time
 import warnings
 import weakref
@@ -141,7 +146,7 @@ def model_task_jacobian(
     ``x`` is the input batch and ``targets`` maps every task to its targets ``(B,)``. One encoder
     forward, one backward through the heads, and the encoder's T vector-Jacobian products, either
     in one batched backward (``strategy="batched"``) or one backward per task (``"loop"``);
-    ``"auto"`` times both on the first call for this encoder, input shape and T and keeps the faster.
+    ``"auto"`` learns the faster of the two for this encoder, input shape and T over its first calls.
     ``keep_representation_grads`` keeps ``∂L_t/∂Z`` ``(T, *Z.shape)`` in the result (memory: T copies of ``Z``).
     """
     if strategy not in ("auto", "batched", "loop"):
@@ -154,14 +159,17 @@ def model_task_jacobian(
     cotangents = torch.stack(torch.autograd.grad(stacked.sum(), leaves, allow_unused=True, materialize_grads=True))
     params = model.shared_parameters()
     if strategy == "auto":
-        grads, used = _fastest_vjp(model.encoder, _signature(x, params, len(names)), z, params, cotangents)
+        grads, used = _learned_vjp(model.encoder, _signature(x, params, len(names)), z, params, cotangents)
     else:
         grads, used = _vjp(z, params, cotangents, strategy)
     return TaskJacobian(names, grads, stacked.detach(), cotangents if keep_representation_grads else None, used)
 
 
-_chosen: weakref.WeakKeyDictionary[nn.Module, dict[tuple, str]] = weakref.WeakKeyDictionary()
-"""The strategy timed fastest, per encoder and call signature."""
+TRIALS = 3
+"""Calls per strategy that ``strategy="auto"`` times before it keeps the faster."""
+
+_timings: weakref.WeakKeyDictionary[nn.Module, dict[tuple, dict[str, list[float]]]] = weakref.WeakKeyDictionary()
+"""Seconds of the encoder VJPs per encoder, call signature and strategy."""
 
 
 def _signature(x: Inputs, params: Sequence[tuple[str, Tensor]], n_tasks: int) -> tuple:
@@ -170,20 +178,21 @@ def _signature(x: Inputs, params: Sequence[tuple[str, Tensor]], n_tasks: int) ->
     return (n_tasks, tuple((tuple(t.shape), t.dtype, str(t.device)) for t in tensors), tuple(n for n, _ in params))
 
 
-def _fastest_vjp(encoder: nn.Module, signature: tuple, z: Tensor, params, cotangents: Tensor) -> tuple[dict[str, Tensor], str]:
-    """The encoder VJPs by the strategy known to be fastest for ``signature``; timed (twice each, alternating) when unknown."""
-    known = _chosen.setdefault(encoder, {})
-    if signature in known:
-        return _vjp(z, params, cotangents, known[signature])
-    timings: dict[str, list[float]] = {"batched": [], "loop": []}
-    results: dict[str, dict[str, Tensor]] = {}
-    for strategy in ("batched", "loop", "batched", "loop"):
+def _learned_vjp(encoder: nn.Module, signature: tuple, z: Tensor, params, cotangents: Tensor) -> tuple[dict[str, Tensor], str]:
+    """The encoder VJPs by the strategy with the lower median time, once each has been timed ``TRIALS`` times.
+
+    Until then the strategies take turns, the less-timed first; every call's own time is recorded.
+    """
+    timings = _timings.setdefault(encoder, {}).setdefault(signature, {"batched": [], "loop": []})
+    untried = [s for s in timings if len(timings[s]) < TRIALS]
+    if untried:
+        strategy = min(untried, key=lambda s: len(timings[s]))
         seconds, (grads, used) = _timed(z.device, _vjp, z, params, cotangents, strategy)
-        timings[used].append(seconds)  # "batched" may fall back to the loop
-        results[used] = grads
-    fastest = min(results, key=lambda s: min(timings[s]))
-    known[signature] = fastest
-    return results[fastest], fastest
+        timings[used].append(seconds)
+        if used != strategy:  # no batching rule: the batched strategy fell back to the loop, never try it again
+            timings[strategy] = [math.inf] * TRIALS
+        return grads, used
+    return _vjp(z, params, cotangents, min(timings, key=lambda s: statistics.median(timings[s])))
 
 
 def _timed(device: torch.device, compute: Callable[..., tuple], *args) -> tuple[float, tuple]:

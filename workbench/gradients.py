@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from workbench.tasks import Inputs, check_finite
 
-__all__ = ["TaskJacobian", "task_jacobian", "model_task_jacobian", "layer_label"]
+__all__ = ["TaskJacobian", "RepresentationPass", "representation_pass", "encoder_vjp", "task_jacobian", "model_task_jacobian", "layer_label"]
 
 Grouping = Literal["tensor", "module", "block"]
 Strategy = Literal["auto", "batched", "loop"]
@@ -74,7 +74,9 @@ class TaskJacobian:
     ``representation_grads`` is ``∂L_t/∂Z`` of shape ``(T, *Z.shape)`` when the Jacobian came from a
     model's shared representation ``Z`` (the per-sample task saliency of Rep-MTL), else ``None``.
     ``strategy`` says how the blocks were computed: ``"batched"`` (one vmapped backward) or ``"loop"``
-    (one backward per task).
+    (one backward per task). ``task_grads``, when asked for, maps each task-specific parameter (a
+    head's, or one an encoder holds for a task) by its name in the model to the gradient of its own
+    task's loss, shape ``parameter.shape``.
     """
 
     tasks: list[str]
@@ -82,6 +84,7 @@ class TaskJacobian:
     losses: Tensor
     representation_grads: Tensor | None = None
     strategy: str = "batched"
+    task_grads: dict[str, Tensor] | None = None
 
     def matrix(self) -> Tensor:
         """The Jacobian ``J`` of shape ``(T, P)``: every block flattened and concatenated in order."""
@@ -138,8 +141,56 @@ def task_jacobian(
     return TaskJacobian(names, grads, stacked.detach(), strategy=used)
 
 
+@dataclass(frozen=True)
+class RepresentationPass:
+    """One encoder forward and every head on its own detached copy of ``Z``, differentiated once.
+
+    ``z`` is the representation ``(B, ...)`` with the encoder's graph; ``losses`` ``(T,)`` (detached);
+    ``cotangents`` ``(T, *Z.shape)`` holds each ``∂L_t/∂Z``; ``head_grads`` maps every trainable head
+    parameter (its name in the model) to the gradient of its task's loss.
+    """
+
+    z: Tensor
+    losses: Tensor
+    cotangents: Tensor
+    head_grads: dict[str, Tensor]
+
+
+def representation_pass(model, x: Inputs, targets: Mapping[str, Tensor]) -> RepresentationPass:
+    """The first stage of the engine: one forward, one backward through the heads (see the module docstring)."""
+    z = model.represent(x)
+    names = model.task_names
+    leaves = [z.detach().requires_grad_() for _ in names]  # each head sees its own copy of Z
+    losses = model.losses_from_outputs({name: model.heads[name](leaf) for name, leaf in zip(names, leaves)}, targets)
+    stacked = torch.stack([losses[n] for n in names])
+    heads = [(f"heads.{task}.{name}", p) for task in names for name, p in model.heads[task].named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(stacked.sum(), leaves + [p for _, p in heads], allow_unused=True, materialize_grads=True)
+    cotangents = torch.stack(grads[: len(names)])
+    return RepresentationPass(z, stacked.detach(), cotangents, {name: g for (name, _), g in zip(heads, grads[len(names) :])})
+
+
+def encoder_vjp(
+    model, x: Inputs, z: Tensor, params: Sequence[tuple[str, Tensor]], cotangents: Tensor, strategy: Strategy = "auto"
+) -> tuple[dict[str, Tensor], str]:
+    """The second stage: ``({name: (T, *p.shape)}, strategy used)``, the rows ``cotangents[t] · ∂Z/∂p``.
+
+    ``"auto"`` learns the faster strategy per encoder, input shape, parameters and T (see the module docstring).
+    """
+    if strategy not in ("auto", "batched", "loop"):
+        raise ValueError(f"strategy must be 'auto', 'batched' or 'loop', not {strategy!r}")
+    if strategy == "auto":
+        return _learned_vjp(model.encoder, _signature(x, params, cotangents.shape[0]), z, params, cotangents)
+    return _vjp(z, params, cotangents, strategy)
+
+
 def model_task_jacobian(
-    model, x: Inputs, targets: Mapping[str, Tensor], *, keep_representation_grads: bool = False, strategy: Strategy = "auto"
+    model,
+    x: Inputs,
+    targets: Mapping[str, Tensor],
+    *,
+    keep_representation_grads: bool = False,
+    task_grads: bool = False,
+    strategy: Strategy = "auto",
 ) -> TaskJacobian:
     """Per-task gradients of a :class:`~workbench.tasks.MultiTaskModel` over its shared parameters on one batch.
 
@@ -147,22 +198,21 @@ def model_task_jacobian(
     forward, one backward through the heads, and the encoder's T vector-Jacobian products, either
     in one batched backward (``strategy="batched"``) or one backward per task (``"loop"``);
     ``"auto"`` learns the faster of the two for this encoder, input shape and T over its first calls.
-    ``keep_representation_grads`` keeps ``∂L_t/∂Z`` ``(T, *Z.shape)`` in the result (memory: T copies of ``Z``).
+    ``keep_representation_grads`` keeps ``∂L_t/∂Z`` ``(T, *Z.shape)`` in the result (memory: T copies
+    of ``Z``); ``task_grads`` adds the gradients of the task-specific parameters (heads, and those the
+    encoder holds for one task) from the same passes, which is what a training step needs.
     """
-    if strategy not in ("auto", "batched", "loop"):
-        raise ValueError(f"strategy must be 'auto', 'batched' or 'loop', not {strategy!r}")
-    z = model.represent(x)
-    names = model.task_names
-    leaves = [z.detach().requires_grad_() for _ in names]  # each head sees its own copy of Z
-    losses = model.losses_from_outputs({name: model.heads[name](leaf) for name, leaf in zip(names, leaves)}, targets)
-    stacked = torch.stack([losses[n] for n in names])
-    cotangents = torch.stack(torch.autograd.grad(stacked.sum(), leaves, allow_unused=True, materialize_grads=True))
-    params = model.shared_parameters()
-    if strategy == "auto":
-        grads, used = _learned_vjp(model.encoder, _signature(x, params, len(names)), z, params, cotangents)
-    else:
-        grads, used = _vjp(z, params, cotangents, strategy)
-    return TaskJacobian(names, grads, stacked.detach(), cotangents if keep_representation_grads else None, used)
+    first = representation_pass(model, x, targets)
+    shared = model.shared_parameters()
+    resident = model.encoder_task_parameters() if task_grads else {}
+    extra = [(name, p) for params in resident.values() for name, p in params]
+    blocks, used = encoder_vjp(model, x, first.z, shared + extra, first.cotangents, strategy)
+    own = None
+    if task_grads:
+        rows = {task: i for i, task in enumerate(model.task_names)}
+        own = {**first.head_grads, **{name: blocks.pop(name)[rows[task]] for task, params in resident.items() for name, _ in params}}
+    representation = first.cotangents if keep_representation_grads else None
+    return TaskJacobian(model.task_names, blocks, first.losses, representation, used, own)
 
 
 TRIALS = 3

@@ -16,7 +16,7 @@ and their attention mask, as a tokenizer returns them); :func:`num_samples`, :fu
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
@@ -222,8 +222,32 @@ class MultiTaskModel(nn.Module):
         }
 
     def shared_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """``(name, parameter)`` of the encoder's trainable parameters, in module order (frozen ones are not shared)."""
-        return [(name, p) for name, p in self.encoder.named_parameters() if p.requires_grad]
+        """``(name, parameter)`` of the encoder's trainable parameters, in module order, named as in the encoder.
+
+        Frozen parameters are not shared, nor those the encoder holds for one task alone (see
+        :meth:`encoder_task_parameters`).
+        """
+        own = {id(p) for params in self.encoder_task_parameters().values() for _, p in params}
+        return [(name, p) for name, p in self.encoder.named_parameters() if p.requires_grad and id(p) not in own]
+
+    def encoder_task_parameters(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """Trainable parameters inside the encoder that serve one task only (MMoE's gates), named as in the model.
+
+        An encoder declares them with a ``task_parameters()`` method returning ``{task: [(name, parameter)]}``
+        (names relative to the encoder); most encoders have none.
+        """
+        declared = getattr(self.encoder, "task_parameters", None)
+        if declared is None:
+            return {}
+        return {task: [(f"encoder.{name}", p) for name, p in params if p.requires_grad] for task, params in declared().items()}
+
+    def task_parameters(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """Each task's own trainable parameters, named as in the model: its head and what the encoder holds for it."""
+        resident = self.encoder_task_parameters()
+        return {
+            task: [(f"heads.{task}.{name}", p) for name, p in self.heads[task].named_parameters() if p.requires_grad] + resident.get(task, [])
+            for task in self.tasks
+        }
 
     def losses_from_outputs(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """``{task: scalar loss}`` for the given outputs; raises on a missing target or a non-finite loss."""
@@ -341,16 +365,24 @@ class MultiTaskData:
         test, validation, train = order[:n_test], order[n_test : n_test + n_validation], order[n_test + n_validation :]
         return MultiTaskSplits(self.rows(train), self.rows(validation), self.rows(test), reference)
 
-    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Inputs, dict[str, Tensor]]]:
-        """An endless stream of shuffled batches ``(x (B, ...), {task: (B,)})``, epoch after epoch."""
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """Full batches per pass over the data (one when there are fewer samples than a batch)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        last_start = max(len(self) - batch_size, 0)  # full batches only, or all samples when fewer than one batch
-        while True:
-            order = torch.randperm(len(self), generator=generator)
-            for start in range(0, last_start + 1, batch_size):
-                index = order[start : start + batch_size]
-                yield take_rows(self.x, index), {n: y[index] for n, y in self.targets.items()}
+        return max(len(self) // batch_size, 1)
+
+    def batch(self, step: int, batch_size: int, seed: int = 0) -> tuple[Inputs, dict[str, Tensor]]:
+        """The batch ``(x (B, ...), {task: (B,)})`` that training step ``step`` uses.
+
+        Each epoch shuffles the samples anew, seeded by ``seed`` and the epoch, and cuts them into
+        full batches (all samples when fewer than one batch). The batch depends on the step alone,
+        so a run resumed at any step sees the same batches as an unbroken one.
+        """
+        per_epoch = self.steps_per_epoch(batch_size)
+        epoch, position = divmod(step, per_epoch)
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        index = order[position * batch_size : (position + 1) * batch_size]
+        return take_rows(self.x, index), {n: y[index] for n, y in self.targets.items()}
 
 
 @dataclass

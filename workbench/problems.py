@@ -7,40 +7,66 @@ fresh model for any subset of the tasks (single-task baselines, pairs, groups).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from workbench.architectures import mmoe_model
 from workbench.encoders import Pooling, conv_encoder, minilm_encoder, representation_shape
 from workbench.gradients import Grouping
 from workbench.tasks import MultiTaskModel, MultiTaskSplits, Task, mlp_encoder
 
-__all__ = ["DATASETS", "Problem", "load_problem", "mlp_model", "multidigits_model", "minilm_model"]
+__all__ = ["ARCHITECTURES", "DATASETS", "Problem", "load_problem", "mlp_model", "multidigits_model", "minilm_model"]
 
 DATASETS = ("synthetic", "multidigits", "lexicon")
+ARCHITECTURES = ("hps", "mmoe")
+Architecture = Literal["hps", "mmoe"]
 
 
-def mlp_model(tasks: Sequence[Task], in_features: int, hidden: Sequence[int] = (64, 64)) -> MultiTaskModel:
-    """An MLP encoder ``(B, in_features) -> (B, hidden[-1])`` with one linear head per task."""
+def mlp_model(tasks: Sequence[Task], in_features: int, hidden: Sequence[int] = (64, 64), architecture: Architecture = "hps") -> MultiTaskModel:
+    """An MLP encoder ``(B, in_features) -> (B, hidden[-1])`` with one linear head per task, or an
+    MMoE (``architecture="mmoe"``) of four such MLP experts with a softmax gate per task."""
+    if architecture == "mmoe":
+        return mmoe_model(tasks, in_features, hidden)
+    _check(architecture)
     return MultiTaskModel(mlp_encoder(in_features, hidden), tasks, representation_dim=hidden[-1])
 
 
-def multidigits_model(tasks: Sequence[Task], canvas: Sequence[int] = (12, 16), channels: Sequence[int] = (16, 32, 32)) -> MultiTaskModel:
-    """:func:`~workbench.encoders.conv_encoder` on ``(B, 1, *canvas)`` images with a linear head per task on the flattened ``Z``."""
+def multidigits_model(
+    tasks: Sequence[Task], canvas: Sequence[int] = (12, 16), channels: Sequence[int] = (16, 32, 32), architecture: Architecture = "hps"
+) -> MultiTaskModel:
+    """:func:`~workbench.encoders.conv_encoder` on ``(B, 1, *canvas)`` images with a linear head per task on the
+    flattened ``Z``, or (``"mmoe"``) that CNN as a shared trunk under four MLP experts with a gate per task."""
     import torch
 
     encoder = conv_encoder(1, channels)
-    return MultiTaskModel(encoder, tasks, representation_dim=representation_shape(encoder, torch.zeros(1, 1, *canvas)))
+    shape = representation_shape(encoder, torch.zeros(1, 1, *canvas))
+    if architecture == "mmoe":
+        return mmoe_model(tasks, math.prod(shape), (64,), trunk=encoder)
+    _check(architecture)
+    return MultiTaskModel(encoder, tasks, representation_dim=shape)
 
 
-def minilm_model(tasks: Sequence[Task], pooling: Pooling = "mean", trainable_layers: int | None = 2) -> MultiTaskModel:
-    """MiniLM (:func:`~workbench.encoders.minilm_encoder`) with one linear head per task on its 384 features."""
-    return MultiTaskModel(minilm_encoder(pooling, trainable_layers), tasks, representation_dim=384)
+def minilm_model(tasks: Sequence[Task], pooling: Pooling = "mean", trainable_layers: int | None = 2, architecture: Architecture = "hps") -> MultiTaskModel:
+    """MiniLM (:func:`~workbench.encoders.minilm_encoder`) with one linear head per task on its 384
+    features, or (``"mmoe"``) MiniLM as a shared trunk under four MLP experts with a gate per task."""
+    encoder = minilm_encoder(pooling, trainable_layers)
+    if architecture == "mmoe":
+        return mmoe_model(tasks, 384, (128,), trunk=encoder)
+    _check(architecture)
+    return MultiTaskModel(encoder, tasks, representation_dim=384)
+
+
+def _check(architecture: str) -> None:
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; available: {list(ARCHITECTURES)}")
 
 
 @dataclass
 class Problem:
-    """A dataset by name: its ``splits``, ``make_model(tasks)`` for a fresh model, and the natural ``layers`` grouping of its encoder."""
+    """A dataset by name: its ``splits``, ``make_model(tasks, architecture="hps")`` for a fresh model
+    (hard parameter sharing, or ``"mmoe"``), and the natural ``layers`` grouping of its encoder."""
 
     name: str
     splits: MultiTaskSplits

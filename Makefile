@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[test,lab,digits,text]"
+	$(PY) -m pip install --quiet -e ".[test,lab,digits,text,solvers]"
 	$(VENV)/bin/workbench kernel
 	touch $@
 

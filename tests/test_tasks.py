@@ -68,7 +68,7 @@ def test_named_inputs_and_meta_follow_the_samples():
     assert sum(map(len, words)) == 10 and not (words[0] & words[1] or words[0] & words[2] or words[1] & words[2])
     for part in (splits.train, splits.validation, splits.test):
         assert [f"w{int(v)}" for v in part.targets["a"]] == part.meta["word"].tolist()
-    batch_x, batch_targets = next(data.batches(4, torch.Generator().manual_seed(0)))
+    batch_x, batch_targets = data.batch(0, 4, seed=0)
     assert batch_x["input_ids"].shape == (4, 2) and batch_targets["a"].shape == (4,)
 
 

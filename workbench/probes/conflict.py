@@ -16,7 +16,7 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from workbench.gradients import Grouping, Strategy, model_task_jacobian
+from workbench.gradients import Grouping, Strategy, TaskJacobian, model_task_jacobian
 
 __all__ = [
     "gramian_statistics",
@@ -71,6 +71,7 @@ def gradient_conflict(
     threshold: float = 0.0,
     by: Grouping = "tensor",
     strategy: Strategy = "auto",
+    jacobian: TaskJacobian | None = None,
 ) -> xr.Dataset:
     """Pairwise gradient conflict of a model's tasks on one batch, whole encoder and per layer.
 
@@ -79,10 +80,12 @@ def gradient_conflict(
     statistics per layer as ``layer_*`` over ``(layer, task, other_task)``; layers are parameter
     tensors (``by="tensor"``), modules (``"module"``) or blocks such as transformer layers
     (``"block"``, see :func:`~workbench.gradients.layer_label`). ``strategy`` goes to the gradient
-    engine; the one it used is in the attrs.
+    engine; the one it used is in the attrs. ``jacobian``, the engine's result for this model and
+    batch when a training step already computed it, is used instead of computing it again.
     """
-    x, targets = batch
-    jacobian = model_task_jacobian(model, x, targets, strategy=strategy)
+    if jacobian is None:
+        x, targets = batch
+        jacobian = model_task_jacobian(model, x, targets, strategy=strategy)
     layers = _statistics_dataset(jacobian.gramians(by), jacobian.tasks, threshold)
     whole = gramian_statistics(jacobian.gramian(), threshold)
     pair_dims = ("task", "other_task")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import xarray as xr
 from torch import Tensor
 
+from workbench.gradients import TaskJacobian
 from workbench.tasks import Inputs, to_device
 
 __all__ = ["ProbeRecorder"]
@@ -18,11 +20,12 @@ Probe = Callable[..., xr.Dataset]
 class ProbeRecorder:
     """Calls ``probe(model, batch, **options)`` at step 0 and every ``every`` steps.
 
-    The training loop calls :meth:`maybe_record` with the batch it is about to train on; the probe
+    The training loop calls :meth:`maybe_record` with the batch it is training on; the probe
     measures on that batch, or on the fixed ``batch`` ``(x, {task: targets})`` when one is given (a
-    larger held-out batch gives less noisy estimates that are comparable across steps). The Datasets
-    are concatenated along ``step`` by :attr:`history`. ``name`` labels the result in a training
-    history (default: the probe's function name).
+    larger held-out batch gives less noisy estimates that are comparable across steps). On the
+    training batch, a probe that accepts a ``jacobian`` reuses the per-task gradients the training
+    step computed, when its method computed them. The Datasets are concatenated along ``step`` by
+    :attr:`history`. ``name`` labels the result in a training history (default: the probe's name).
     """
 
     def __init__(
@@ -40,19 +43,26 @@ class ProbeRecorder:
         self.name = name or probe.__name__
         self.batch = batch
         self.options = options
+        self.reuses_jacobian = "jacobian" in inspect.signature(probe).parameters
         self._records: list[xr.Dataset] = []
 
-    def maybe_record(self, step: int, model, batch: tuple[Inputs, Mapping[str, Tensor]]) -> bool:
-        """Record the probe if ``step`` is due (the fixed batch is moved to the model's device); returns whether it recorded."""
+    def maybe_record(self, step: int, model, batch: tuple[Inputs, Mapping[str, Tensor]], jacobian: TaskJacobian | None = None) -> bool:
+        """Record the probe if ``step`` is due (the fixed batch is moved to the model's device); returns whether it recorded.
+
+        ``jacobian`` is the training step's per-task Jacobian on ``batch``, if it computed one.
+        """
         if step % self.every:
             return False
+        options = dict(self.options)
         if self.batch is None:
             measured_on = batch
+            if jacobian is not None and self.reuses_jacobian:
+                options["jacobian"] = jacobian
         else:
             x, targets = self.batch
             device = model.device
             measured_on = (to_device(x, device), {name: y.to(device) for name, y in targets.items()})
-        self._records.append(self.probe(model, measured_on, **self.options).expand_dims(step=[step]))
+        self._records.append(self.probe(model, measured_on, **options).expand_dims(step=[step]))
         return True
 
     @property
@@ -63,3 +73,10 @@ class ProbeRecorder:
         ds = xr.concat(self._records, dim="step", combine_attrs="override")
         ds.attrs.update(every=self.every, batch="fixed" if self.batch is not None else "training")
         return ds
+
+    def state_dict(self) -> list[dict]:
+        """The records so far, as plain data (for a training checkpoint)."""
+        return [record.to_dict(data="list") for record in self._records]
+
+    def load_state_dict(self, records: list[dict]) -> None:
+        self._records = [xr.Dataset.from_dict(record) for record in records]

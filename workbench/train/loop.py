@@ -1,25 +1,36 @@
-"""The training loop: equal-weight multi-task training with probe recorders attached.
+"""The training loop: any registered method, probe recorders attached, checkpoints to resume from.
 
-``train`` runs a fixed number of optimiser steps on shuffled batches, records the per-task batch
-losses every step, evaluates loss and metric per task on held-out data every ``eval_every`` steps,
-and lets each :class:`~workbench.probes.ProbeRecorder` sample its probe on the batch about to be
-trained on. ``single_task_baselines`` trains one model per task with the same loop.
+``train`` runs a fixed number of optimiser steps. At every step the method (see
+:mod:`workbench.train.registry`) turns the batch into gradients; the loop records the per-task
+batch losses, the task weights the method applied and the seconds the step took, lets each
+:class:`~workbench.probes.ProbeRecorder` sample its probe, and evaluates loss and metric per task on
+held-out data every ``eval_every`` steps. With ``checkpoint`` it saves everything a resumed run needs
+(model, optimizer, the method's state, random number generators, the history so far) every
+``checkpoint_every`` steps; ``resume=True`` continues from that file with the same numbers an
+unbroken run gives. ``single_task_baselines`` trains one model per task with the same loop.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
 from torch import nn
 
+from workbench.checkpoints import load_tree, save_tree
 from workbench.probes.recorder import ProbeRecorder
 from workbench.progress import progress as progress_bar
 from workbench.tasks import MultiTaskData, MultiTaskModel, Task, to_device
+from workbench.train.method import Method
+from workbench.train.registry import make_method
 
 __all__ = ["TrainingResult", "train", "single_task_baselines"]
 
@@ -28,15 +39,55 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 @dataclass
 class TrainingResult:
-    """What a run leaves: the trained model, its metric ``history`` and each recorder's probe history.
+    """What a run leaves: the trained model, its metric ``history``, each recorder's probe history and the method.
 
-    ``history`` holds ``train_loss (step, task)`` for every step and ``loss``, ``metric``
-    ``(eval_step, task)`` on the evaluation data.
+    ``history`` holds ``train_loss``, ``weights`` (the task weights the method applied, NaN for
+    methods without weights) over ``(step, task)``, ``step_seconds`` over ``step``, and ``loss``,
+    ``metric`` over ``(eval_step, task)`` on the evaluation data.
     """
 
     model: MultiTaskModel
     history: xr.Dataset
     probes: dict[str, xr.Dataset] = field(default_factory=dict)
+    method: Method | None = None
+
+
+class _History:
+    """The arrays a run fills step by step; part of every checkpoint."""
+
+    def __init__(self, steps: int, n_tasks: int) -> None:
+        self.train_loss = np.full((steps, n_tasks), np.nan)
+        self.weights = np.full((steps, n_tasks), np.nan)
+        self.step_seconds = np.full(steps, np.nan)
+        self.eval_steps: list[int] = []
+        self.eval_loss: list[list[float]] = []
+        self.eval_metric: list[list[float]] = []
+
+    def state_dict(self, done: int) -> dict[str, Any]:
+        return {
+            "train_loss": self.train_loss[:done], "weights": self.weights[:done], "step_seconds": self.step_seconds[:done],
+            "eval_steps": self.eval_steps, "eval_loss": self.eval_loss, "eval_metric": self.eval_metric,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        done = len(state["train_loss"])
+        if done > len(self.train_loss):
+            raise ValueError(f"the checkpoint has {done} steps done, more than the {len(self.train_loss)} asked for")
+        self.train_loss[:done], self.weights[:done], self.step_seconds[:done] = state["train_loss"], state["weights"], state["step_seconds"]
+        self.eval_steps, self.eval_loss, self.eval_metric = list(state["eval_steps"]), list(state["eval_loss"]), list(state["eval_metric"])
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def train(
@@ -44,6 +95,7 @@ def train(
     data: MultiTaskData,
     steps: int,
     *,
+    method: str | Method = "sum",
     eval_data: MultiTaskData | None = None,
     batch_size: int = 64,
     optimizer: OptimizerFactory = partial(torch.optim.Adam, lr=1e-3),
@@ -52,75 +104,127 @@ def train(
     eval_batch_size: int = 1024,
     seed: int = 0,
     device: torch.device | str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
     progress: bool = True,
 ) -> TrainingResult:
-    """Train ``model`` on the sum of its task losses for ``steps`` steps; deterministic under ``seed``.
+    """Train ``model`` for ``steps`` steps with ``method`` (a name from the registry or a :class:`Method`).
 
-    ``optimizer`` builds any torch optimiser from the trainable parameters
-    (``functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)``). ``eval_data`` defaults to
-    ``data``; it is evaluated ``eval_batch_size`` samples at a time at step 0, every ``eval_every``
-    steps (default: ten times per run) and after the last step. ``device`` (``"cuda"``, ``"cpu"``;
-    default: where the model is) receives the model; the data stay where they are and each batch is
-    moved when it is used.
+    ``optimizer`` builds any torch optimiser from the trainable parameters (and the method's own,
+    as uncertainty weighting's): ``functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)``.
+    ``eval_data`` defaults to ``data``; it is evaluated ``eval_batch_size`` samples at a time at step
+    0, every ``eval_every`` steps (default: ten times per run) and after the last step.
+    ``device`` (``"cuda"``, ``"cpu"``; default: where the model is) receives the model and the
+    method; the data stay where they are and each batch is moved when it is used. With
+    ``checkpoint`` the run is saved there every ``checkpoint_every`` steps (default: at the end);
+    ``resume=True`` continues from it when it exists. Deterministic under ``seed``.
     """
     if steps < 1:
         raise ValueError(f"steps must be positive, got {steps}")
     missing = set(model.task_names) - set(data.task_names)
     if missing:
         raise ValueError(f"the data has no targets for tasks {sorted(missing)} of the model")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs the checkpoint path to resume from")
     eval_data = data if eval_data is None else eval_data
     eval_every = eval_every or max(1, steps // 10)
+    checkpoint_every = checkpoint_every or steps
     if device is not None:
         model.to(device)
     device = model.device
+    method = make_method(method, len(model.task_names)) if isinstance(method, str) else method
+    method.to(device)
     torch.manual_seed(seed)
-    opt = optimizer([p for p in model.parameters() if p.requires_grad])
-    batches = data.batches(batch_size, torch.Generator().manual_seed(seed))
+    opt = optimizer([p for p in model.parameters() if p.requires_grad] + method.parameters())
     names = model.task_names
-    train_loss = np.empty((steps, len(names)))
-    eval_steps, eval_loss, eval_metric = [], [], []
+    history = _History(steps, len(names))
+    config = {"method": method.describe(), "batch_size": batch_size, "seed": seed, "tasks": names, "optimizer": type(opt).__name__}
+    start = 0
+    if resume and Path(checkpoint).exists():
+        start = _resume(Path(checkpoint), model, opt, method, history, recorders, config, device)
+    per_epoch = data.steps_per_epoch(batch_size)
 
     def evaluate(step: int) -> None:
         scores = model.evaluate(eval_data.x, eval_data.targets, batch_size=eval_batch_size)
-        eval_steps.append(step)
-        eval_loss.append([scores[n][0] for n in names])
-        eval_metric.append([scores[n][1] for n in names])
+        history.eval_steps.append(step)
+        history.eval_loss.append([scores[n][0] for n in names])
+        history.eval_metric.append([scores[n][1] for n in names])
 
     model.train()
-    for step in progress_bar(range(steps), "training", enabled=progress):
+    for step in progress_bar(range(start, steps), "training", enabled=progress, initial=start, total=steps):
         if step % eval_every == 0:
             evaluate(step)
-        x, targets = next(batches)
-        batch = (to_device(x, device), {name: y.to(device) for name, y in targets.items()})
-        for recorder in recorders:
-            recorder.maybe_record(step, model, batch)
-        losses = model.losses(*batch)
-        stacked = torch.stack([losses[n] for n in names])
+        x, targets = data.batch(step, batch_size, seed)
+        x, targets = to_device(x, device), {name: y.to(device) for name, y in targets.items()}
+        began = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        stacked.sum().backward()
+        outcome = method.backward(model, x, targets)
+        seconds = time.perf_counter() - began
+        for recorder in recorders:
+            recorder.maybe_record(step, model, (x, targets), outcome.jacobian)
+        began = time.perf_counter()
         opt.step()
-        train_loss[step] = stacked.detach().cpu().numpy()
-    evaluate(steps)
+        method.after_step(model, x, targets)
+        if (step + 1) % per_epoch == 0:
+            method.end_epoch()
+        history.step_seconds[step] = seconds + time.perf_counter() - began
+        history.train_loss[step] = outcome.losses.cpu().numpy()
+        if outcome.weights is not None:
+            history.weights[step] = outcome.weights.detach().cpu().numpy()
+        if checkpoint is not None and (step + 1) % checkpoint_every == 0:
+            _save(Path(checkpoint), step + 1, model, opt, method, history, recorders, config)
+    if not history.eval_steps or history.eval_steps[-1] != steps:
+        evaluate(steps)
 
     tasks = [model.tasks[n] for n in names]
-    history = xr.Dataset(
+    result = xr.Dataset(
         {
-            "train_loss": (("step", "task"), train_loss),
-            "loss": (("eval_step", "task"), np.array(eval_loss)),
-            "metric": (("eval_step", "task"), np.array(eval_metric)),
+            "train_loss": (("step", "task"), history.train_loss),
+            "weights": (("step", "task"), history.weights),
+            "step_seconds": ("step", history.step_seconds),
+            "loss": (("eval_step", "task"), np.array(history.eval_loss)),
+            "metric": (("eval_step", "task"), np.array(history.eval_metric)),
         },
         coords={
             "step": np.arange(steps),
-            "eval_step": eval_steps,
+            "eval_step": history.eval_steps,
             "task": names,
             "metric_name": ("task", [t.metric_name for t in tasks]),
             "higher_is_better": ("task", [t.higher_is_better for t in tasks]),
         },
     )
     provenance = {"model": model.summary(), "data": dict(data.attrs), "seed": seed}
-    history.attrs.update(provenance, steps=steps, batch_size=batch_size, optimizer=type(opt).__name__, device=str(device))
+    result.attrs.update(provenance, steps=steps, batch_size=batch_size, optimizer=type(opt).__name__, device=str(device), method=method.describe())
     probes = {r.name: r.history.assign_attrs(provenance) for r in recorders}
-    return TrainingResult(model, history, probes)
+    return TrainingResult(model, result, probes, method)
+
+
+def _save(path: Path, done: int, model, opt, method: Method, history: _History, recorders, config: dict) -> None:
+    save_tree(
+        {
+            "step": done, "config": config, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "method": method.state_dict(), "rng": _rng_state(), "history": history.state_dict(done),
+            "recorders": {r.name: r.state_dict() for r in recorders},
+        },
+        path,
+    )
+
+
+def _resume(path: Path, model, opt, method: Method, history: _History, recorders, config: dict, device) -> int:
+    """Load the checkpoint into the run's objects; returns the step to continue from."""
+    saved = load_tree(path, device=device)
+    differing = {k: (saved["config"].get(k), v) for k, v in config.items() if saved["config"].get(k) != v}
+    if differing:
+        raise ValueError(f"{path} was saved by another run; (checkpoint, now) differ in {differing}")
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    method.load_state_dict(saved["method"])
+    history.load_state_dict(saved["history"])
+    for recorder in recorders:
+        recorder.load_state_dict(saved["recorders"].get(recorder.name, []))
+    _set_rng_state({k: v.cpu() if k == "torch" else [s.cpu() for s in v] for k, v in saved["rng"].items()})
+    return int(saved["step"])
 
 
 def single_task_baselines(

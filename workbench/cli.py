@@ -1,4 +1,4 @@
-"""The ``workbench`` command: run notebooks into reports, list their parameters, install the kernel."""
+"""The ``workbench`` command: run notebooks into reports, run sweeps, list parameters, install the kernel."""
 
 from __future__ import annotations
 
@@ -20,16 +20,26 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description="The MTL workbench's notebooks and reports.")
     commands = parser.add_subparsers(dest="command", required=True)
     parameter = dict(nargs=2, action="append", metavar=("NAME", "VALUE"), help="set a notebook parameter (repeatable)")
+    output = dict(default="reports", help="the reports folder, where index.html lists every run (default: reports)")
 
-    run = commands.add_parser("run", help="execute one notebook into reports/NAME.ipynb and reports/NAME.html")
+    run = commands.add_parser(
+        "run", help="execute one notebook: reports/NAME.html with its defaults, reports/runs/NAME/VALUES/ with other values",
+    )
     run.add_argument("notebook")
     run.add_argument("-p", "--parameter", **parameter)
-    run.add_argument("-o", "--output-dir", default="reports")
+    run.add_argument("-o", "--output-dir", **output)
 
-    reports = commands.add_parser("reports", help="execute every notebook and write reports/index.html")
+    reports = commands.add_parser("reports", help="execute every notebook with its defaults and write reports/index.html")
     reports.add_argument("-n", "--notebooks-dir", default="notebooks")
     reports.add_argument("-p", "--parameter", **parameter)
-    reports.add_argument("-o", "--output-dir", default="reports")
+    reports.add_argument("-o", "--output-dir", **output)
+
+    sweep = commands.add_parser("sweep", help="run every combination of a sweep file's parameters, each in a folder of its own")
+    sweep.add_argument("sweep_file", metavar="SWEEP.yaml")
+    sweep.add_argument("-o", "--output-dir", **output)
+    where = sweep.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler, e.g. tcp://host:8786 (default: a LocalCluster here)")
+    where.add_argument("--workers", type=int, metavar="N", help="LocalCluster workers (default: one per core; 1: one run after another in this process)")
 
     params = commands.add_parser("params", help="list a notebook's parameters and defaults")
     params.add_argument("notebook")
@@ -42,11 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            report = runner.run_notebook(args.notebook, _parameters(args.parameter), args.output_dir)
+            report = runner.run_report(args.notebook, _parameters(args.parameter), args.output_dir)
             print(f"wrote {report.notebook} and {report.html}")
         elif args.command == "reports":
             reports = runner.run_all(args.notebooks_dir, args.output_dir, _parameters(args.parameter))
             print(f"wrote {len(reports)} reports and {args.output_dir}/index.html")
+        elif args.command == "sweep":
+            summary = runner.run_sweep(args.sweep_file, args.output_dir, args.scheduler, args.workers)
+            print(summary)
+            print(f"index: {args.output_dir}/index.html")
+            return 1 if summary.failed else 0
         elif args.command == "params":
             for parameter in runner.notebook_parameters(args.notebook).values():
                 print(f"{parameter.name} = {parameter.default!r}  ({parameter.kind.__name__})")

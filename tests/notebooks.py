@@ -1,0 +1,31 @@
+"""Tiny throwaway notebooks for the runner and sweep tests: they start a kernel and finish in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+
+PARAMETERS = "fail = False\nquick = False\nseed = 0\nscale = 1.0\nresults_dir = 'out'"
+
+# Saves one result, metrics.nc: value over two steps, seed * scale and one more.
+SAVES_METRICS = """\
+from pathlib import Path
+import xarray as xr
+from workbench import results
+assert not fail, 'asked to fail'
+results.save(xr.Dataset({'value': ('step', [seed * scale, seed * scale + 1])}), Path(results_dir) / 'metrics.nc')
+"""
+
+
+def write_notebook(path: Path, source: str, parameters: str = PARAMETERS) -> Path:
+    """A notebook at ``path``: a markdown title, the ``parameters`` cell, then one code cell with ``source``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cells = [
+        nbformat.v4.new_markdown_cell("# A small experiment"),
+        nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(source),
+    ]
+    metadata = {"kernelspec": {"name": "workbench", "display_name": "w", "language": "python"}}
+    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata=metadata), path)
+    return path

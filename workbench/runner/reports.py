@@ -1,0 +1,70 @@
+"""Where ``workbench run`` and ``workbench reports`` put a notebook's report.
+
+A run with the notebook's default parameters is *the* report of that notebook: ``OUTPUT/NAME.html``
+(with ``NAME.ipynb`` and its results in ``NAME/``). A run with other values gets a folder of its
+own, ``OUTPUT/runs/NAME/<the values>/``, so it never overwrites the default report. Both update
+``OUTPUT/index.html``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from workbench.runner.execute import Report, run_notebook
+from workbench.runner.index import write_index
+from workbench.runner.parameters import check_parameters, non_default, notebook_parameters
+from workbench.runner.record import folder_name
+
+__all__ = ["report_folder", "run_report", "run_all"]
+
+
+def report_folder(notebook: str | os.PathLike, parameters: Mapping[str, Any], output_dir: str | os.PathLike = "reports") -> Path:
+    """The folder a run of ``notebook`` with ``parameters`` writes to: ``output_dir`` itself for its defaults."""
+    changed = non_default(notebook, check_parameters(notebook, parameters))
+    if not changed:
+        return Path(output_dir)
+    return Path(output_dir) / "runs" / Path(notebook).stem / folder_name(changed)
+
+
+def run_report(
+    notebook: str | os.PathLike,
+    parameters: Mapping[str, Any] | None = None,
+    output_dir: str | os.PathLike = "reports",
+    progress: bool = True,
+) -> Report:
+    """Run ``notebook`` into its :func:`report_folder` and update ``OUTPUT/index.html`` (also when the run fails)."""
+    folder = report_folder(notebook, parameters or {}, output_dir)
+    try:
+        return run_notebook(notebook, parameters, folder, progress)
+    finally:
+        write_index(output_dir)
+
+
+def run_all(
+    notebooks_dir: str | os.PathLike = "notebooks",
+    output_dir: str | os.PathLike = "reports",
+    parameters: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> list[Report]:
+    """Run every ``NN_*.ipynb`` in ``notebooks_dir``, each into its :func:`report_folder`, then write the index.
+
+    ``parameters`` go to each notebook that declares them; without them every notebook runs with its
+    defaults and writes ``OUTPUT/NAME.html``. The first failing notebook stops the batch (the index
+    is written all the same).
+    """
+    notebooks = sorted(Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
+    if not notebooks:
+        raise FileNotFoundError(f"no notebooks named NN_*.ipynb in {notebooks_dir}")
+    declared_by = {path: notebook_parameters(path) for path in notebooks}
+    unknown = set(parameters or {}) - {name for declared in declared_by.values() for name in declared}
+    if unknown:
+        raise ValueError(f"no notebook in {notebooks_dir} has the parameters {sorted(unknown)}")
+    own = {path: {k: v for k, v in (parameters or {}).items() if k in declared} for path, declared in declared_by.items()}
+    folders = {path: report_folder(path, own[path], output_dir) for path in notebooks}  # every value checked first
+    try:
+        return [run_notebook(path, own[path], folders[path], progress) for path in notebooks]
+    finally:
+        write_index(output_dir)

@@ -1,0 +1,175 @@
+"""Run a sweep: every run not already complete, on Dask when it is installed, one after another otherwise.
+
+By default the runs go to a Dask ``LocalCluster`` on this machine: one single-threaded worker per
+core (at most one per run), each running one notebook kernel at a time, with the kernels' math
+libraries limited to the cores left per worker. With ``scheduler`` the runs go to an existing Dask
+cluster (a SLURM or Kubernetes deployment, say) whose workers see the same files. Without the
+``distributed`` extra, or with ``workers=1``, the runs go one after another in this process; the
+runs, folders and records are the same either way.
+
+A run whose record is complete and carries the run's identity (the notebook's cells and the
+parameters) is skipped; failed and unfinished runs run again. A failing run is recorded as failed
+and the sweep goes on. A worker that dies mid-run (killed, out of memory) has its run retried on
+another worker, up to Dask's ``distributed.scheduler.allowed-failures`` times, then recorded failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from workbench.files import atomic_write, remove_leftovers
+from workbench.progress import progress as progress_bar
+from workbench.runner.execute import run_notebook
+from workbench.runner.index import write_index
+from workbench.runner.parameters import title
+from workbench.runner.record import COMPLETE, FAILED, RUNNING, RunRecord, now, read_record, write_record
+from workbench.runner.sweepfile import MANIFEST, Sweep, SweepRun, read_sweep
+
+__all__ = ["SweepSummary", "run_sweep", "run_in_sweep"]
+
+# the environment variables through which numpy, torch and friends take their thread counts
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    """How a sweep went: the outcome of every run it executed, and how many it skipped as already complete."""
+
+    sweep: Sweep
+    outcomes: tuple[tuple[SweepRun, RunRecord], ...]
+    skipped: int
+
+    @property
+    def failed(self) -> list[tuple[SweepRun, RunRecord]]:
+        return [(run, record) for run, record in self.outcomes if record.status != COMPLETE]
+
+    def __str__(self) -> str:
+        completed = len(self.outcomes) - len(self.failed)
+        lines = [
+            f"sweep {self.sweep.name}: {len(self.sweep.runs)} runs in {self.sweep.folder}: "
+            f"{completed} ran and completed, {self.skipped} already complete (skipped), {len(self.failed)} failed"
+        ]
+        lines += [f"  failed: {run.label}: {record.error} (log: {run.files.log})" for run, record in self.failed]
+        return "\n".join(lines)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _is_complete(run: SweepRun) -> bool:
+    record = read_record(run.files.record)
+    return record is not None and record.is_complete(run.identity) and run.files.html.exists()
+
+
+def _write_manifest(sweep: Sweep) -> Path:
+    """``sweep.json``: the sweep's name, swept parameters and runs (folder relative to the sweep's folder), for ``load_sweep``."""
+    runs = [{"notebook": run.notebook.stem, "folder": run.folder.relative_to(sweep.folder).as_posix(), "swept": run.swept} for run in sweep.runs]
+    path = sweep.folder / MANIFEST
+    with atomic_write(path) as temporary:
+        temporary.write_text(json.dumps({"name": sweep.name, "swept": list(sweep.swept), "runs": runs}, indent=1, default=repr))
+    return path
+
+
+def run_in_sweep(run: SweepRun, sweep_name: str) -> RunRecord:
+    """Execute one run of a sweep and return its record; a failing notebook is recorded, not raised.
+
+    This is the task a Dask worker executes: it needs only the run and the shared files.
+    """
+    try:
+        run_notebook(run.notebook, run.parameters, run.folder, progress=False, sweep=sweep_name)
+    except Exception:  # noqa: BLE001 - the failure is in the run's record, log and failed notebook
+        pass
+    record = read_record(run.files.record)
+    if record is None:
+        raise RuntimeError(f"{run.label}: the run left no record in {run.folder}")
+    return record
+
+
+def _record_lost(run: SweepRun, sweep_name: str, error: BaseException) -> RunRecord:
+    """Record as failed a run whose task raised (its worker died too often, say) and return that record."""
+    earlier = read_record(run.files.record)
+    if earlier is None or earlier.status != RUNNING:
+        earlier = RunRecord(run.notebook.name, title(run.notebook), run.parameters, run.identity, RUNNING, now(), sweep=sweep_name)
+    record = dataclasses.replace(earlier, status=FAILED, error=f"{type(error).__name__}: {error}", report=None)
+    write_record(run.files, record)
+    return record
+
+
+def _one_after_another(runs: Sequence[SweepRun], sweep_name: str) -> Iterator[tuple[SweepRun, RunRecord]]:
+    for run in runs:
+        yield run, run_in_sweep(run, sweep_name)
+
+
+def _on_dask(runs: Sequence[SweepRun], sweep_name: str, scheduler: str | None, workers: int | None) -> Iterator[tuple[SweepRun, RunRecord]]:
+    """Submit every run to a Dask cluster (a new LocalCluster, or the one at ``scheduler``); yield them as they finish."""
+    from distributed import Client, LocalCluster, as_completed
+
+    with contextlib.ExitStack() as stack:
+        if scheduler:
+            client = stack.enter_context(Client(scheduler))
+        else:
+            n_workers = workers or min(len(runs), _cores())
+            threads = str(max(1, _cores() // n_workers))
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                env={variable: threads for variable in _THREAD_VARIABLES},
+            ))
+            client = stack.enter_context(Client(cluster))
+        futures = {client.submit(run_in_sweep, run, sweep_name, key=f"{sweep_name}/{run.label}/{run.identity[:12]}"): run for run in runs}
+        for future in as_completed(futures):
+            run = futures[future]
+            try:
+                yield run, future.result()
+            except Exception as error:  # noqa: BLE001 - a lost worker fails this run, not the sweep
+                yield run, _record_lost(run, sweep_name, error)
+
+
+def _dask_installed() -> bool:
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_sweep(
+    sweep: str | os.PathLike | Sweep,
+    output_dir: str | os.PathLike = "reports",
+    scheduler: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> SweepSummary:
+    """Run the sweep (a sweep file's path, or one read by :func:`read_sweep`) and update ``OUTPUT/index.html``.
+
+    ``scheduler`` is the address of an existing Dask scheduler (``tcp://host:8786``); ``workers`` the
+    number of LocalCluster workers (default: one per core, at most one per run; 1 runs in this
+    process). Every run is checked before anything starts. Leftovers of killed writes anywhere in
+    the sweep's folder are removed first.
+    """
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if scheduler and not _dask_installed():
+        raise ValueError("--scheduler needs Dask: pip install 'workbench[distributed]'")
+    if not isinstance(sweep, Sweep):
+        sweep = read_sweep(sweep, output_dir)
+    sweep.folder.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(sweep.folder, recursive=True)
+    _write_manifest(sweep)
+    pending = [run for run in sweep.runs if not _is_complete(run)]
+    on_dask = scheduler is not None or (workers != 1 and _dask_installed())
+    if pending and not on_dask and workers != 1:
+        print("workbench: Dask is not installed, so the runs go one after another", file=sys.stderr)
+    execution = _on_dask(pending, sweep.name, scheduler, workers) if on_dask and pending else _one_after_another(pending, sweep.name)
+    try:
+        outcomes = tuple(progress_bar(execution, desc=f"sweep {sweep.name}", enabled=progress and bool(pending), total=len(pending), unit="run"))
+    finally:
+        write_index(output_dir)
+    return SweepSummary(sweep, outcomes, len(sweep.runs) - len(pending))

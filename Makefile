@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 # The CPU build that lies on the developers' disk; set TORCH_SPEC to another torch (a CUDA build) if you like.
 TORCH_SPEC ?= torch==2.13.0
 KERNEL := workbench
+# Jupyter refuses to start as root (a container, a cloud notebook VM) unless told it may.
+LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: install test reports lab benchmark chromium clean
 
@@ -32,10 +34,11 @@ reports: install
 	$(VENV)/bin/workbench reports
 
 lab: install
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(LAB_FLAGS)
 
 benchmark: install
 	$(PY) benchmarks/bench_gradients.py
+	$(PY) benchmarks/bench_sweeps.py
 
 clean:
-	rm -rf $(VENV) reports/*.ipynb reports/*.html reports/*.nc reports/*/
+	rm -rf $(VENV) reports/*.ipynb reports/*.html reports/*.nc reports/*.log reports/*.run.json reports/*/

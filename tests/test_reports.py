@@ -1,14 +1,19 @@
-"""The notebooks run end to end, and their HTML reports render offline in a real browser."""
+"""The notebooks run end to end, and their HTML reports and the reports index render offline in a real browser."""
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.browser import external_references, render
-from workbench import results
+from tests.browser import external_references, open_page, render
+from workbench import results, runner
+from workbench.runner.index import write_index
+from workbench.runner.record import RunFiles, RunRecord, write_record
 
 NOTEBOOK = "notebooks/01_gradient_conflict.ipynb"
+QUICK = {"quick": True, "steps": 50}
 
 
 @pytest.fixture(scope="module")
@@ -16,11 +21,11 @@ def conflict_report(tmp_path_factory):
     """``workbench run`` on the first notebook, quick, from the command line as a user would call it."""
     out = tmp_path_factory.mktemp("reports")
     done = subprocess.run(
-        [sys.executable, "-m", "workbench.cli", "run", NOTEBOOK, "-p", "quick", "True", "-p", "steps", "50", "-o", str(out)],
+        [sys.executable, "-m", "workbench.cli", "run", NOTEBOOK, *(a for k, v in QUICK.items() for a in ("-p", k, str(v))), "-o", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return out
+    return runner.report_folder(NOTEBOOK, QUICK, out)
 
 
 @pytest.mark.slow
@@ -43,10 +48,40 @@ def test_report_renders_every_figure_offline(conflict_report):
     assert "Agreement of the probe with the reference during training" in html
     assert "training:" not in html, "a progress-bar frame was frozen into the report"
     assert external_references(html) == []
-    dom, requests = render(page)
-    assert requests == []
-    assert dom.count("plot-container plotly") == figures, "a figure did not render"
-    assert dom.count('class="main-svg"') >= figures
+    opened = open_page(page)
+    assert opened.requests == [] and opened.errors == []
+    assert opened.dom.count("plot-container plotly") == figures, "a figure did not render"
+    assert opened.dom.count('class="main-svg"') >= figures
+    assert str(Path.cwd()) not in html and str(conflict_report) not in html, "the report names a path of this machine"
+
+
+@pytest.mark.slow
+def test_index_opens_offline_and_its_links_resolve(conflict_report):
+    out = conflict_report.parents[2]  # OUTPUT/runs/NAME/VALUES
+    index = out / "index.html"
+    links = re.findall(r'href="([^"]+)"', index.read_text())
+    assert "runs/01_gradient_conflict/quick=true,steps=50/01_gradient_conflict.html" in links
+    assert len(links) == 5 and all((out / link).is_file() for link in links), links  # report, 3 results, log
+    opened = open_page(index)
+    assert opened.requests == [] and opened.errors == []
+    assert "Gradient conflict on tasks with planted structure" in opened.dom and ">complete<" in opened.dom
+
+
+@pytest.mark.slow
+def test_index_sorts_by_a_column_when_its_header_is_clicked(tmp_path):
+    for name, duration in (("b", 30.0), ("a", 4.5), ("c", 100.0)):
+        record = RunRecord(f"{name}.ipynb", f"run {name}", {"seed": 0}, "0" * 64, "complete", "2026-01-01T00:00:00+00:00", duration)
+        write_record(RunFiles(tmp_path / name, name), record)
+    page = write_index(tmp_path)
+    clicks = "<script>const th = [...document.querySelectorAll('th')].find(h => h.textContent === 'duration (s)'); th.click(); %s</script>"
+    orders = {}
+    for name, script in (("ascending", clicks % ""), ("descending", clicks % "th.click();")):
+        clicked = tmp_path / f"{name}.html"
+        clicked.write_text(page.read_text().replace("</body>", script + "</body>"))
+        opened = open_page(clicked)
+        assert opened.errors == []
+        orders[name] = re.findall(r"run ([abc])", opened.dom)
+    assert orders == {"ascending": ["a", "b", "c"], "descending": ["c", "b", "a"]}  # 4.5 < 30 < 100: numbers, not text
 
 
 @pytest.mark.slow
@@ -77,3 +112,12 @@ def test_browser_check_catches_a_page_that_loads_from_the_network(tmp_path):
     assert external_references(page.read_text()) == ["http://plotly.invalid/plotly.js"]
     _, requests = render(page)
     assert requests == ["http://plotly.invalid/plotly.js"]
+
+
+@pytest.mark.slow
+def test_browser_check_catches_javascript_errors(tmp_path):
+    page = tmp_path / "broken.html"
+    page.write_text("<html><body><p>hi</p><script>console.log('fine'); console.error('bad data')</script><script>undefinedFunction()</script></body></html>")
+    errors = open_page(page).errors
+    assert len(errors) == 2
+    assert errors[0] == "console.error: bad data" and errors[1].startswith("Uncaught ReferenceError: undefinedFunction is not defined")

@@ -123,7 +123,7 @@ def _on_dask(runs: Sequence[SweepRun], sweep_name: str, scheduler: str | None, w
                 env={variable: threads for variable in _THREAD_VARIABLES},
             ))
             client = stack.enter_context(Client(cluster))
-        futures = {client.submit(run_in_sweep, run, sweep_name, key=f"{sweep_name}/{run.label}/{run.identity[:12]}"): run for run in runs}
+        futures = {client.submit(run_in_sweep, run, sweep_name, pure=False): run for run in runs}
         for future in as_completed(futures):
             run = futures[future]
             try:

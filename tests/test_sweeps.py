@@ -15,7 +15,7 @@ import xarray as xr
 import yaml
 
 from tests.notebooks import SAVES_METRICS, write_notebook
-from workbench import load_sweep, results, runner
+from workbench import cli, load_sweep, results, runner
 from workbench.runner.record import read_record
 
 GRID = {"seed": [0, 1], "scale": [1.0, 2.5]}
@@ -120,16 +120,14 @@ def scheduler():
 
 
 @pytest.mark.slow
-def test_a_failing_run_is_recorded_and_the_others_complete(tmp_path, scheduler):
+def test_a_failing_run_is_recorded_and_the_others_complete(tmp_path, monkeypatch, capsys):
     notebook = write_notebook(tmp_path / "nb" / "09_small.ipynb", SAVES_METRICS)
     path = _sweep_file(tmp_path / "fails.yaml", notebook, runs=[{"seed": 0}, {"seed": 1}, {"seed": 2, "fail": True}])
-    done = subprocess.run(
-        [sys.executable, "-m", "workbench.cli", "sweep", str(path), "-o", str(tmp_path / "out"), "--scheduler", scheduler],
-        capture_output=True, text=True, env={**os.environ, "WORKBENCH_PROGRESS": "0"},
-    )
-    assert done.returncode == 1, done.stderr[-3000:]
-    assert "3 runs" in done.stdout and "2 ran and completed, 0 already complete (skipped), 1 failed" in done.stdout
-    assert "failed: 09_small/seed=2,fail=true: AssertionError: asked to fail" in done.stdout
+    monkeypatch.setenv("WORKBENCH_PROGRESS", "0")
+    assert cli.main(["sweep", str(path), "-o", str(tmp_path / "out"), "--workers", "2"]) == 1
+    printed = capsys.readouterr().out
+    assert "3 runs" in printed and "2 ran and completed, 0 already complete (skipped), 1 failed" in printed
+    assert "failed: 09_small/seed=2,fail=true: AssertionError: asked to fail" in printed
     folders = _run_folders(tmp_path / "out", "fails", "09_small")
     statuses = {name: read_record(folder / "09_small.run.json").status for name, folder in folders.items()}
     assert statuses == {"seed=0,fail=false": "complete", "seed=1,fail=false": "complete", "seed=2,fail=true": "failed"}
@@ -138,7 +136,7 @@ def test_a_failing_run_is_recorded_and_the_others_complete(tmp_path, scheduler):
     assert not (failed / "09_small.ipynb").exists() and "AssertionError: asked to fail" in (failed / "09_small.log").read_text()
     assert 'class="failed"' in (tmp_path / "out" / "index.html").read_text()
 
-    again = runner.run_sweep(path, tmp_path / "out", scheduler=scheduler, progress=False)
+    again = runner.run_sweep(path, tmp_path / "out", workers=2, progress=False)
     assert again.skipped == 2 and [run.label for run, _ in again.failed] == ["09_small/seed=2,fail=true"]
 
 
@@ -257,10 +255,10 @@ def test_a_bad_sweep_file_is_refused_before_anything_runs(tmp_path, spec, messag
     assert not (tmp_path / "out").exists()
 
 
-def test_the_cli_refuses_a_bad_sweep_file_with_exit_status_2(tmp_path):
+def test_the_cli_refuses_a_bad_sweep_file_with_exit_status_2(tmp_path, capsys):
     write_notebook(tmp_path / "nb" / "09_small.ipynb", SAVES_METRICS)
     path = _sweep_file(tmp_path / "bad.yaml", tmp_path / "nb" / "09_small.ipynb", grid={"scale": ["big"]})
-    done = subprocess.run([sys.executable, "-m", "workbench.cli", "sweep", str(path), "-o", str(tmp_path / "out")], capture_output=True, text=True)
-    assert done.returncode == 2
-    assert "run 1 of 09_small.ipynb (scale='big')" in done.stderr and "parameter 'scale' takes a float" in done.stderr
+    assert cli.main(["sweep", str(path), "-o", str(tmp_path / "out")]) == 2
+    printed = capsys.readouterr().err
+    assert "run 1 of 09_small.ipynb (scale='big')" in printed and "parameter 'scale' takes a float" in printed
     assert not (tmp_path / "out").exists()

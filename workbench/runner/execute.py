@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Mapping
@@ -26,7 +27,7 @@ from workbench.runner.export import export_html
 from workbench.runner.parameters import RESULTS_PARAMETER, check_parameters, notebook_parameters, title
 from workbench.runner.record import COMPLETE, FAILED, RUNNING, RunFiles, RunRecord, now, run_identity, write_record
 
-__all__ = ["KERNEL_NAME", "Report", "ensure_kernel", "run_notebook"]
+__all__ = ["KERNEL_NAME", "Report", "ensure_kernel", "kernel_environment", "run_notebook"]
 
 KERNEL_NAME = "workbench"
 
@@ -51,19 +52,37 @@ def ensure_kernel() -> str:
     return KERNEL_NAME
 
 
+_environment_lock = threading.Lock()
+_environment_holders: dict[str, tuple[int, str | None]] = {}  # variable -> (blocks holding it, its value before the first)
+
+
 @contextlib.contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration of the block (kernels started inside inherit them)."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
+def kernel_environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of the block: the kernels started inside inherit them.
+
+    Safe for runs in several threads of one process: a variable keeps its value until the last
+    block that set it ends, then gets its previous value back. Blocks that overlap must agree on
+    the value; a disagreement raises ``RuntimeError``.
+    """
+    with _environment_lock:
+        for key, value in values.items():
+            holders, before = _environment_holders.get(key, (0, os.environ.get(key)))
+            if holders and os.environ.get(key) != value:
+                raise RuntimeError(f"{key} is set to {os.environ.get(key)!r} for running kernels; cannot set it to {value!r}")
+            _environment_holders[key] = (holders + 1, before)
+            os.environ[key] = value
     try:
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        with _environment_lock:
+            for key in values:
+                holders, before = _environment_holders.pop(key)
+                if holders > 1:
+                    _environment_holders[key] = (holders - 1, before)
+                elif before is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = before
 
 
 @dataclass(frozen=True)
@@ -131,7 +150,7 @@ def run_notebook(
         log.flush()
         try:
             # the kernel inherits WORKBENCH_PROGRESS=0: no widget frames frozen in the report
-            with atomic_write(files.notebook, suffix=".ipynb") as executed, _environment({PROGRESS_VARIABLE: "0"}):
+            with atomic_write(files.notebook, suffix=".ipynb") as executed, kernel_environment({PROGRESS_VARIABLE: "0"}):
                 try:
                     papermill.execute_notebook(
                         str(notebook), str(executed), parameters=injected, kernel_name=ensure_kernel(),

@@ -1,9 +1,11 @@
 """Run a sweep: every run not already complete, on Dask when it is installed, one after another otherwise.
 
-By default the runs go to a Dask ``LocalCluster`` on this machine: one single-threaded worker per
-core (at most one per run), each running one notebook kernel at a time, with the kernels' math
-libraries limited to the cores left per worker. With ``scheduler`` the runs go to an existing Dask
-cluster (a SLURM or Kubernetes deployment, say) whose workers see the same files. Without the
+By default the runs go to a Dask ``LocalCluster`` on this machine: one worker per core (at most one
+per run), each running one notebook kernel at a time, with the kernels' math libraries limited to
+the cores left per worker. The LocalCluster's workers are threads of the sweep's process, because
+the work of a run happens in its own kernel process; a worker process would first spend seconds
+importing papermill and nbconvert (see ``benchmarks/README.md``). With ``scheduler`` the runs go to
+an existing Dask cluster (a SLURM or Kubernetes deployment, say) whose workers see the same files. Without the
 ``distributed`` extra, or with ``workers=1``, the runs go one after another in this process; the
 runs, folders and records are the same either way.
 
@@ -16,17 +18,19 @@ another worker, up to Dask's ``distributed.scheduler.allowed-failures`` times, t
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import json
 import os
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.files import atomic_write, remove_leftovers
 from workbench.progress import progress as progress_bar
-from workbench.runner.execute import run_notebook
+from workbench.runner.execute import ensure_kernel, kernel_environment, run_notebook
 from workbench.runner.index import write_index
 from workbench.runner.parameters import title
 from workbench.runner.record import COMPLETE, FAILED, RUNNING, RunRecord, now, read_record, write_record
@@ -78,13 +82,25 @@ def _write_manifest(sweep: Sweep) -> Path:
     return path
 
 
+_thread_contexts = threading.local()
+
+
+def _thread_context() -> contextvars.Context:
+    """A context of this thread's own. Dask runs a task in a copy of its event loop's context, where
+    jupyter_core may have recorded another thread's event loop for nbclient; in a context of its own
+    each thread has its own, reused from run to run."""
+    if not hasattr(_thread_contexts, "context"):
+        _thread_contexts.context = contextvars.Context()
+    return _thread_contexts.context
+
+
 def run_in_sweep(run: SweepRun, sweep_name: str) -> RunRecord:
     """Execute one run of a sweep and return its record; a failing notebook is recorded, not raised.
 
     This is the task a Dask worker executes: it needs only the run and the shared files.
     """
     try:
-        run_notebook(run.notebook, run.parameters, run.folder, progress=False, sweep=sweep_name)
+        _thread_context().run(run_notebook, run.notebook, run.parameters, run.folder, progress=False, sweep=sweep_name)
     except Exception:  # noqa: BLE001 - the failure is in the run's record, log and failed notebook
         pass
     record = read_record(run.files.record)
@@ -116,12 +132,12 @@ def _on_dask(runs: Sequence[SweepRun], sweep_name: str, scheduler: str | None, w
         if scheduler:
             client = stack.enter_context(Client(scheduler))
         else:
+            # Workers are threads of this process: each run's work happens in its own kernel process, and
+            # a worker process would first spend seconds importing papermill and nbconvert.
             n_workers = workers or min(len(runs), _cores())
             threads = str(max(1, _cores() // n_workers))
-            cluster = stack.enter_context(LocalCluster(
-                n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                env={variable: threads for variable in _THREAD_VARIABLES},
-            ))
+            stack.enter_context(kernel_environment({variable: threads for variable in _THREAD_VARIABLES}))
+            cluster = stack.enter_context(LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=False, dashboard_address=None))
             client = stack.enter_context(Client(cluster))
         futures = {client.submit(run_in_sweep, run, sweep_name, pure=False): run for run in runs}
         for future in as_completed(futures):
@@ -167,6 +183,8 @@ def run_sweep(
     on_dask = scheduler is not None or (workers != 1 and _dask_installed())
     if pending and not on_dask and workers != 1:
         print("workbench: Dask is not installed, so the runs go one after another", file=sys.stderr)
+    if pending:
+        ensure_kernel()  # once, before runs in several threads look for it
     execution = _on_dask(pending, sweep.name, scheduler, workers) if on_dask and pending else _one_after_another(pending, sweep.name)
     try:
         outcomes = tuple(progress_bar(execution, desc=f"sweep {sweep.name}", enabled=progress and bool(pending), total=len(pending), unit="run"))

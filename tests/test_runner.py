@@ -139,6 +139,8 @@ def test_a_run_with_other_values_gets_a_folder_of_its_own(default_and_other_run)
     other = out / "runs" / "09_small" / "seed=7"
     assert runner.report_folder(out.parent / "nb" / "09_small.ipynb", {"seed": 7}, out) == other
     assert runner.report_folder(out.parent / "nb" / "09_small.ipynb", {"seed": 0}, out) == out
+    both = (out.parent / "nb" / "09_small.ipynb", {"scale": 2, "seed": 7}), (out.parent / "nb" / "09_small.ipynb", {"seed": 7, "scale": 2.0})
+    assert {runner.report_folder(*given, out).name for given in both} == {"seed=7,scale=2.0"}
     assert float(results.load(out / "09_small" / "metrics.nc").value[0]) == 0.0
     assert float(results.load(other / "09_small" / "metrics.nc").value[0]) == 7.0
     assert read_record(out / "09_small.run.json").parameters == {}

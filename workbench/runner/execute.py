@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import nbformat
 
@@ -111,6 +111,18 @@ def _without_machine_paths(executed: Path, notebook: Path, report: Path) -> nbfo
     return nb
 
 
+def _keep_failed(executed: Path, notebook: Path, files: RunFiles, log: TextIO) -> None:
+    """Keep papermill's partly executed notebook as ``NAME.failed.ipynb`` and ``.html``; a problem doing so goes to the log."""
+    if not executed.stat().st_size:  # the kernel did not start: nothing was executed
+        return
+    try:
+        with atomic_write(files.failed_notebook, suffix=".ipynb") as failed:
+            nbformat.write(_without_machine_paths(executed, notebook, files.failed_notebook), failed)
+        export_html(files.failed_notebook, files.failed_html)
+    except Exception as error:  # noqa: BLE001 - the run's own error is the one to report
+        log.write(f"\ncould not keep the partly executed notebook: {type(error).__name__}: {error}\n")
+
+
 def run_notebook(
     notebook: str | os.PathLike,
     parameters: Mapping[str, Any] | None = None,
@@ -158,19 +170,16 @@ def run_notebook(
                         resources={"metadata": {"path": str(files.folder)}},  # the kernel's working directory
                     )
                 except BaseException:
-                    if executed.stat().st_size:  # empty when the kernel did not start
-                        with atomic_write(files.failed_notebook, suffix=".ipynb") as failed:
-                            nbformat.write(_without_machine_paths(executed, notebook, files.failed_notebook), failed)
-                        export_html(files.failed_notebook, files.failed_html)
+                    _keep_failed(executed, notebook, files, log)
                     raise
                 nbformat.write(_without_machine_paths(executed, notebook, files.notebook), executed)
+            export_html(files.notebook, files.html)
         except BaseException as error:
             duration = time.monotonic() - start
             report = files.failed_html.name if files.failed_html.exists() else None
             write_record(files, dataclasses.replace(record, status=FAILED, duration=duration, error=_describe(error), report=report))
             log.write(f"\nfailed after {duration:.1f} s\n{''.join(traceback.format_exception(error))}")
             raise
-        export_html(files.notebook, files.html)
         duration = time.monotonic() - start
         log.write(f"\ncomplete in {duration:.1f} s\n")
     # the record says complete only once every other file is in place

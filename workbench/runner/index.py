@@ -58,7 +58,7 @@ def _row(files: RunFiles, record: RunRecord, root: Path) -> str:
         (f"<code>{html.escape(json.dumps(record.parameters, default=repr))}</code>", None),
         (f'<span class="{status}">{status}</span>' + (f"<br><small>{html.escape(record.error)}</small>" if record.error else ""), None),
         duration,
-        (html.escape(record.started), None),
+        (html.escape(record.started.replace("T", " ")), None),
         (", ".join(_link(p, root, p.name) for p in results), None),
         (_link(files.log, root, "log") if files.log.exists() else "", None),
     ]

@@ -118,7 +118,8 @@ def check_parameters(path: str | os.PathLike, values: Mapping[str, Any]) -> dict
 
 
 def non_default(path: str | os.PathLike, checked: Mapping[str, Any]) -> dict[str, Any]:
-    """The checked values that differ from the notebook's defaults (a list equals the tuple with the same items)."""
+    """The checked values that differ from the notebook's defaults, in the notebook's order (so the same values
+    given in another order name the same run); a list equals the tuple with the same items."""
     declared = notebook_parameters(path)
 
     def same(value: Any, default: Any) -> bool:
@@ -126,4 +127,4 @@ def non_default(path: str | os.PathLike, checked: Mapping[str, Any]) -> dict[str
             return list(value) == list(default)
         return type(value) is type(default) and value == default
 
-    return {name: value for name, value in checked.items() if not same(value, declared[name].default)}
+    return {name: checked[name] for name in declared if name in checked and not same(checked[name], declared[name].default)}

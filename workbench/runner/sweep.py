@@ -5,9 +5,9 @@ per run), each running one notebook kernel at a time, with the kernels' math lib
 the cores left per worker. The LocalCluster's workers are threads of the sweep's process, because
 the work of a run happens in its own kernel process; a worker process would first spend seconds
 importing papermill and nbconvert (see ``benchmarks/README.md``). With ``scheduler`` the runs go to
-an existing Dask cluster (a SLURM or Kubernetes deployment, say) whose workers see the same files. Without the
-``distributed`` extra, or with ``workers=1``, the runs go one after another in this process; the
-runs, folders and records are the same either way.
+an existing Dask cluster (a SLURM or Kubernetes deployment, say) whose workers see the same files.
+Without the ``distributed`` extra, or with ``workers=1``, the runs go one after another in this
+process; the runs, folders and records are the same either way.
 
 A run whose record is complete and carries the run's identity (the notebook's cells and the
 parameters) is skipped; failed and unfinished runs run again. A failing run is recorded as failed

@@ -60,7 +60,8 @@ def test_index_opens_offline_and_its_links_resolve(conflict_report):
     out = conflict_report.parents[2]  # OUTPUT/runs/NAME/VALUES
     index = out / "index.html"
     links = re.findall(r'href="([^"]+)"', index.read_text())
-    assert "runs/01_gradient_conflict/quick=true,steps=50/01_gradient_conflict.html" in links
+    assert conflict_report.relative_to(out).as_posix() == "runs/01_gradient_conflict/steps=50,quick=true"
+    assert "runs/01_gradient_conflict/steps=50,quick=true/01_gradient_conflict.html" in links
     assert len(links) == 5 and all((out / link).is_file() for link in links), links  # report, 3 results, log
     opened = open_page(index)
     assert opened.requests == [] and opened.errors == []

@@ -1,5 +1,6 @@
 """The notebooks run end to end, and their HTML reports and the reports index render offline in a real browser."""
 
+from html import escape
 import re
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 from tests.browser import external_references, open_page, render
 from workbench import results, runner
 from workbench.runner.index import write_index
+from workbench.runner.parameters import title
 from workbench.runner.record import RunFiles, RunRecord, write_record
 
 NOTEBOOK = "notebooks/01_gradient_conflict.ipynb"
@@ -66,7 +68,7 @@ def test_index_opens_offline_and_its_links_resolve(conflict_report):
     assert len(links) == 2 + len(results_files) and all((out / link).is_file() for link in links), links  # report, results, log
     opened = open_page(index)
     assert opened.requests == [] and opened.errors == []
-    assert "Gradient conflict on tasks with planted structure" in opened.dom and ">complete<" in opened.dom
+    assert escape(title(NOTEBOOK), quote=False) in opened.dom and ">complete<" in opened.dom
 
 
 @pytest.mark.slow

@@ -1,9 +1,9 @@
 """The notebooks run end to end, and their HTML reports and the reports index render offline in a real browser."""
 
-from html import escape
 import re
 import subprocess
 import sys
+from html import escape
 from pathlib import Path
 
 import pytest

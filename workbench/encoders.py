@@ -37,6 +37,12 @@ __all__ = [
 ]
 
 Pooling = Literal["mean", "cls"]
+FROZEN_KEY = "frozen_hidden"
+"""The input key of cached frozen-block outputs (see :meth:`TransformerEncoder.cache_frozen`)."""
+
+
+def _rows(x: Mapping[str, Tensor], index: slice) -> dict[str, Tensor]:
+    return {name: tensor[index] for name, tensor in x.items()}
 TEXT_EXTRA = "text"
 
 
@@ -75,7 +81,7 @@ class TransformerEncoder(nn.Module):
     token's; either gives ``Z`` of shape ``(B, hidden)``. A pooler layer of the transformer is removed
     (neither pooling uses it). ``trainable_layers=k`` freezes the embeddings and all but the top ``k``
     transformer blocks (``None``: everything trains); frozen blocks run in eval mode (no dropout),
-    as a fixed feature extractor.
+    as a fixed feature extractor, whose output :meth:`cache_frozen` can compute once for a dataset.
     """
 
     def __init__(
@@ -126,11 +132,69 @@ class TransformerEncoder(nn.Module):
 
     def forward(self, x: Inputs) -> Tensor:
         ids, mask = self._ids_and_mask(x)
-        hidden = self.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+        if isinstance(x, Mapping) and FROZEN_KEY in x:
+            with self._skipping_frozen_blocks(x[FROZEN_KEY]):
+                hidden = self.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+        else:
+            hidden = self.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
         if self.pooling == "cls":
             return hidden[:, 0]
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1)
+
+    @contextlib.contextmanager
+    def _skipping_frozen_blocks(self, frozen_hidden: Tensor) -> Iterator[None]:
+        """Run only the trainable blocks, the first one fed the cached output of the frozen ones."""
+        trainable = self._trainable_blocks()
+        if not self.frozen or not trainable or self.trainable_layers == len(self.blocks):
+            raise ValueError(f"cached '{FROZEN_KEY}' inputs need frozen blocks below trainable ones; this encoder trains {self.extra_repr()}")
+        parent_path, _, attribute = self.blocks_path.rpartition(".")
+        parent = self.transformer.get_submodule(parent_path) if parent_path else self.transformer
+        blocks = self.blocks
+
+        def feed_cached(module, args, kwargs):
+            if args:
+                return (frozen_hidden, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": frozen_hidden}
+
+        handle = trainable[0].register_forward_pre_hook(feed_cached, with_kwargs=True)
+        setattr(parent, attribute, nn.ModuleList(trainable))
+        try:
+            yield
+        finally:
+            setattr(parent, attribute, blocks)
+            handle.remove()
+
+    @torch.no_grad()
+    def cache_frozen(self, x: Inputs, batch_size: int = 256) -> dict[str, Tensor]:
+        """Inputs whose forward skips the frozen embeddings and blocks: ``x`` plus their output ``(N, L, hidden)``.
+
+        The frozen part runs in eval mode, so its output is a fixed function of the input: computed
+        once here, it serves every step of training and every probe, for any encoder with the same
+        pretrained weights and ``trainable_layers``. The result is checked against the full forward.
+        """
+        ids, mask = self._ids_and_mask(x)
+        first = len(self.blocks) - self.trainable_layers
+        captured: list[Tensor] = []
+
+        def capture(module, args, kwargs):
+            captured.append((args[0] if args else kwargs["hidden_states"]).detach())
+
+        was_training = self.training
+        self.eval()
+        handle = self.blocks[first].register_forward_pre_hook(capture, with_kwargs=True)
+        try:
+            for start in range(0, len(ids), batch_size):
+                self(_rows({"input_ids": ids, "attention_mask": mask}, slice(start, start + batch_size)))
+        finally:
+            handle.remove()
+        cached = {"input_ids": ids, "attention_mask": mask, FROZEN_KEY: torch.cat(captured)}
+        check = slice(0, min(8, len(ids)))
+        expected = self(_rows({"input_ids": ids, "attention_mask": mask}, check))
+        if not torch.allclose(self(_rows(cached, check)), expected, atol=1e-5, rtol=1e-4):
+            raise ValueError(f"{type(self.transformer).__name__} cannot skip its frozen blocks: the cached forward disagrees with the full one")
+        self.train(was_training)
+        return cached
 
     def _ids_and_mask(self, x: Inputs) -> tuple[Tensor, Tensor]:
         if isinstance(x, Mapping):

@@ -81,7 +81,10 @@ def load_problem(dataset: str, seed: int = 0, **options: Any) -> Problem:
       ``validation_fraction`` and ``test_fraction``;
     - ``"multidigits"``: :func:`~workbench.data.make_multidigits` options plus ``channels`` (CNN widths);
     - ``"lexicon"``: :func:`~workbench.data.make_lexicon` options plus ``pooling`` and
-      ``trainable_layers`` for MiniLM; its layers are the transformer blocks.
+      ``trainable_layers`` for MiniLM; its layers are the transformer blocks. With
+      ``cache_frozen=True`` (the default) the inputs carry the output of MiniLM's frozen blocks,
+      computed once (:meth:`~workbench.encoders.TransformerEncoder.cache_frozen`), so that training
+      and probing run the trainable blocks only.
     """
     from functools import partial
 
@@ -99,5 +102,10 @@ def load_problem(dataset: str, seed: int = 0, **options: Any) -> Problem:
         return Problem(dataset, splits, partial(multidigits_model, canvas=tuple(splits.attrs["canvas"]), channels=channels), "tensor")
     if dataset == "lexicon":
         model_options = {k: options.pop(k) for k in ("pooling", "trainable_layers") if k in options}
-        return Problem(dataset, data.make_lexicon(seed=seed, **options), partial(minilm_model, **model_options), "block")
+        cache = options.pop("cache_frozen", True)
+        splits = data.make_lexicon(seed=seed, **options)
+        encoder = minilm_encoder(**model_options)
+        if cache and encoder.frozen and 0 < encoder.trainable_layers < len(encoder.blocks):
+            splits = splits.map_inputs(encoder.cache_frozen)
+        return Problem(dataset, splits, partial(minilm_model, **model_options), "block")
     raise ValueError(f"unknown dataset {dataset!r}; available: {list(DATASETS)}")

@@ -341,6 +341,10 @@ class MultiTaskData:
             {name: values[picked] for name, values in self.meta.items()},
         )
 
+    def with_inputs(self, x: Inputs) -> MultiTaskData:
+        """The same samples and targets with other inputs (of the same length), e.g. cached features."""
+        return MultiTaskData(x, self.targets, self.tasks, self.attrs, self.meta)
+
     def head(self, n: int) -> MultiTaskData:
         """The first ``n`` samples (all when fewer)."""
         return self.rows(torch.arange(min(n, len(self))))
@@ -419,6 +423,10 @@ class MultiTaskSplits:
         sizes = {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
         rows = [{"task": t.name, "kind": t.kind, "metric": t.metric_name, "outputs": t.out_features, **sizes} for t in self.tasks]
         return pd.DataFrame(rows).set_index("task")
+
+    def map_inputs(self, transform: Callable[[Inputs], Inputs]) -> MultiTaskSplits:
+        """Every split with its inputs replaced by ``transform(x)``."""
+        return MultiTaskSplits(*(part.with_inputs(transform(part.x)) for part in (self.train, self.validation, self.test)), self.reference)
 
     def subset(self, tasks: Sequence[str]) -> MultiTaskSplits:
         """The same splits with only the named tasks (and their part of the reference)."""

@@ -10,6 +10,7 @@ its own task's loss, as with torchjd's ``mtl_backward``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,11 +29,14 @@ def aggregate(aggregator: nn.Module, jacobian: TaskJacobian) -> tuple[Tensor, bo
     """``(update, is_vector)``: the task weights ``(T,)`` of a weighted aggregator, or its flat update ``(P,)``."""
     from torchjd.aggregation import GramianWeightedAggregator, WeightedAggregator
 
-    if isinstance(aggregator, GramianWeightedAggregator):
-        return aggregator.gramian_weighting(jacobian.gramian()), False
-    if isinstance(aggregator, WeightedAggregator):
-        return aggregator.weighting(jacobian.matrix()), False
-    return aggregator(jacobian.matrix()), True
+    with warnings.catch_warnings():
+        # cvxpy warns on every Nash-MTL step that its problem is not parametrised for speed-ups
+        warnings.filterwarnings("ignore", message="You are solving a parameterized problem that is not DPP")
+        if isinstance(aggregator, GramianWeightedAggregator):
+            return aggregator.gramian_weighting(jacobian.gramian()), False
+        if isinstance(aggregator, WeightedAggregator):
+            return aggregator.weighting(jacobian.matrix()), False
+        return aggregator(jacobian.matrix()), True
 
 
 class Aggregated(Method):

@@ -1,6 +1,13 @@
 """Plotly figure builders that take xarray objects."""
 
 from workbench.viz.conflict import agreement_over_training, cosine_matrix_slider, layer_conflict_heatmap, pair_cosine_over_time, reference_vs_measured
+from workbench.viz.methods import conflict_bars, cost_bars, delta_m_bars, learning_curves, tradeoff
 from workbench.viz.offline import use_offline_plotly
 
-__all__ = ["agreement_over_training", "cosine_matrix_slider", "layer_conflict_heatmap", "pair_cosine_over_time", "reference_vs_measured", "use_offline_plotly"]
+__all__ = [
+    "conflict_bars",
+    "cost_bars",
+    "delta_m_bars",
+    "learning_curves",
+    "tradeoff",
+    "agreement_over_training", "cosine_matrix_slider", "layer_conflict_heatmap", "pair_cosine_over_time", "reference_vs_measured", "use_offline_plotly"]

@@ -18,16 +18,32 @@ NOTEBOOK = "notebooks/01_gradient_conflict.ipynb"
 QUICK = {"quick": True, "steps": 50}
 
 
-@pytest.fixture(scope="module")
-def conflict_report(tmp_path_factory):
-    """``workbench run`` on the first notebook, quick, from the command line as a user would call it."""
-    out = tmp_path_factory.mktemp("reports")
+def run_quick(notebook: str, parameters: dict, out: Path) -> Path:
+    """``workbench run`` from the command line, as a user would call it; returns the report's folder."""
     done = subprocess.run(
-        [sys.executable, "-m", "workbench.cli", "run", NOTEBOOK, *(a for k, v in QUICK.items() for a in ("-p", k, str(v))), "-o", str(out)],
+        [sys.executable, "-m", "workbench.cli", "run", notebook, *(a for k, v in parameters.items() for a in ("-p", k, str(v))), "-o", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return runner.report_folder(NOTEBOOK, QUICK, out)
+    return runner.report_folder(notebook, parameters, out)
+
+
+def assert_renders_offline(page: Path, figures: int) -> str:
+    """Every plotly figure of ``page`` renders in Chromium with networking off, with no request and no JavaScript error."""
+    html = page.read_text()
+    assert html.count('class="plotly-graph-div"') == figures
+    assert external_references(html) == []
+    assert not re.search(r"(training|methods): +\d+%", html), "a progress-bar frame was frozen into the report"
+    opened = open_page(page)
+    assert opened.requests == [] and opened.errors == []
+    assert opened.dom.count("plot-container plotly") == figures, "a figure did not render"
+    return html
+
+
+@pytest.fixture(scope="module")
+def conflict_report(tmp_path_factory):
+    """The first notebook, quick."""
+    return run_quick(NOTEBOOK, QUICK, tmp_path_factory.mktemp("reports"))
 
 
 @pytest.mark.slow
@@ -42,18 +58,9 @@ def test_run_writes_notebook_html_and_results(conflict_report):
 
 @pytest.mark.slow
 def test_report_renders_every_figure_offline(conflict_report):
-    page = conflict_report / "01_gradient_conflict.html"
-    html = page.read_text()
-    figures = html.count('class="plotly-graph-div"')
-    assert figures == 5
+    html = assert_renders_offline(conflict_report / "01_gradient_conflict.html", figures=5)
     assert "Spearman rank correlation, |planted similarity| vs mean cosine" in html
     assert "Agreement of the probe with the reference during training" in html
-    assert "training:" not in html, "a progress-bar frame was frozen into the report"
-    assert external_references(html) == []
-    opened = open_page(page)
-    assert opened.requests == [] and opened.errors == []
-    assert opened.dom.count("plot-container plotly") == figures, "a figure did not render"
-    assert opened.dom.count('class="main-svg"') >= figures
     assert str(Path.cwd()) not in html and str(conflict_report) not in html, "the report names a path of this machine"
 
 
@@ -92,22 +99,24 @@ def test_index_sorts_by_a_column_when_its_header_is_clicked(tmp_path):
 @pytest.mark.parametrize("dataset, layer", [("multidigits", "0.weight"), ("lexicon", "transformer.encoder.layer.5")])
 def test_conflict_report_on_real_tasks(tmp_path, dataset, layer):
     """The same notebook on MultiDigits (CNN) and the lexicon tasks (MiniLM, layers are its blocks), offline."""
-    done = subprocess.run(
-        [sys.executable, "-m", "workbench.cli", "run", NOTEBOOK, "-p", "quick", "True", "-p", "dataset", dataset, "-o", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    folder = runner.report_folder(NOTEBOOK, {"quick": True, "dataset": dataset}, tmp_path)
+    folder = run_quick(NOTEBOOK, {"quick": True, "dataset": dataset}, tmp_path)
     history = results.load(folder / "01_gradient_conflict" / "conflict_history.nc")
     assert layer in history.layer.values.tolist()
     reference = results.load(folder / "01_gradient_conflict" / "reference.nc")
     assert reference.attrs["dataset"] == dataset and reference.sizes["task"] == history.sizes["task"]
-    page = folder / "01_gradient_conflict.html"
-    html = page.read_text()
+    html = assert_renders_offline(folder / "01_gradient_conflict.html", figures=5)
     assert f"{dataset}: " in html and "LOAD REPORT" not in html
-    opened = open_page(page)
-    assert opened.requests == [] and opened.errors == [] and external_references(html) == []
-    assert opened.dom.count("plot-container plotly") == html.count('class="plotly-graph-div"') == 5
+
+
+@pytest.mark.slow
+def test_methods_report(tmp_path):
+    """Notebook 02, quick: both problems, the comparison figures and the published claims, offline."""
+    folder = run_quick("notebooks/02_mtl_methods.ipynb", {"quick": True}, tmp_path)
+    html = assert_renders_offline(folder / "02_mtl_methods.html", figures=8)
+    assert "famo beats ew (published Δm% -4.10 vs +5.59)" in html and "not DPP" not in html
+    digits = results.load(folder / "02_mtl_methods" / "multidigits_methods.nc")
+    assert digits.method.values.tolist() == ["ew", "upgrad", "famo"] and digits.sizes["seed"] == 1
+    assert results.load(folder / "02_mtl_methods" / "lexicon_methods.nc").sizes["task"] == 4
 
 
 @pytest.mark.slow

@@ -30,10 +30,9 @@ class Scalarized(Method):
     def backward(self, model, x: Inputs, targets: Mapping[str, Tensor]) -> StepOutcome:
         losses = model.losses(x, targets)
         stacked = torch.stack([losses[n] for n in model.task_names])
-        loss = self.scalarizer(stacked)
-        (weights,) = torch.autograd.grad(loss, stacked, retain_graph=True)
-        loss.backward()
-        return StepOutcome(stacked.detach(), weights.detach())
+        stacked.retain_grad()  # the weights come out of the same backward
+        self.scalarizer(stacked).backward()
+        return StepOutcome(stacked.detach(), stacked.grad)
 
     def parameters(self) -> list[nn.Parameter]:
         from torchjd.scalarization import FAMO

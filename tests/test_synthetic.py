@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -36,6 +37,17 @@ def test_planted_similarity_is_the_weights_correlation():
     measured = np.corrcoef(w)
     np.testing.assert_allclose(measured, problem.similarity.values, atol=0.03)
     assert problem.similarity.dims == ("task", "other_task")
+
+
+def test_realised_similarity_is_the_cosine_of_the_drawn_weights_and_the_reference():
+    problem = make_synthetic(n_tasks=4, n_samples=10, n_features=8, groups=[[0, 1]], anti_pairs=[(2, 3)], seed=0)
+    w = problem.weights.values
+    for i in range(4):
+        for j in range(4):
+            cosine = w[i] @ w[j] / np.linalg.norm(w[i]) / np.linalg.norm(w[j])
+            assert problem.realised.values[i, j] == pytest.approx(cosine)
+    assert np.abs(problem.realised.values - problem.similarity.values).max() > 0.05  # few features: sampling noise shows
+    xr.testing.assert_equal(problem.splits().reference, problem.realised)
 
 
 def test_targets_kinds_outliers_and_noise():

@@ -5,7 +5,8 @@ a chosen correlation matrix ``C`` (``corr(w_i, w_j) = C_ij``), so related tasks 
 directions and anti-correlated tasks at opposite ones. A task's target is ``s + c_t·sin(2s)`` of its
 projection ``s = x·w_t / √F`` (``c_t`` its "complexity"), plus noise; classification tasks threshold
 it at zero. The planted similarity comes back as an ``xarray.DataArray`` with dims
-``(task, other_task)`` for checking the probes against it.
+``(task, other_task)`` for checking the probes against it, beside the similarity the drawn weight
+vectors realised (their cosines), which is what the data actually holds.
 """
 
 from __future__ import annotations
@@ -75,20 +76,22 @@ def nearest_correlation(c: np.ndarray, floor: float = 1e-6) -> np.ndarray:
 
 @dataclass
 class SyntheticTasks:
-    """A generated problem: the data, the true weight vectors ``(task, feature)`` and the planted similarity."""
+    """A generated problem: the data, the true weight vectors ``(task, feature)``, the planted (designed)
+    similarity and the similarity the drawn weight vectors realised."""
 
     data: MultiTaskData
     weights: xr.DataArray
     similarity: xr.DataArray
+    realised: xr.DataArray
 
     @property
     def reference(self) -> xr.DataArray:
-        """The planted similarity: the reference relationship every builder offers."""
-        return self.similarity
+        """The realised similarity: what the drawn tasks share, the reference every builder offers."""
+        return self.realised
 
     def splits(self, validation_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> MultiTaskSplits:
-        """A seeded train / validation / test split with the planted similarity as reference."""
-        return self.data.splits(validation_fraction, test_fraction, seed, reference=self.similarity)
+        """A seeded train / validation / test split with the realised similarity as reference."""
+        return self.data.splits(validation_fraction, test_fraction, seed, reference=self.realised)
 
 
 def make_synthetic(
@@ -142,6 +145,8 @@ def make_synthetic(
     targets = projection + complexities * np.sin(2 * projection) + noise * rng.standard_normal((n_samples, n_tasks))
 
     names = [f"t{i}" for i in range(n_tasks)]
+    unit = weights / np.linalg.norm(weights, axis=1, keepdims=True)
+    coords = {"task": names, "other_task": names}
     tasks = [classification_task(n) if i in classification else regression_task(n) for i, n in enumerate(names)]
     target_tensors = {
         n: torch.as_tensor((targets[:, i] > 0) if i in classification else targets[:, i], dtype=torch.float32)
@@ -153,7 +158,11 @@ def make_synthetic(
         data=data,
         weights=xr.DataArray(weights, dims=("task", "feature"), coords={"task": names}),
         similarity=xr.DataArray(
-            similarity, dims=("task", "other_task"), coords={"task": names, "other_task": names}, name="planted similarity",
+            similarity, dims=("task", "other_task"), coords=coords, name="planted similarity",
             attrs={"description": "planted correlation of the tasks' true weight vectors"},
+        ),
+        realised=xr.DataArray(
+            unit @ unit.T, dims=("task", "other_task"), coords=coords, name="realised similarity",
+            attrs={"description": "cosine of the drawn weight vectors: the correlation of the tasks' linear parts"},
         ),
     )

@@ -59,7 +59,7 @@ def test_run_writes_notebook_html_and_results(conflict_report):
 @pytest.mark.slow
 def test_report_renders_every_figure_offline(conflict_report):
     html = assert_renders_offline(conflict_report / "01_gradient_conflict.html", figures=5)
-    assert "Spearman rank correlation, |planted similarity| vs mean cosine" in html
+    assert "Spearman rank correlation, |realised similarity| vs mean cosine" in html
     assert "Agreement of the probe with the reference during training" in html
     assert str(Path.cwd()) not in html and str(conflict_report) not in html, "the report names a path of this machine"
 
@@ -117,6 +117,18 @@ def test_methods_report(tmp_path):
     digits = results.load(folder / "02_mtl_methods" / "multidigits_methods.nc")
     assert digits.method.values.tolist() == ["ew", "upgrad", "famo"] and digits.sizes["seed"] == 1
     assert results.load(folder / "02_mtl_methods" / "lexicon_methods.nc").sizes["task"] == 4
+
+
+@pytest.mark.slow
+def test_affinity_report(tmp_path):
+    """Notebook 03, quick: affinities, transfer, groupings and the validity study on the three problems, offline."""
+    folder = run_quick("notebooks/03_task_affinity.ipynb", {"quick": True}, tmp_path)
+    html = assert_renders_offline(folder / "03_task_affinity.html", figures=12)
+    assert "TAG affinity among the ten raters" in html and "measured losses (Standley)" in html
+    transfer = results.load(folder / "03_task_affinity" / "synthetic_transfer.nc")
+    assert transfer.sizes["subset"] == 2 ** transfer.sizes["task"] - 1
+    validity = results.load(folder / "03_task_affinity" / "validity_study.nc")
+    assert set(validity.optimizer.values) == {"sgd", "adam"} and validity.sizes["configuration"] == 2
 
 
 @pytest.mark.slow

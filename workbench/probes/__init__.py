@@ -1,5 +1,6 @@
 """Probes of task interaction: each is ``probe(model, batch, ...) -> xarray.Dataset``."""
 
+from workbench.probes.affinity import cosine_affinity, mean_affinity, tag_affinity, tag_affinity_loop
 from workbench.probes.conflict import (
     conflict_frequency,
     gradient_conflict,
@@ -12,6 +13,10 @@ from workbench.probes.recorder import ProbeRecorder
 
 __all__ = [
     "ProbeRecorder",
+    "cosine_affinity",
+    "mean_affinity",
+    "tag_affinity",
+    "tag_affinity_loop",
     "conflict_frequency",
     "gradient_conflict",
     "gramian_statistics",

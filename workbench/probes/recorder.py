@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 import xarray as xr
 from torch import Tensor
 
@@ -24,8 +25,10 @@ class ProbeRecorder:
     measures on that batch, or on the fixed ``batch`` ``(x, {task: targets})`` when one is given (a
     larger held-out batch gives less noisy estimates that are comparable across steps). On the
     training batch, a probe that accepts a ``jacobian`` reuses the per-task gradients the training
-    step computed, when its method computed them. The Datasets are concatenated along ``step`` by
+    step computed, when its method computed them; a probe that takes an ``optimizer`` (TAG's
+    lookahead) gets the training optimizer. The Datasets are concatenated along ``step`` by
     :attr:`history`. ``name`` labels the result in a training history (default: the probe's name).
+    A probe that fails is reported with the step it failed at.
     """
 
     def __init__(
@@ -43,17 +46,31 @@ class ProbeRecorder:
         self.name = name or probe.__name__
         self.batch = batch
         self.options = options
-        self.reuses_jacobian = "jacobian" in inspect.signature(probe).parameters
+        accepted = inspect.signature(probe).parameters
+        self.reuses_jacobian = "jacobian" in accepted
+        self.needs_optimizer = "optimizer" in accepted
         self._records: list[xr.Dataset] = []
 
-    def maybe_record(self, step: int, model, batch: tuple[Inputs, Mapping[str, Tensor]], jacobian: TaskJacobian | None = None) -> bool:
+    def maybe_record(
+        self,
+        step: int,
+        model,
+        batch: tuple[Inputs, Mapping[str, Tensor]],
+        jacobian: TaskJacobian | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> bool:
         """Record the probe if ``step`` is due (the fixed batch is moved to the model's device); returns whether it recorded.
 
-        ``jacobian`` is the training step's per-task Jacobian on ``batch``, if it computed one.
+        ``jacobian`` is the training step's per-task Jacobian on ``batch``, if it computed one;
+        ``optimizer`` the training optimizer.
         """
         if step % self.every:
             return False
         options = dict(self.options)
+        if self.needs_optimizer and "optimizer" not in options:
+            if optimizer is None:
+                raise ValueError(f"probe {self.name!r} needs the training optimizer; record it inside train() or pass optimizer=")
+            options["optimizer"] = optimizer
         if self.batch is None:
             measured_on = batch
             if jacobian is not None and self.reuses_jacobian:
@@ -62,7 +79,11 @@ class ProbeRecorder:
             x, targets = self.batch
             device = model.device
             measured_on = (to_device(x, device), {name: y.to(device) for name, y in targets.items()})
-        self._records.append(self.probe(model, measured_on, **options).expand_dims(step=[step]))
+        try:
+            record = self.probe(model, measured_on, **options)
+        except (ValueError, FloatingPointError) as error:
+            raise type(error)(f"probe {self.name!r} at step {step}: {error}") from error
+        self._records.append(record.expand_dims(step=[step]))
         return True
 
     @property

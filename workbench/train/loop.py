@@ -162,7 +162,7 @@ def train(
         outcome = method.backward(model, x, targets)
         seconds = time.perf_counter() - began
         for recorder in recorders:
-            recorder.maybe_record(step, model, (x, targets), outcome.jacobian)
+            recorder.maybe_record(step, model, (x, targets), outcome.jacobian, opt)
         began = time.perf_counter()
         opt.step()
         method.after_step(model, x, targets)

@@ -8,7 +8,7 @@ from scipy.stats import spearmanr
 
 from workbench.probes.conflict import upper_pairs
 
-__all__ = ["pairwise_rank_correlation", "rank_correlation_over_training"]
+__all__ = ["pairwise_rank_correlation", "rank_correlation_over_training", "report_card", "with_seed_summary"]
 
 
 def pairwise_rank_correlation(truth: xr.DataArray, measured: xr.DataArray) -> float:
@@ -39,3 +39,44 @@ def rank_correlation_over_training(truth: xr.DataArray, measured: xr.DataArray, 
     smoothed = measured.rolling(step=window, min_periods=1).mean()
     values = [pairwise_rank_correlation(truth, smoothed.sel(step=step)) for step in smoothed.step.values]
     return xr.DataArray(values, dims="step", coords={"step": smoothed.step.values}, name="rank_correlation", attrs={"window": window})
+
+
+def _directed_pairs(da: xr.DataArray, tasks: list[str]) -> np.ndarray:
+    """The off-diagonal entries of a ``(source, target)`` array, in a fixed order."""
+    values = da.sel(source=tasks, target=tasks).values
+    return values[~np.eye(len(tasks), dtype=bool)]
+
+
+def report_card(affinity: xr.DataArray, truth: xr.DataArray, top_k: int = 3) -> xr.Dataset:
+    """How well a directed affinity predicts a directed truth (measured ``gain``): per seed and summarised.
+
+    ``affinity`` and ``truth`` are ``(source, target)`` arrays, either may carry a ``seed`` dim
+    (paired when both do). Over the off-diagonal pairs, per seed: the Spearman and Pearson
+    correlations and the top-k agreement (the share of the truth's ``top_k`` pairs that are among the
+    affinity's ``top_k``). Returns those over ``seed`` and their ``*_mean`` and ``*_std``.
+    """
+    from scipy.stats import pearsonr
+
+    tasks = [str(t) for t in truth.source.values]
+    seeds = truth.seed.values if "seed" in truth.dims else affinity.seed.values if "seed" in affinity.dims else [0]
+    rows = {"spearman": [], "pearson": [], "top_k": []}
+    for seed in seeds:
+        predicted = _directed_pairs(affinity.sel(seed=seed) if "seed" in affinity.dims else affinity, tasks)
+        actual = _directed_pairs(truth.sel(seed=seed) if "seed" in truth.dims else truth, tasks)
+        keep = ~(np.isnan(predicted) | np.isnan(actual))
+        predicted, actual = predicted[keep], actual[keep]
+        constant = len(actual) < 3 or np.ptp(actual) == 0 or np.ptp(predicted) == 0
+        rows["spearman"].append(np.nan if constant else float(spearmanr(predicted, actual).statistic))
+        rows["pearson"].append(np.nan if constant else float(pearsonr(predicted, actual).statistic))
+        k = min(top_k, len(actual))
+        rows["top_k"].append(len(set(np.argsort(-predicted)[:k]) & set(np.argsort(-actual)[:k])) / k if k else np.nan)
+    ds = with_seed_summary(xr.Dataset({name: ("seed", values) for name, values in rows.items()}, coords={"seed": list(seeds)}))
+    ds.attrs.update(top_k=top_k, pairs=len(tasks) * (len(tasks) - 1))
+    return ds
+
+
+def with_seed_summary(card: xr.Dataset) -> xr.Dataset:
+    """``card`` with ``*_mean`` and ``*_std`` (over ``seed``, NaN skipped) of each per-seed score."""
+    names = [name for name, variable in card.data_vars.items() if variable.dims == ("seed",)]
+    ddof = 1 if card.sizes["seed"] > 1 else 0
+    return card.assign({f"{n}_mean": card[n].mean() for n in names} | {f"{n}_std": card[n].std(ddof=ddof) for n in names})

@@ -1,10 +1,17 @@
 """Plotly figure builders that take xarray objects."""
 
+from workbench.viz.affinity import affinity_dendrogram, affinity_graph, affinity_slider, payoff_figure, predicted_vs_measured, validity_figure
 from workbench.viz.conflict import agreement_over_training, cosine_matrix_slider, layer_conflict_heatmap, pair_cosine_over_time, reference_vs_measured
 from workbench.viz.methods import conflict_bars, cost_bars, delta_m_bars, learning_curves, tradeoff
 from workbench.viz.offline import use_offline_plotly
 
 __all__ = [
+    "affinity_dendrogram",
+    "affinity_graph",
+    "affinity_slider",
+    "payoff_figure",
+    "predicted_vs_measured",
+    "validity_figure",
     "conflict_bars",
     "cost_bars",
     "delta_m_bars",

@@ -8,40 +8,40 @@ import xarray as xr
 
 from workbench.probes.conflict import upper_pairs
 
-__all__ = ["agreement_over_training", "cosine_matrix_slider", "layer_conflict_heatmap", "pair_cosine_over_time", "reference_vs_measured"]
-
-_DIVERGING = dict(colorscale="RdBu", zmin=-1, zmax=1, zmid=0)
-
+__all__ = ["agreement_over_training", "cosine_matrix_slider", "matrix_slider", "layer_conflict_heatmap", "pair_cosine_over_time", "reference_vs_measured"]
 
 def _matrix_text(values: np.ndarray) -> list[list[str]]:
     return [["–" if np.isnan(v) else f"{v:.2f}" for v in row] for row in values]
 
 
-def cosine_matrix_slider(history: xr.Dataset, variable: str = "cosine") -> go.Figure:
-    """The ``(task, other_task)`` matrix of ``variable`` at each recorded step, with a slider over ``step``.
+def matrix_slider(values: xr.DataArray, title: str, colour_range: float = 1.0, row_title: str = "", column_title: str = "") -> go.Figure:
+    """A ``(step, row, column)`` array as one heatmap per recorded step, with a slider over ``step``.
 
-    Missing values (zero gradients) are drawn as empty cells labelled "–".
+    Missing values are drawn as empty cells labelled "–"; colours are diverging, ``±colour_range``.
     """
-    tasks = [str(t) for t in history.task.values]
-    steps = [int(s) for s in history.step.values]
+    step_dim, row_dim, column_dim = values.dims
+    rows = [str(t) for t in values[row_dim].values]
+    columns = [str(t) for t in values[column_dim].values]
+    steps = [int(s) for s in values[step_dim].values]
     fig = go.Figure()
     for i, step in enumerate(steps):
-        values = history[variable].sel(step=step).values
+        matrix = values.isel({step_dim: i}).values
         fig.add_trace(go.Heatmap(
-            z=values, x=tasks, y=tasks, text=_matrix_text(values), texttemplate="%{text}",
-            visible=i == len(steps) - 1, colorbar=dict(title=variable), name=f"step {step}",
-            hovertemplate="%{y} · %{x}: %{z:.3f}<extra>step " + str(step) + "</extra>", **_DIVERGING,
+            z=matrix, x=columns, y=rows, text=_matrix_text(matrix), texttemplate="%{text}", visible=i == len(steps) - 1,
+            colorbar=dict(title=values.name), name=f"step {step}", colorscale="RdBu", zmin=-colour_range, zmax=colour_range, zmid=0,
+            hovertemplate="%{y} · %{x}: %{z:.3g}<extra>step " + str(step) + "</extra>",
         ))
-    slider_steps = [
-        dict(label=str(step), method="update", args=[{"visible": [j == i for j in range(len(steps))]}])
-        for i, step in enumerate(steps)
-    ]
+    slider_steps = [dict(label=str(step), method="update", args=[{"visible": [j == i for j in range(len(steps))]}]) for i, step in enumerate(steps)]
     fig.update_layout(
-        title=f"Pairwise gradient {variable.replace('_', ' ')} over training",
-        sliders=[dict(active=len(steps) - 1, currentvalue=dict(prefix="step "), steps=slider_steps)],
-        yaxis=dict(autorange="reversed", scaleanchor="x"),
+        title=title, sliders=[dict(active=len(steps) - 1, currentvalue=dict(prefix="step "), steps=slider_steps)],
+        xaxis_title=column_title, yaxis=dict(autorange="reversed", scaleanchor="x", title=row_title),
     )
     return fig
+
+
+def cosine_matrix_slider(history: xr.Dataset, variable: str = "cosine") -> go.Figure:
+    """The ``(task, other_task)`` matrix of ``variable`` at each recorded step, with a slider over ``step``."""
+    return matrix_slider(history[variable].transpose("step", "task", "other_task"), f"Pairwise gradient {variable.replace('_', ' ')} over training")
 
 
 def layer_conflict_heatmap(layer_frequency: xr.DataArray) -> go.Figure:

@@ -39,6 +39,7 @@ lab: install
 benchmark: install
 	$(PY) benchmarks/bench_gradients.py
 	$(PY) benchmarks/bench_methods.py
+	$(PY) benchmarks/bench_affinity.py
 	$(PY) benchmarks/bench_sweeps.py
 
 clean:

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 
 from workbench import gradients
 from workbench.gradients import model_task_jacobian
 from workbench.tasks import MultiTaskModel, mlp_encoder, regression_task
+
+from timing import median_seconds  # benchmarks/timing.py
 
 # MLPs as (input features, hidden widths, batch): the size the notebooks probe, and a wider encoder;
 # MiniLM as (trainable blocks, words, tokens per word)
@@ -134,23 +134,6 @@ def methods(kind: str, encoder: str) -> list[str]:
     return names + ["plain step"]
 
 
-def median_seconds(calls: dict, repeats: int) -> dict[str, float]:
-    """Median seconds per method; the methods take turns in every round so that drifts in machine speed hit all alike.
-
-    The warm-up runs every method once and the workbench until its ``"auto"`` strategy has settled.
-    """
-    for name, (fn, args) in calls.items():
-        for _ in range(2 * gradients.TRIALS if name == "workbench" else 1):
-            fn(*args)
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, (fn, args) in calls.items():
-            start = time.perf_counter()
-            fn(*args)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def peak_memory_mib(fn, model, x, targets) -> float:
     """Peak MiB held by tensors allocated during ``fn`` (allocations minus frees, in order)."""
     from torch.profiler import ProfilerActivity, profile
@@ -203,7 +186,10 @@ def main() -> None:
                 for name in methods(kind, encoder):
                     model, x, targets = setup(encoder, n_tasks)  # a fresh model each: the autogram engine hooks its modules
                     calls[name] = (method(kind, name, model), (model, x, targets))
-                timings = median_seconds(calls, repeats)
+                timings = median_seconds(
+                    {name: (lambda fn=fn, args=args: fn(*args)) for name, (fn, args) in calls.items()}, repeats,
+                    warmup={"workbench": 2 * gradients.TRIALS},  # until the "auto" strategy has settled
+                )
                 engine_model, engine_x, engine_targets = calls["workbench"][1]
                 strategy = model_task_jacobian(engine_model, engine_x, engine_targets).strategy
                 memory = {name: peak_memory_mib(fn, *args) for name, (fn, args) in calls.items()}

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 import warnings
 
 import torch
@@ -28,6 +26,8 @@ from workbench.tasks import MultiTaskModel, mlp_encoder, regression_task
 from workbench.train import METHODS, make_method
 from workbench.train.aggregated import Aggregated
 from workbench.train.scalarized import Scalarized
+
+from timing import median_seconds  # benchmarks/timing.py
 
 ENCODERS = ("mlp", "cnn", "minilm-top2")
 SKIP = {"constant"}  # needs weights given by hand
@@ -92,19 +92,6 @@ def torchjd_step(method, model, x, targets):
         optimizer.step()
 
     return step
-
-
-def median_seconds(calls: dict, repeats: int) -> dict[str, float]:
-    for call in calls.values():
-        call()
-        call()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:

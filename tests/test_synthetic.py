@@ -99,3 +99,15 @@ def test_nearest_correlation_always_gives_a_valid_correlation_matrix(raw):
     np.testing.assert_allclose(c, c.T)
     assert np.linalg.eigvalsh(c).min() > -1e-9
     assert np.all(np.abs(c) <= 1 + 1e-9)
+
+
+def test_sparse_tasks_read_few_features_and_a_group_reads_the_same_ones():
+    dense = make_synthetic(n_tasks=4, n_features=12, groups=[[0, 1]], seed=3)
+    sparse = make_synthetic(n_tasks=4, n_features=12, groups=[[0, 1]], active_features=3, seed=3)
+    reads = sparse.weights.values != 0
+    assert (reads.sum(1) == 3).all()
+    assert (reads[0] == reads[1]).all()
+    kept = reads[2]
+    np.testing.assert_array_equal(sparse.weights.values[2, kept], dense.weights.values[2, kept])  # the same draws, masked
+    with pytest.raises(ValueError, match="active_features must be between 1 and n_features = 12"):
+        make_synthetic(n_tasks=2, n_features=12, active_features=13)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import xarray as xr
 
 from workbench.architectures import mmoe_model
 from workbench.encoders import Pooling, conv_encoder, minilm_encoder, representation_shape
@@ -72,6 +74,8 @@ class Problem:
     splits: MultiTaskSplits
     make_model: Callable[[Sequence[Task]], MultiTaskModel]
     layers: Grouping
+    truth: dict[str, xr.DataArray] = field(default_factory=dict)
+    """Ground truth beyond the reference: ``"weights"`` ``(task, feature)`` of synthetic tasks."""
 
 
 def load_problem(dataset: str, seed: int = 0, **options: Any) -> Problem:
@@ -95,7 +99,8 @@ def load_problem(dataset: str, seed: int = 0, **options: Any) -> Problem:
         fractions = {k: options.pop(k) for k in ("validation_fraction", "test_fraction") if k in options}
         synthetic = data.make_synthetic(seed=seed, **options)
         features = synthetic.data.x.shape[1]
-        return Problem(dataset, synthetic.splits(seed=seed, **fractions), partial(mlp_model, in_features=features, hidden=hidden), "tensor")
+        splits = synthetic.splits(seed=seed, **fractions)
+        return Problem(dataset, splits, partial(mlp_model, in_features=features, hidden=hidden), "tensor", {"weights": synthetic.weights})
     if dataset == "multidigits":
         channels = options.pop("channels", (16, 32, 32))
         splits = data.make_multidigits(seed=seed, **options)

@@ -74,6 +74,18 @@ def nearest_correlation(c: np.ndarray, floor: float = 1e-6) -> np.ndarray:
     return (fixed + fixed.T) / 2
 
 
+def _supports(n_tasks: int, n_features: int, active: int, groups: Sequence[Sequence[int]], seed: int) -> np.ndarray:
+    """``(T, F)`` masks: each group's tasks share ``active`` random features, every other task has its own."""
+    if not 1 <= active <= n_features:
+        raise ValueError(f"active_features must be between 1 and n_features = {n_features}, got {active}")
+    rng = np.random.default_rng([seed, 1])  # its own stream: the weights and inputs stay as without sparsity
+    mask = np.zeros((n_tasks, n_features))
+    grouped = {i for group in groups for i in group}
+    for members in [list(g) for g in groups] + [[i] for i in range(n_tasks) if i not in grouped]:
+        mask[members, rng.choice(n_features, active, replace=False)[:, None]] = 1.0
+    return mask
+
+
 @dataclass
 class SyntheticTasks:
     """A generated problem: the data, the true weight vectors ``(task, feature)``, the planted (designed)
@@ -107,6 +119,7 @@ def make_synthetic(
     noise: float = 0.1,
     classification: Sequence[int] = (),
     outliers: Sequence[int] = (),
+    active_features: int | None = None,
     seed: int = 0,
 ) -> SyntheticTasks:
     """Draw ``n_samples`` inputs ``x ~ N(0, I_F)`` and ``n_tasks`` targets with a planted relationship.
@@ -116,7 +129,10 @@ def make_synthetic(
     value or one per task) adds the ``sin`` nonlinearity; ``noise`` is the target noise's standard
     deviation; tasks listed in ``classification`` get binary labels; tasks in ``outliers`` look at
     features of their own (a weight vector independent of every other task) with complexity 1.
-    Tasks are named ``t0 … t{T-1}``. The same ``seed`` gives the same numbers.
+    With ``active_features = k`` each task reads only ``k`` of the features (its true weights are
+    zero elsewhere): the tasks of one group read the same ``k`` features, every other task ``k`` of
+    its own drawn at random, so supports overlap by chance only; the weights then show which
+    features each task reads. Tasks are named ``t0 … t{T-1}``. The same ``seed`` gives the same numbers.
     """
     if n_tasks < 1 or n_samples < 2 or n_features < 1:
         raise ValueError(f"need n_tasks >= 1, n_samples >= 2, n_features >= 1; got {n_tasks}, {n_samples}, {n_features}")
@@ -141,7 +157,9 @@ def make_synthetic(
     rng = np.random.default_rng(seed)
     weights = np.linalg.cholesky(similarity + 1e-9 * np.eye(n_tasks)) @ rng.standard_normal((n_tasks, n_features))
     x = rng.standard_normal((n_samples, n_features))
-    projection = x @ weights.T / np.sqrt(n_features)
+    if active_features is not None:
+        weights = weights * _supports(n_tasks, n_features, active_features, groups, seed)
+    projection = x @ weights.T / np.sqrt(n_features if active_features is None else active_features)
     targets = projection + complexities * np.sin(2 * projection) + noise * rng.standard_normal((n_samples, n_tasks))
 
     names = [f"t{i}" for i in range(n_tasks)]

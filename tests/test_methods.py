@@ -63,7 +63,7 @@ def test_every_torchjd_method_is_registered_or_left_out_for_a_reason():
     left_out = {"Krum", "TrimmedMean", "MoDo", "SDMGrad", "Constant"}  # see the registry's docstring
     assert aggregators - left_out - {"CRMOGM"} <= registered
     assert set(S.__all__) - {"Scalarizer"} <= registered
-    assert set(TORCHJD_AGGREGATORS) | set(TORCHJD_SCALARIZERS) | {"constant", "gradnorm", "sam"} == set(METHODS)
+    assert set(TORCHJD_AGGREGATORS) | set(TORCHJD_SCALARIZERS) | {"constant", "gradnorm", "sam", "rep_mtl"} == set(METHODS)
 
 
 def _grads(model, extra=()):
@@ -165,6 +165,7 @@ def _train(method, steps, **kwargs):
 STATEFUL = [
     ("uw", {}), ("dwa", {}), ("famo", {}), ("imtl_l", {}), ("gradvac", {}), ("nash_mtl", {"update_weights_every": 2}),
     ("excess_mtl", {}), ("pcd", {}), ("cr_mogm", {}), ("gradnorm", {}), ("rlw", {}), ("graddrop", {}), ("sam", {"aggregator": "gradvac"}),
+    ("rep_mtl", {"base": "famo"}), ("rep_mtl", {"base": "gradvac"}),
 ]
 
 

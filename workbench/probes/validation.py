@@ -8,7 +8,7 @@ from scipy.stats import spearmanr
 
 from workbench.probes.conflict import upper_pairs
 
-__all__ = ["pairwise_rank_correlation", "rank_correlation_over_training", "report_card", "with_seed_summary"]
+__all__ = ["pairwise_rank_correlation", "rank_correlation_over_training", "report_card", "with_seed_summary", "attribution_recovery"]
 
 
 def pairwise_rank_correlation(truth: xr.DataArray, measured: xr.DataArray) -> float:
@@ -80,3 +80,26 @@ def with_seed_summary(card: xr.Dataset) -> xr.Dataset:
     names = [name for name, variable in card.data_vars.items() if variable.dims == ("seed",)]
     ddof = 1 if card.sizes["seed"] > 1 else 0
     return card.assign({f"{n}_mean": card[n].mean() for n in names} | {f"{n}_std": card[n].std(ddof=ddof) for n in names})
+
+
+def attribution_recovery(attribution: xr.DataArray, weights: xr.DataArray) -> xr.Dataset:
+    """How well per-task input attribution finds the features each task reads, against true ``weights``.
+
+    ``attribution`` is ``(task, sample, feature)`` (from
+    :func:`~workbench.probes.saliency.input_attribution` on vector inputs), ``weights`` ``(task,
+    feature)``. Per task, with the importance of a feature the mean ``|attribution|`` over samples:
+    ``spearman`` with ``|weights|`` and ``support_recall``, the share of the features the task reads
+    (non-zero weights) among its ``k`` most important, ``k`` the number it reads; and the
+    ``importance`` itself ``(task, feature)``. A read feature with a tiny weight is hardly read: the
+    recall counts it all the same.
+    """
+    importance = np.abs(attribution.values).mean(1)
+    truth = np.abs(weights.sel(task=attribution.task).values)
+    rows = {"spearman": [], "support_recall": []}
+    for found, true in zip(importance, truth):
+        support = np.flatnonzero(true)
+        rows["spearman"].append(float(spearmanr(found, true).statistic))
+        top = np.argsort(-found)[: len(support)]
+        rows["support_recall"].append(len(set(top) & set(support)) / len(support) if len(support) else np.nan)
+    ds = xr.Dataset({k: ("task", v) for k, v in rows.items()}, coords={"task": attribution.task.values})
+    return ds.assign(importance=(("task", "feature"), importance))

@@ -12,8 +12,9 @@ with their family, options (and defaults), whether they keep state and what they
   another weighting), ``rgw`` (random gradient weights), ``jacobian_mean`` and ``jacobian_sum``
   (the mean and sum of the rows: the updates of ``ew`` and ``sum`` for the shared parameters, with
   unweighted heads; the cost of the Jacobian pipeline itself).
-- **The workbench's own**: ``gradnorm`` (Chen et al. 2018) and ``sam`` (task-based sharpness-aware
-  minimisation, Phan et al. 2022, with any aggregator above).
+- **The workbench's own**: ``gradnorm`` (Chen et al. 2018), ``sam`` (task-based sharpness-aware
+  minimisation, Phan et al. 2022, with any aggregator above) and ``rep_mtl`` (Rep-MTL's saliency
+  regularisers, Wang et al. 2025, on any method above; equal weighting by default).
 
 Left out: torchjd's Krum and TrimmedMean (robust aggregation of many federated clients, not of a
 few tasks) and the MoDo and SDMGrad weightings (they need the Jacobians of two independent batches
@@ -35,6 +36,7 @@ import torch
 from workbench.train.aggregated import Aggregated
 from workbench.train.gradnorm import GradNorm
 from workbench.train.method import Method
+from workbench.train.repmtl import RepMTL
 from workbench.train.sam import TaskSAM
 from workbench.train.scalarized import Scalarized
 
@@ -102,6 +104,12 @@ def _sam(n_tasks: int, rho: float = 0.05, aggregator: str = "jacobian_sum", **ag
     return TaskSAM(inner, rho)
 
 
+def _rep_mtl(n_tasks: int, base: str = "ew", lambda_tsr: float = 1.0, lambda_csa: float = 1.0, temperature: float = 0.1) -> Method:
+    if base == "rep_mtl":
+        raise ValueError("rep_mtl needs another method as its base")
+    return RepMTL(make_method(base, n_tasks), lambda_tsr, lambda_csa, temperature)
+
+
 _UNIFORM = "uniform"  # placeholder default for preference weights: 1/T each
 
 METHODS: dict[str, MethodSpec] = {
@@ -139,6 +147,7 @@ METHODS: dict[str, MethodSpec] = {
         _aggregator("jacobian_sum", "Sum", "the sum of the Jacobian's rows"),
         MethodSpec("gradnorm", "workbench", "GradNorm (Chen et al. 2018): balanced gradient norms on the last shared layer", build=_gradnorm),
         MethodSpec("sam", "workbench", "task-based sharpness-aware minimisation (Phan et al. 2022) with any aggregator", build=_sam),
+        MethodSpec("rep_mtl", "workbench", "Rep-MTL (Wang et al. 2025): saliency entropy and cross-task alignment regularisers on any method", build=_rep_mtl),
     ]
 }
 

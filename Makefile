@@ -40,6 +40,7 @@ benchmark: install
 	$(PY) benchmarks/bench_gradients.py
 	$(PY) benchmarks/bench_methods.py
 	$(PY) benchmarks/bench_affinity.py
+	$(PY) benchmarks/bench_saliency.py
 	$(PY) benchmarks/bench_sweeps.py
 
 clean:

@@ -132,6 +132,18 @@ def test_affinity_report(tmp_path):
 
 
 @pytest.mark.slow
+def test_saliency_report(tmp_path):
+    """Notebook 04, quick: saliency pictures, training curves, validity and Rep-MTL against equal weighting, offline."""
+    folder = run_quick("notebooks/04_task_saliency.ipynb", {"quick": True}, tmp_path)
+    html = assert_renders_offline(folder / "04_task_saliency.html", figures=7)
+    assert "rep_mtl minus equal weighting, test Δm% per seed" in html and "support recall: median" in html
+    history = results.load(folder / "04_task_saliency" / "multidigits_saliency_history.nc")
+    assert history.step.values.tolist() == [0, 10, 20, 30]
+    comparison = results.load(folder / "04_task_saliency" / "rep_mtl_comparison.nc")
+    assert comparison.method.values.tolist() == ["ew", "rep_mtl", "rep_mtl, λ=0.1"]
+
+
+@pytest.mark.slow
 def test_browser_check_catches_a_page_that_loads_from_the_network(tmp_path):
     page = tmp_path / "leaky.html"
     page.write_text('<html><body><script src="http://plotly.invalid/plotly.js"></script><p>hi</p></body></html>')

@@ -4,6 +4,14 @@ from workbench.viz.affinity import affinity_dendrogram, affinity_graph, affinity
 from workbench.viz.conflict import agreement_over_training, cosine_matrix_slider, layer_conflict_heatmap, pair_cosine_over_time, reference_vs_measured
 from workbench.viz.methods import conflict_bars, cost_bars, delta_m_bars, learning_curves, tradeoff
 from workbench.viz.offline import use_offline_plotly
+from workbench.viz.saliency import (
+    attribution_grid,
+    attribution_validity_figure,
+    representation_vs_parameter_figure,
+    saliency_over_training,
+    share_maps,
+    token_attribution,
+)
 
 __all__ = [
     "affinity_dendrogram",
@@ -17,4 +25,10 @@ __all__ = [
     "delta_m_bars",
     "learning_curves",
     "tradeoff",
+    "attribution_grid",
+    "attribution_validity_figure",
+    "representation_vs_parameter_figure",
+    "saliency_over_training",
+    "share_maps",
+    "token_attribution",
     "agreement_over_training", "cosine_matrix_slider", "layer_conflict_heatmap", "pair_cosine_over_time", "reference_vs_measured", "use_offline_plotly"]

@@ -38,3 +38,16 @@ def model():
 @pytest.fixture
 def batch(model):
     return tiny_batch(model)
+
+
+@pytest.fixture
+def no_batched_grad(monkeypatch):
+    """``torch.autograd.grad`` without ``is_grads_batched``, as for an operator that has no batching rule."""
+    real_grad = torch.autograd.grad
+
+    def no_vmap(*args, **kwargs):
+        if kwargs.get("is_grads_batched"):
+            raise RuntimeError("no batching rule")
+        return real_grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", no_vmap)

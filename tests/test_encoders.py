@@ -137,17 +137,9 @@ def test_auto_strategy_alternates_then_keeps_the_faster(monkeypatch):
         model_task_jacobian(model, ids, targets, strategy="fast")
 
 
-def test_auto_strategy_gives_up_batching_where_it_falls_back(monkeypatch):
+def test_auto_strategy_gives_up_batching_where_it_falls_back(no_batched_grad):
     from workbench import gradients
 
-    real_grad = torch.autograd.grad
-
-    def no_vmap(*args, **kwargs):
-        if kwargs.get("is_grads_batched"):
-            raise RuntimeError("no batching rule")
-        return real_grad(*args, **kwargs)
-
-    monkeypatch.setattr(torch.autograd, "grad", no_vmap)
     model = text_model()
     ids, targets = token_batch(), targets_for(model, 6)
     with pytest.warns(RuntimeWarning, match="task by task"):

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from workbench.merge.sources import Checkpoint, Source, equal_buffer, open_checkpoint, open_checkpoints, plan, write_safetensors
 
-__all__ = ["MergeOptions", "PRESETS", "preset", "merge", "merge_tensor", "model_thresholds", "task_vectors"]
+__all__ = ["MergeOptions", "PRESETS", "preset", "merge", "merge_tensor", "model_thresholds", "task_vectors", "trim_top_k"]
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,8 @@ def _drop(tau: Tensor, p: float, rescale: str, generator: torch.Generator) -> Te
     return dropped * scale.view(-1, *[1] * (tau.dim() - 1))
 
 
-def _trim_per_tensor(tau: Tensor, density: float) -> Tensor:
+def trim_top_k(tau: Tensor, density: float) -> Tensor:
+    """Each row τ_t of ``tau`` (shape (T, ...)) with all but its max(1, ⌊density · n⌋) largest magnitudes zeroed."""
     flat = tau.reshape(len(tau), -1)
     k = max(1, int(density * flat.shape[1]))
     mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, flat.abs().topk(k, dim=1).indices, True)
@@ -156,7 +157,7 @@ def merge_tensor(
         tau = _drop(tau, options.drop, options.rescale, generator)
     if options.density < 1:
         if options.trim == "tensor":
-            tau = _trim_per_tensor(tau, options.density)
+            tau = trim_top_k(tau, options.density)
         elif thresholds is None:
             raise ValueError("model-wide trimming needs each task's threshold (model_thresholds)")
         else:

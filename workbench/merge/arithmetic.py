@@ -150,6 +150,8 @@ def merge_tensor(
     magnitude threshold (from :func:`model_thresholds`), needed when ``options.trim == "model"`` and
     ``options.density < 1``. ``generator`` draws the DARE masks (default: seeded with ``options.seed``).
     """
+    if options.drop == 0 and options.density == 1 and not options.elect_sign:
+        return _weighted_sum(base, tasks, options, weights)
     tau = task_vectors(base, tasks)
     expand = (-1,) + (1,) * (tau.dim() - 1)
     if options.drop > 0:
@@ -178,6 +180,21 @@ def merge_tensor(
         merged = merged / divisor
     start = base.to(tau.dtype) if base is not None else torch.zeros_like(merged)
     return start + options.lam * merged
+
+
+def _weighted_sum(base: Tensor | None, tasks: Sequence[Tensor], options: MergeOptions, weights: Tensor | None) -> Tensor:
+    """θ_0 + λ Σ_t w_t τ_t (divided by Σ_t w_t for ``combine="mean"``), one task at a time, without stacking the τ_t."""
+    dtype = _work_dtype(tasks[0].dtype)
+    w = (weights if weights is not None else torch.ones(len(tasks), dtype=torch.float64)).tolist()
+    start = base.to(dtype) if base is not None else None
+    merged = torch.zeros(tasks[0].shape, dtype=dtype)
+    for task, w_t in zip(tasks, w):
+        merged.add_(task.to(dtype) - start if start is not None else task.to(dtype), alpha=w_t)
+    if options.combine == "mean":
+        total = sum(w)
+        merged.div_(total if abs(total) >= 1e-8 else 1.0)
+    merged.mul_(options.lam)
+    return merged.add_(start) if start is not None else merged
 
 
 def model_thresholds(base: Checkpoint, tasks: Sequence[Checkpoint], names: Sequence[str], density: float, progress: bool = False) -> Tensor:

@@ -10,6 +10,7 @@ from workbench.probes.conflict import (
     upper_pairs,
 )
 from workbench.probes.recorder import ProbeRecorder
+from workbench.probes.task_vectors import mask_overlap, task_vector_similarity
 
 __all__ = [
     "ProbeRecorder",
@@ -20,7 +21,9 @@ __all__ = [
     "conflict_frequency",
     "gradient_conflict",
     "gramian_statistics",
+    "mask_overlap",
     "mean_cosine",
     "s_conflict_score",
+    "task_vector_similarity",
     "upper_pairs",
 ]

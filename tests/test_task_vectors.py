@@ -1,0 +1,75 @@
+"""Task-vector probes: cosines and norms against the flattened vectors, sign conflicts and mask overlap on known cases."""
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.test_merge import SHAPES, random_models
+from workbench.merge import TaskMasks
+from workbench.probes import mask_overlap, task_vector_similarity
+
+
+def flat(sd, base):
+    return torch.cat([(sd[k] - base[k]).double().flatten() for k in SHAPES])
+
+
+def test_cosines_and_norms_equal_those_of_the_flattened_task_vectors():
+    base, tasks = random_models(n_tasks=3)
+    ds = task_vector_similarity(tasks, base, progress=False)
+    assert ds.cosine.dims == ("task", "other_task") and ds.layer_cosine.dims == ("layer", "task", "other_task")
+    assert list(ds.layer.values) == list(SHAPES)  # the integer buffer is not a layer of task vectors
+    vectors = torch.stack([flat(sd, base) for sd in tasks.values()])
+    np.testing.assert_allclose(ds.norm.values, vectors.norm(dim=1).numpy(), rtol=1e-6)
+    cos = torch.nn.functional.cosine_similarity(vectors[:, None], vectors[None], dim=-1)
+    np.testing.assert_allclose(ds.cosine.values, cos.numpy(), atol=1e-6)
+    layer = torch.stack([(sd["encoder.bias"] - base["encoder.bias"]).double() for sd in tasks.values()])
+    np.testing.assert_allclose(
+        ds.layer_cosine.sel(layer="encoder.bias").values,
+        torch.nn.functional.cosine_similarity(layer[:, None], layer[None], dim=-1).numpy(), atol=1e-6,
+    )
+
+
+@settings(deadline=None)
+@given(seed=st.integers(0, 100), scale=st.floats(0.1, 10))
+def test_cosine_is_symmetric_bounded_and_blind_to_a_task_vectors_scale(seed, scale):
+    base, tasks = random_models(n_tasks=3, seed=seed)
+    ds = task_vector_similarity(tasks, base, progress=False)
+    cos = ds.cosine.values
+    np.testing.assert_allclose(cos, cos.T, atol=1e-12)
+    np.testing.assert_allclose(np.diagonal(cos), 1, atol=1e-6)
+    assert (np.abs(cos) <= 1 + 1e-9).all()
+    stretched = dict(tasks, t0={k: base[k] + scale * (v - base[k]) if v.is_floating_point() else v for k, v in tasks["t0"].items()})
+    np.testing.assert_allclose(task_vector_similarity(stretched, base, progress=False).cosine.values, cos, atol=1e-5)
+
+
+def test_sign_conflict_counts_opposite_signs_among_coordinates_both_keep():
+    base = {"w": torch.zeros(4)}
+    tasks = {"a": {"w": torch.tensor([1.0, -1.0, 2.0, 0.0])}, "b": {"w": torch.tensor([-1.0, -1.0, 0.0, 3.0])}}
+    ds = task_vector_similarity(tasks, base, density=1.0, progress=False)
+    # both non-zero on coordinates 0 and 1; they disagree on 0
+    assert ds.sign_conflict.sel(task="a", other_task="b") == 0.5
+    assert ds.sign_conflict.sel(task="a", other_task="a") == 0
+    trimmed = task_vector_similarity(tasks, base, density=0.25, progress=False)  # a keeps 2.0, b keeps 3.0: no overlap
+    assert np.isnan(trimmed.sign_conflict.sel(task="a", other_task="b"))
+
+
+def test_a_zero_task_vector_has_missing_cosines():
+    base, tasks = random_models(n_tasks=2)
+    tasks["t1"] = base
+    ds = task_vector_similarity(tasks, base, progress=False)
+    assert ds.norm.sel(task="t1") == 0 and np.isnan(ds.cosine.sel(task="t0", other_task="t1"))
+
+
+def test_mask_overlap_counts_and_jaccard_on_known_masks():
+    masks = TaskMasks.pack(["a", "b", "c"], {
+        "w": torch.tensor([[1, 1, 0, 0, 1], [1, 0, 0, 0, 1], [1, 0, 0, 1, 0]], dtype=torch.bool),
+        "v": torch.tensor([[0, 0], [0, 1], [0, 1]], dtype=torch.bool),
+    })
+    ds = mask_overlap(masks)
+    assert ds.layer_count.sel(layer="w").values.tolist() == [1, 2, 1, 1]
+    assert ds["count"].values.tolist() == [2, 2, 2, 1]
+    assert (int(ds.catastrophic), int(ds.selfish), int(ds.consensus)) == (2, 2, 3)
+    assert ds.selfish_by_task.values.tolist() == [1, 0, 1]
+    assert ds.jaccard.sel(task="a", other_task="b") == 2 / 4  # a = {w0, w1, w4}, b = {w0, w4, v1}
+    np.testing.assert_allclose(np.diagonal(ds.jaccard.values), 1)

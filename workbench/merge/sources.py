@@ -1,0 +1,236 @@
+"""Checkpoints read tensor by tensor, checked against each other, and merged models written as they are made.
+
+A source is a safetensors file (memory-mapped: a tensor is read when asked for), a pickle
+checkpoint (``.pt``, ``.pth``, ``.bin``, ``.ckpt``: loaded only with ``torch.load(weights_only=True)``,
+memory-mapped where the file allows it), an in-memory state dict or an ``nn.Module``.
+
+Rules for a set of checkpoints (the base first, then the fine-tuned ones), applied by :func:`plan`:
+
+- Every checkpoint holds the same tensor names. With ``strict=False`` a tensor that some fine-tuned
+  checkpoints lack is taken from the base unchanged; a tensor that the base lacks is always an error.
+- A tensor has the same shape and dtype in every checkpoint; otherwise the error names the tensor and
+  the two checkpoints.
+- Floating tensors are merged (in float32; float64 stays float64) and written in their input dtype
+  unless an output dtype is given. Non-floating tensors (integer position ids, bool masks) are copied
+  when every checkpoint holds the same values, and are an error naming the tensor otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import torch
+from torch import Tensor, nn
+
+from workbench.files import atomic_write
+
+__all__ = ["Checkpoint", "Source", "TensorPlan", "open_checkpoint", "open_checkpoints", "plan", "write_safetensors"]
+
+Source = Union[str, os.PathLike, Mapping[str, Tensor], nn.Module]
+
+_PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt"}
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+_DTYPE_CODES = {dtype: code for code, dtype in _SAFETENSORS_DTYPES.items()}
+
+
+class Checkpoint:
+    """Named access to one checkpoint's tensors: ``keys()``, ``spec(key) -> (shape, dtype)`` and ``[key]``.
+
+    For a safetensors file the shapes and dtypes come from its header and ``[key]`` reads that one
+    tensor from the memory-mapped file; nothing else is held.
+    """
+
+    def __init__(self, name: str, specs: dict[str, tuple[tuple[int, ...], torch.dtype]], getter):
+        self.name, self._specs, self._get = name, specs, getter
+
+    def keys(self) -> list[str]:
+        return list(self._specs)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._specs
+
+    def spec(self, key: str) -> tuple[tuple[int, ...], torch.dtype]:
+        return self._specs[key]
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self._get(key)
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.name!r}, {len(self._specs)} tensors)"
+
+
+def _from_mapping(name: str, tensors: Mapping[str, Tensor]) -> Checkpoint:
+    for key, value in tensors.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name}: {key!r} is a {type(value).__name__}, not a tensor")
+    specs = {key: (tuple(value.shape), value.dtype) for key, value in tensors.items()}
+    return Checkpoint(name, specs, lambda key: tensors[key].detach())
+
+
+def _safetensors_header(path: Path) -> dict:
+    with open(path, "rb") as file:
+        prefix = file.read(8)
+        if len(prefix) < 8:
+            raise ValueError(f"{path} is not a safetensors file (shorter than its header)")
+        (length,) = struct.unpack("<Q", prefix)
+        try:
+            return json.loads(file.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError, MemoryError, OverflowError) as error:
+            raise ValueError(f"{path} is not a safetensors file (its header is not JSON)") from error
+
+
+def _from_safetensors(path: Path) -> Checkpoint:
+    from safetensors import safe_open
+
+    header = _safetensors_header(path)
+    header.pop("__metadata__", None)
+    specs = {}
+    for key, entry in header.items():
+        if entry["dtype"] not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {key!r} has dtype {entry['dtype']}, which the merge does not handle")
+        specs[key] = (tuple(entry["shape"]), _SAFETENSORS_DTYPES[entry["dtype"]])
+    opened = safe_open(str(path), framework="pt", device="cpu")
+    return Checkpoint(str(path), specs, opened.get_tensor)
+
+
+def _from_pickle(path: Path) -> Checkpoint:
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # an old (non-zip) pickle cannot be memory-mapped
+        loaded = _load_weights_only(path)
+    except pickle.UnpicklingError as error:
+        raise _refusal(path, error) from error
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"{path} holds a {type(loaded).__name__}, not a state dict (a mapping of names to tensors)")
+    return _from_mapping(str(path), loaded)
+
+
+def _load_weights_only(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise _refusal(path, error) from error
+
+
+def _refusal(path: Path, error: Exception) -> ValueError:
+    return ValueError(
+        f"{path} needs full unpickling, which can run arbitrary code, so it is not loaded; only plain tensors "
+        f"(torch.load(weights_only=True)) are read. Save its state dict as safetensors instead. ({error})"
+    )
+
+
+def open_checkpoint(source: Source, name: str | None = None) -> Checkpoint:
+    """A :class:`Checkpoint` over a file path, a state dict or a module; ``name`` labels it in errors."""
+    if isinstance(source, nn.Module):
+        return _from_mapping(name or type(source).__name__, source.state_dict())
+    if isinstance(source, Mapping):
+        return _from_mapping(name or "state dict", source)
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.suffix == ".safetensors":
+        return _from_safetensors(path)
+    if path.suffix in _PICKLE_SUFFIXES:
+        return _from_pickle(path)
+    raise ValueError(f"{path}: unknown checkpoint format (expected .safetensors, or a pickle {sorted(_PICKLE_SUFFIXES)})")
+
+
+def open_checkpoints(models: Sequence[Source] | Mapping[str, Source]) -> tuple[list[str], list[Checkpoint]]:
+    """Task names and checkpoints: a mapping keeps its keys, a sequence is named by its files or ``task0``, ``task1``, ..."""
+    if isinstance(models, Mapping):
+        items = list(models.items())
+    else:
+        items = [(Path(m).stem if isinstance(m, (str, os.PathLike)) else f"task{i}", m) for i, m in enumerate(models)]
+    if not items:
+        raise ValueError("no checkpoints to merge")
+    names = [name for name, _ in items]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two checkpoints share a name: {names}")
+    return names, [open_checkpoint(source, name if not isinstance(source, (str, os.PathLike)) else None) for name, source in items]
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """What happens to one tensor: ``"merge"`` (floating), ``"copy"`` (from the base) or ``"buffer"`` (non-floating, all equal)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    action: str
+
+
+def plan(checkpoints: Sequence[Checkpoint], base: Checkpoint | None = None, strict: bool = True) -> list[TensorPlan]:
+    """Check the checkpoints against each other (rules in the module docstring) and say what happens to each tensor.
+
+    The order is the base's (or, without a base, the first checkpoint's). Raises ``ValueError`` naming
+    the tensor and the checkpoints at the first mismatch.
+    """
+    reference = base if base is not None else checkpoints[0]
+    others = [c for c in ([base] if base is not None else []) + list(checkpoints) if c is not reference]
+    for checkpoint in others:
+        extra = [key for key in checkpoint.keys() if key not in reference]
+        if extra:
+            raise ValueError(f"{checkpoint.name} holds tensors that {reference.name} lacks: {extra[:5]}{' ...' if len(extra) > 5 else ''}")
+    plans = []
+    for key in reference.keys():
+        shape, dtype = reference.spec(key)
+        lacking = [c.name for c in others if key not in c]
+        if lacking and (strict or base is None):
+            rule = "pass strict=False to take it from the base" if base is not None else "without a base there is nothing to take it from"
+            raise ValueError(f"tensor {key!r} is missing from {lacking} ({rule})")
+        for checkpoint in others:
+            if key in checkpoint and checkpoint.spec(key) != (shape, dtype):
+                other_shape, other_dtype = checkpoint.spec(key)
+                raise ValueError(
+                    f"tensor {key!r} is {list(shape)} {dtype} in {reference.name} but {list(other_shape)} {other_dtype} in {checkpoint.name}"
+                )
+        action = "copy" if lacking else "merge" if dtype.is_floating_point else "buffer"
+        plans.append(TensorPlan(key, shape, dtype, action))
+    return plans
+
+
+def equal_buffer(key: str, checkpoints: Sequence[Checkpoint]) -> Tensor:
+    """The non-floating tensor ``key``, which every checkpoint must hold with the same values."""
+    first = checkpoints[0][key]
+    for checkpoint in checkpoints[1:]:
+        if not torch.equal(first, checkpoint[key]):
+            raise ValueError(
+                f"non-floating tensor {key!r} differs between {checkpoints[0].name} and {checkpoint.name}; "
+                "it cannot be averaged, so every checkpoint must hold the same values"
+            )
+    return first
+
+
+def write_safetensors(path: str | os.PathLike, plans: Sequence[TensorPlan], tensors: Iterable[Tensor], metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``tensors`` (one per plan, in order, each of the plan's shape and dtype) as a safetensors file, one at a time.
+
+    The header is written first from the plans, so no tensor waits for the others. The file appears
+    under ``path`` only once complete (an interrupted write leaves nothing that looks finished).
+    """
+    offsets, position = {}, 0
+    for p in plans:
+        size = int(torch.Size(p.shape).numel()) * p.dtype.itemsize
+        offsets[p.name] = {"dtype": _DTYPE_CODES[p.dtype], "shape": list(p.shape), "data_offsets": [position, position + size]}
+        position += size
+    header = {"__metadata__": dict(metadata)} if metadata else {}
+    header.update(offsets)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with atomic_write(path, suffix=".safetensors") as temporary, open(temporary, "wb") as file:
+        file.write(struct.pack("<Q", len(encoded)) + encoded)
+        for p, tensor in zip(plans, tensors, strict=True):
+            if tuple(tensor.shape) != p.shape or tensor.dtype != p.dtype:
+                raise ValueError(f"tensor {p.name!r} is {list(tensor.shape)} {tensor.dtype}, the header says {list(p.shape)} {p.dtype}")
+            file.write(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    return Path(path)
+

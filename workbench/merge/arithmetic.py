@@ -34,9 +34,9 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from workbench.merge.sources import Checkpoint, Source, equal_buffer, open_checkpoint, open_checkpoints, plan, write_safetensors
+from workbench.progress import progress as progress_bar
 
 __all__ = ["MergeOptions", "PRESETS", "preset", "merge", "merge_tensor", "model_thresholds", "task_vectors", "trim_top_k"]
 
@@ -205,7 +205,7 @@ def model_thresholds(base: Checkpoint, tasks: Sequence[Checkpoint], names: Seque
     total = sum(torch.Size(base.spec(name)[0]).numel() for name in names)
     k = max(1, int(density * total))
     thresholds = []
-    for task in tqdm(tasks, desc="model-wide thresholds", disable=not progress, leave=False):
+    for task in progress_bar(tasks, "model-wide thresholds", enabled=progress, leave=False):
         kept = torch.empty(0)
         for name in names:
             magnitudes = (task[name].float() - base[name].float()).abs().reshape(-1)
@@ -246,7 +246,7 @@ def merge(
     out_plans = [dataclasses.replace(p, dtype=out_dtype) if out_dtype is not None and p.action == "merge" else p for p in plans]
 
     def tensors() -> Iterator[Tensor]:
-        for p, out_plan in zip(tqdm(plans, desc="merge", disable=not progress, leave=False), out_plans):
+        for p, out_plan in zip(progress_bar(plans, "merge", enabled=progress, leave=False), out_plans):
             if p.action == "copy":
                 yield base_checkpoint[p.name]
             elif p.action == "buffer":

@@ -13,11 +13,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
 from workbench.merge.arithmetic import task_vectors, trim_top_k
 from workbench.merge.sources import Source, open_checkpoint, open_checkpoints, plan
 from workbench.merge.tall import TaskMasks
+from workbench.progress import progress as progress_bar
 
 __all__ = ["task_vector_similarity", "mask_overlap"]
 
@@ -57,7 +57,7 @@ def task_vector_similarity(
     grams = np.zeros((len(layers), T, T))
     conflicts = np.zeros((len(layers), T, T))
     both = np.zeros((len(layers), T, T))
-    for i, name in enumerate(tqdm(layers, desc="task vectors", disable=not progress, leave=False)):
+    for i, name in enumerate(progress_bar(layers, "task vectors", enabled=progress, leave=False)):
         tau = task_vectors(base_checkpoint[name], [c[name] for c in tasks]).reshape(T, -1).double()
         grams[i] = (tau @ tau.T).numpy()
         trimmed = trim_top_k(tau, density) if density < 1 else tau

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,3 +45,22 @@ def test_a_folder_without_its_manifest_is_built_again(tmp_path):
     again = fine_tuned_checkpoints(recipe, cache=tmp_path, progress=False)
     assert again.tasks["right"].exists() and (again.folder / fine_tuned.MANIFEST).exists()
     torch.testing.assert_close(again.load("left"), first.load("left"))  # same recipe, same numbers
+
+
+def test_merged_encoders_serve_every_task_and_are_scored_against_the_individual_models(built):
+    from workbench.merge import merge
+    from workbench.merge.models import encoder_part, individual_model, merged_model, normalised_scores
+    from workbench.problems import load_problem
+
+    _, files = built
+    problem = load_problem(RECIPE.dataset, seed=RECIPE.seed, tasks=list(RECIPE.tasks), **RECIPE.options)
+    tasks = {t: files.load(t) for t in RECIPE.tasks}
+    individual = {t: individual_model(problem, t, state) for t, state in tasks.items()}
+    averaged = merge({t: encoder_part(state) for t, state in tasks.items()}, encoder_part(files.load("base")), "task_arithmetic", progress=False)
+    models = {"left's encoder": merged_model(problem, encoder_part(tasks["left"]), tasks), "task arithmetic": merged_model(problem, averaged, tasks)}
+    scores = normalised_scores(problem, models, individual)
+    assert scores.normalised.dims == ("model", "task")
+    assert float(scores.normalised.sel(model="left's encoder", task="left")) == pytest.approx(1.0)  # left's own model, rebuilt
+    assert np.isfinite(scores.normalised.values).all() and (scores.normalised.values > 0).all()
+    with pytest.raises(ValueError, match="tensors the model lacks"):
+        merged_model(problem, {"encoder.nowhere": torch.zeros(1)}, tasks)

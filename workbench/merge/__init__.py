@@ -1,4 +1,5 @@
-"""Model merging: streaming checkpoint IO, the generalised task-arithmetic merge and its presets, TALL masks."""
+"""Model merging: streaming checkpoint IO, the generalised task-arithmetic merge and its presets, TALL masks,
+Fisher merging and RegMean, fine-tuned checkpoints to merge and the merged models that serve every task."""
 
 from workbench.merge.arithmetic import PRESETS, MergeOptions, merge, merge_tensor, model_thresholds, preset, task_vectors, trim_top_k
 from workbench.merge.tall import TaskMasks, choose_tall_lambdas, consensus_merge, retrieve, tall_masks

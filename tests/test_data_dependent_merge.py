@@ -1,5 +1,6 @@
 """Fisher merging and RegMean against their definitions, on tiny single-task models."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -90,3 +91,44 @@ def test_regmean_treats_a_convolution_as_a_linear_map_of_its_patches():
     torch.testing.assert_close(grams[first], patches.T @ patches / patches.shape[0])
     with pytest.raises(ValueError, match="alpha"):
         regmean_grams(model, x, alpha=1.5)
+
+
+def _classifiers(n_tasks: int = 2):
+    """A base encoder, per-task fine-tuned encoders (random perturbations) and a model with every task's head."""
+    torch.manual_seed(0)
+    model = MultiTaskModel(nn.Sequential(nn.Linear(5, 6), nn.Tanh()), [classification_task(f"c{i}", 3) for i in range(n_tasks)], representation_dim=6)
+    base = encoder_part(model.state_dict())
+    tuned = {f"c{i}": {k: v + 0.5 * torch.randn_like(v) for k, v in base.items()} for i in range(n_tasks)}
+    inputs = {f"c{i}": torch.randn(50, 5) for i in range(n_tasks)}
+    return model, base, tuned, inputs
+
+
+def test_adamerging_starts_from_task_arithmetic_and_lowers_the_entropy():
+    from workbench.merge import merge
+    from workbench.merge.data_dependent import _entropy, adamerging
+
+    model, base, tuned, inputs = _classifiers()
+    start, coefficients = adamerging(model, base, tuned, inputs, steps=0)
+    expected = merge(tuned, base, "task_arithmetic", progress=False)  # λ = 0.3
+    for name in base:
+        torch.testing.assert_close(start[name], expected[name])
+
+    def entropy(encoder):
+        outputs = torch.func.functional_call(model, encoder, (torch.cat(list(inputs.values())),), strict=False)
+        return sum(float(_entropy(outputs[t])) for t in tuned)
+
+    learned, layerwise = adamerging(model, base, tuned, inputs, granularity="layer", steps=60, lr=0.05, batch_size=50)
+    assert layerwise.dims == ("task", "layer") and layerwise.shape == (2, len(base))
+    assert entropy(learned) < entropy(start)
+    assert not np.allclose(layerwise.values, 0.3)
+
+
+def test_adamerging_refuses_regression_tasks_and_unknown_granularity():
+    from workbench.merge.data_dependent import adamerging
+
+    model = tiny_model(n_tasks=1)
+    base = encoder_part(model.state_dict())
+    with pytest.raises(ValueError, match="task 't0' \\(regression\\)"):
+        adamerging(model, base, {"t0": base}, {"t0": torch.randn(4, 5)})
+    with pytest.raises(ValueError, match="granularity"):
+        adamerging(model, base, {"t0": base}, {"t0": torch.randn(4, 5)}, granularity="block")

@@ -15,19 +15,26 @@ own training inputs:
   inputs on task ``t``'s examples, its off-diagonal entries scaled by ``alpha``. ``nn.Linear`` layers
   and, through their unfolded input patches, ``nn.Conv2d`` layers (one group) are linear maps; every
   other tensor (biases, normalisation) is averaged.
+- **AdaMerging** (Yang et al. 2024): ``θ = θ_0 + Σ_t λ_t τ_t`` (``granularity="task"``) or
+  ``θ_0 + Σ_t λ_{t,l} τ_{t,l}`` per encoder tensor ``l`` (``"layer"``), the coefficients initialised at
+  0.3 and learned with Adam by minimising the mean entropy of every task's predictions on unlabelled
+  batches of its own inputs. Entropy needs class probabilities: a regression task is refused.
 """
+
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
+import xarray as xr
 from torch import Tensor, nn
 
 from workbench.merge.models import ENCODER
 from workbench.tasks import Inputs, num_samples, take_rows
 
-__all__ = ["fisher_information", "fisher_merge", "regmean_grams", "regmean_merge"]
+__all__ = ["fisher_information", "fisher_merge", "regmean_grams", "regmean_merge", "adamerging"]
 
 
 def _trainable_encoder(model) -> dict[str, nn.Parameter]:
@@ -163,3 +170,70 @@ def regmean_merge(encoders: Sequence[Mapping[str, Tensor]], grams: Sequence[Mapp
         else:
             merged[name] = torch.stack([e[name].float() for e in encoders]).mean(0).to(encoders[0][name].dtype)
     return merged
+
+
+def _entropy(output: Tensor) -> Tensor:
+    """Mean prediction entropy of logits ``(B, C)`` (``C = 1``: a sigmoid's two outcomes)."""
+    if output.shape[-1] == 1:
+        p = torch.sigmoid(output)
+        return -(p * p.clamp_min(1e-12).log() + (1 - p) * (1 - p).clamp_min(1e-12).log()).mean()
+    return -(output.softmax(-1) * output.log_softmax(-1)).sum(-1).mean()
+
+
+def adamerging(
+    model,
+    base: Mapping[str, Tensor],
+    task_encoders: Mapping[str, Mapping[str, Tensor]],
+    unlabelled: Mapping[str, Inputs],
+    *,
+    granularity: str = "task",
+    steps: int = 100,
+    lr: float = 1e-3,
+    init: float = 0.3,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> tuple[dict[str, Tensor], xr.DataArray]:
+    """Learn the merging coefficients by entropy minimisation; the merged encoder and the coefficients.
+
+    ``model`` serves every task (its heads are the tasks' own, e.g. from
+    :func:`~workbench.merge.models.merged_model`); ``base`` and ``task_encoders[task]`` are
+    ``encoder.…`` tensors; ``unlabelled[task]`` that task's inputs (targets are never read). Returns
+    ``(encoder tensors, coefficients)`` with coefficients ``(task)`` or ``(task, layer)``.
+    """
+    if granularity not in ("task", "layer"):
+        raise ValueError(f"granularity must be 'task' or 'layer', got {granularity!r}")
+    tasks = list(task_encoders)
+    for task in tasks:
+        if model.tasks[task].kind != "classification":
+            raise ValueError(f"AdaMerging minimises prediction entropy, which task {task!r} ({model.tasks[task].kind}) does not have")
+    names = list(base)
+    vectors = {name: torch.stack([task_encoders[t][name].float() - base[name].float() for t in tasks]) for name in names}  # (T, *shape)
+    shape = (len(tasks),) if granularity == "task" else (len(tasks), len(names))
+    coefficients = torch.full(shape, float(init), requires_grad=True)
+    optimizer = torch.optim.Adam([coefficients], lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    fixed = {name: p.detach() for name, p in model.named_parameters()}  # the heads and frozen blocks, without gradients
+    model.eval()
+
+    def merged() -> dict[str, Tensor]:
+        result = {}
+        for index, name in enumerate(names):
+            weights = coefficients if granularity == "task" else coefficients[:, index]
+            result[name] = base[name].float() + torch.tensordot(weights, vectors[name], dims=1)
+        return result
+
+    for _ in range(steps):
+        optimizer.zero_grad()
+        parameters = merged()
+        loss = 0.0
+        for task in tasks:
+            rows = torch.randint(num_samples(unlabelled[task]), (batch_size,), generator=generator)
+            outputs = torch.func.functional_call(model, {**fixed, **parameters}, (take_rows(unlabelled[task], rows),))
+            loss = loss + _entropy(outputs[task])
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        encoder = {name: tensor.to(base[name].dtype) for name, tensor in merged().items()}
+    dims = ("task",) if granularity == "task" else ("task", "layer")
+    coords = {"task": tasks} | ({} if granularity == "task" else {"layer": names})
+    return encoder, xr.DataArray(coefficients.detach().numpy().astype(np.float64), dims=dims, coords=coords, name="coefficient")

@@ -114,7 +114,8 @@ def test_adamerging_starts_from_task_arithmetic_and_lowers_the_entropy():
         torch.testing.assert_close(start[name], expected[name])
 
     def entropy(encoder):
-        outputs = torch.func.functional_call(model, encoder, (torch.cat(list(inputs.values())),), strict=False)
+        with torch.no_grad():
+            outputs = torch.func.functional_call(model, encoder, (torch.cat(list(inputs.values())),), strict=False)
         return sum(float(_entropy(outputs[t])) for t in tuned)
 
     learned, layerwise = adamerging(model, base, tuned, inputs, granularity="layer", steps=60, lr=0.05, batch_size=50)

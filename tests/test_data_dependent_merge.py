@@ -133,3 +133,17 @@ def test_adamerging_refuses_regression_tasks_and_unknown_granularity():
         adamerging(model, base, {"t0": base}, {"t0": torch.randn(4, 5)})
     with pytest.raises(ValueError, match="granularity"):
         adamerging(model, base, {"t0": base}, {"t0": torch.randn(4, 5)}, granularity="block")
+
+
+def test_fisher_without_vmap_gives_the_same_numbers(monkeypatch):
+    model = _single(1, "classification")
+    x, _ = tiny_batch(model, n=12)
+    batched = fisher_information(model, x, seed=2, chunk=5)
+
+    def no_batching_rule(*args, **kwargs):
+        raise RuntimeError("no batching rule")
+
+    monkeypatch.setattr(torch.func, "vmap", lambda *a, **k: no_batching_rule)
+    looped = fisher_information(model, x, seed=2, chunk=5)
+    for name in batched:
+        torch.testing.assert_close(looped[name], batched[name])

@@ -47,38 +47,76 @@ def _examples(x: Inputs, n_examples: int, seed: int) -> Inputs:
     return take_rows(x, rows)
 
 
-def fisher_information(model, x: Inputs, n_examples: int = 256, seed: int = 0) -> dict[str, Tensor]:
-    """The diagonal Fisher ``{encoder tensor name: F}`` of a single-task model on up to ``n_examples`` of ``x``."""
+def _log_likelihood(task, output: Tensor, label: Tensor) -> Tensor:
+    """``log p(label | x)`` of one example's output ``(1, C)`` (regression: the output itself, see the module docstring)."""
+    if task.kind == "classification" and output.shape[-1] > 1:
+        return output.log_softmax(-1)[0].gather(0, label.reshape(1).long()).sum()  # gather, not indexing: vmap-friendly
+    if task.kind == "classification":
+        return -nn.functional.binary_cross_entropy_with_logits(output[0, 0], label)
+    return output.sum()
+
+
+def _model_labels(task, outputs: Tensor, generator: torch.Generator) -> Tensor:
+    """Labels drawn from the model's own predictive distribution, ``(B,)`` (zeros for regression)."""
+    if task.kind == "classification" and outputs.shape[-1] > 1:
+        return torch.multinomial(outputs.softmax(-1), 1, generator=generator)[:, 0]
+    if task.kind == "classification":
+        return (torch.rand(outputs.shape[0], generator=generator) < torch.sigmoid(outputs[:, 0])).float()
+    return torch.zeros(outputs.shape[0])
+
+
+def fisher_information(model, x: Inputs, n_examples: int = 256, seed: int = 0, chunk: int = 64) -> dict[str, Tensor]:
+    """The diagonal Fisher ``{encoder tensor name: F}`` of a single-task model on up to ``n_examples`` of ``x``.
+
+    Per-example gradients are taken ``chunk`` examples at a time under ``vmap`` (one example at a
+    time where an operator has no batching rule).
+    """
     if len(model.task_names) != 1:
         raise ValueError(f"Fisher merging takes single-task models; this one has tasks {model.task_names}")
     task = model.tasks[model.task_names[0]]
-    parameters = _trainable_encoder(model)
-    fisher = {name: torch.zeros_like(p) for name, p in parameters.items()}
+    parameters = {name: p.detach() for name, p in _trainable_encoder(model).items()}
+    fixed = {name: p.detach() for name, p in model.named_parameters()}
     examples = _examples(x, n_examples, seed)
     count = num_samples(examples)
-    generator = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()
     try:
-        for index in range(count):
-            output = model(take_rows(examples, torch.tensor([index])))[task.name]
-            if task.kind == "classification" and output.shape[-1] > 1:
-                probabilities = output.softmax(-1).detach()
-                label = torch.multinomial(probabilities[0], 1, generator=generator)
-                score = output.log_softmax(-1)[0, label].sum()
-            elif task.kind == "classification":
-                p = torch.sigmoid(output.detach())[0, 0]
-                label = float(torch.rand((), generator=generator) < p)
-                score = -nn.functional.binary_cross_entropy_with_logits(output[0, 0], torch.tensor(label))
-            else:
-                score = output.sum()
-            grads = torch.autograd.grad(score, list(parameters.values()), allow_unused=True)
-            for name, g in zip(parameters, grads):
-                if g is not None:
-                    fisher[name] += g.detach() ** 2
+        with torch.no_grad():
+            labels = _model_labels(task, model(examples)[task.name], torch.Generator().manual_seed(seed))
+
+        def log_likelihood(params, one_x, label):
+            output = torch.func.functional_call(model, {**fixed, **params}, (_unsqueeze(one_x),))[task.name]
+            return _log_likelihood(task, output, label)
+
+        per_example = torch.func.grad(log_likelihood)
+        fisher = {name: torch.zeros_like(p) for name, p in parameters.items()}
+        for start in range(0, count, chunk):
+            rows = torch.arange(start, min(start + chunk, count))
+            part, part_labels = take_rows(examples, rows), labels[rows]
+            try:
+                grads = torch.func.vmap(per_example, in_dims=(None, 0, 0))(parameters, part, part_labels)
+                for name in fisher:
+                    fisher[name] += (grads[name] ** 2).sum(0)
+            except RuntimeError:  # an operator without a batching rule: one example at a time
+                for row in range(len(rows)):
+                    grads = per_example(parameters, _example(part, row), part_labels[row])
+                    for name in fisher:
+                        fisher[name] += grads[name] ** 2
     finally:
         model.train(was_training)
     return {name: f / count for name, f in fisher.items()}
+
+
+def _example(batch: Inputs, row: int) -> Inputs:
+    """Example ``row`` of a batch, without the sample dim (what ``vmap`` hands the per-example function)."""
+    return batch[row] if isinstance(batch, Tensor) else {k: v[row] for k, v in batch.items()}
+
+
+def _unsqueeze(one_x: Inputs) -> Inputs:
+    """One example without its sample dim → a batch of one."""
+    if isinstance(one_x, Tensor):
+        return one_x.unsqueeze(0)
+    return {k: v.unsqueeze(0) for k, v in one_x.items()}
 
 
 def fisher_merge(encoders: Sequence[Mapping[str, Tensor]], fishers: Sequence[Mapping[str, Tensor]], eps: float = 1e-6) -> dict[str, Tensor]:

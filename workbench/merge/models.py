@@ -51,13 +51,21 @@ def individual_model(problem, task: str, state: Mapping[str, Tensor]):
 def normalised_scores(problem, models: Mapping[str, object], individual: Mapping[str, object], split: str = "test") -> xr.Dataset:
     """Each model's metric per task on ``split``, and normalised by the task's ``individual`` model.
 
-    ``models`` maps a label (a method) to a model serving every task; returns ``metric`` and
-    ``normalised`` over ``(model, task)`` and ``individual`` over ``task``.
+    ``models`` maps a label (a method) to a model serving every task, or to ``{task: model}`` when each
+    task has a model of its own (TALL's per-task retrieval); returns ``metric`` and ``normalised`` over
+    ``(model, task)`` and ``individual`` over ``task``.
     """
     part = getattr(problem.splits, split)
     tasks = problem.splits.task_names
-    own = np.array([individual[t].evaluate(part.subset([t]).x, part.subset([t]).targets)[t][1] for t in tasks])
-    metric = np.array([[model.evaluate(part.x, part.targets)[t][1] for t in tasks] for model in models.values()])
+
+    def scores(model) -> list[float]:
+        if isinstance(model, Mapping):
+            return [model[t].evaluate(part.x, part.targets)[t][1] for t in tasks]
+        measured = model.evaluate(part.x, part.targets)
+        return [measured[t][1] for t in tasks]
+
+    own = np.array(scores(individual))
+    metric = np.array([scores(model) for model in models.values()])
     higher = np.array([problem.splits.tasks[i].higher_is_better for i in range(len(tasks))])
     normalised = np.where(higher, metric / own, own / metric)
     return xr.Dataset(

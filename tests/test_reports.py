@@ -144,6 +144,18 @@ def test_saliency_report(tmp_path):
 
 
 @pytest.mark.slow
+def test_merging_report(tmp_path):
+    """Notebook 05, quick: checkpoints built into a fresh cache, every merge on both sets, task vectors and masks, offline."""
+    folder = run_quick("notebooks/05_model_merging.ipynb", {"quick": True, "checkpoints_dir": str(tmp_path / "checkpoints")}, tmp_path / "out")
+    html = assert_renders_offline(folder / "05_model_merging.html", figures=8)
+    assert "The published ordering TA &lt; TIES" in html or "The published ordering TA < TIES" in html
+    scores = results.load(folder / "05_model_merging" / "multidigits_scores.nc")
+    assert {"task arithmetic", "TIES", "Fisher", "RegMean", "AdaMerging (layer)", "TALL retrieval"} <= set(scores.model.values)
+    assert "AdaMerging (task)" not in results.load(folder / "05_model_merging" / "lexicon_scores.nc").model.values  # regression tasks
+    assert len(list((tmp_path / "checkpoints").glob("*/manifest.json"))) == 2
+
+
+@pytest.mark.slow
 def test_browser_check_catches_a_page_that_loads_from_the_network(tmp_path):
     page = tmp_path / "leaky.html"
     page.write_text('<html><body><script src="http://plotly.invalid/plotly.js"></script><p>hi</p></body></html>')

@@ -27,7 +27,7 @@ from workbench.merge.models import encoder_part, individual_model, merged_model,
 from workbench.merge.tall import choose_tall_lambdas, consensus_merge, retrieve, tall_masks
 from workbench.probes.task_vectors import task_vector_similarity
 
-__all__ = ["MergeSet", "load_merge_set", "lambda_curves", "compare_merges", "pairwise_interference", "LAMBDAS", "SWEPT"]
+__all__ = ["MergeSet", "load_merge_set", "lambda_curves", "choose_masks", "compare_merges", "pairwise_interference", "LAMBDAS", "SWEPT"]
 
 LAMBDAS = tuple(np.round(np.arange(0.1, 1.01, 0.1), 2).tolist())
 SWEPT = {"task arithmetic": "task_arithmetic", "TIES": "ties", "DARE": "dare"}
@@ -87,13 +87,25 @@ def _best_lambda(curves: xr.Dataset, method: str) -> float:
     return float(mean.lam[int(np.argmax(mean.values))])
 
 
-def compare_merges(merges: MergeSet, curves: xr.Dataset, *, adamerging_steps: int = 100, seed: int = 0, progress: bool = False) -> xr.Dataset:
+def _summed(merges: MergeSet) -> dict[str, Tensor]:
+    """Task arithmetic with λ = 1: the merged model TALL masks are taken against."""
+    return merge(merges.encoders, merges.base, preset("task_arithmetic", lam=1.0), progress=False)
+
+
+def choose_masks(merges: MergeSet):
+    """TALL masks on task arithmetic with λ = 1, each task's λ_t chosen on the validation split; ``(masks, scores)``."""
+    return choose_tall_lambdas(merges.encoders, merges.base, _summed(merges), lambda task, state: _validation_score(merges, task, state))
+
+
+def compare_merges(
+    merges: MergeSet, curves: xr.Dataset, masks=None, *, adamerging_steps: int = 100, data_examples: int = 256, seed: int = 0, progress: bool = False,
+) -> xr.Dataset:
     """Every merge of the set scored on the test split; λ of the swept methods from ``curves`` (validation).
 
     Methods: the pretrained encoder, weight averaging, task arithmetic, TIES, DARE (each at its best
     validation λ), Fisher merging, RegMean, AdaMerging task- and layer-wise (classification tasks
-    only), Consensus merging and TALL per-task retrieval (on task arithmetic with λ = 1, each task's
-    λ_t chosen on validation). Returns :func:`~workbench.merge.models.normalised_scores` with
+    only), Consensus merging and TALL per-task retrieval (``masks`` from :func:`choose_masks`,
+    computed when not given); Fisher and RegMean read ``data_examples`` training inputs per task. Returns :func:`~workbench.merge.models.normalised_scores` with
     ``attrs["lambdas"]``.
     """
     splits = merges.problem.splits
@@ -105,17 +117,17 @@ def compare_merges(merges: MergeSet, curves: xr.Dataset, *, adamerging_steps: in
         **{label: merge(encoders, base, preset(SWEPT[label], lam=lam), progress=progress) for label, lam in chosen.items()},
     }
     train_inputs = {t: splits.train.subset([t]).x for t in encoders}
-    fishers = [fisher_information(merges.individual[t], train_inputs[t], seed=seed) for t in encoders]
+    fishers = [fisher_information(merges.individual[t], train_inputs[t], data_examples, seed=seed) for t in encoders]
     candidates["Fisher"] = fisher_merge(list(encoders.values()), fishers)
-    candidates["RegMean"] = regmean_merge(list(encoders.values()), [regmean_grams(merges.individual[t], train_inputs[t], seed=seed) for t in encoders])
+    candidates["RegMean"] = regmean_merge(list(encoders.values()), [regmean_grams(merges.individual[t], train_inputs[t], data_examples, seed=seed) for t in encoders])
     if all(merges.problem.splits.tasks[i].kind == "classification" for i in range(len(splits.tasks))):
         template = merges.model(base)
         unlabelled = {t: splits.test.x for t in encoders}  # AdaMerging adapts on unlabelled test inputs, as published
         for granularity in ("task", "layer"):
             candidates[f"AdaMerging ({granularity})"], _ = adamerging(template, base, encoders, unlabelled, granularity=granularity, steps=adamerging_steps, seed=seed)
     models: dict[str, Any] = {label: merges.model(encoder) for label, encoder in candidates.items()}
-    summed = merge(encoders, base, preset("task_arithmetic", lam=1.0), progress=progress)
-    masks, _ = choose_tall_lambdas(encoders, base, summed, lambda task, state: _validation_score(merges, task, state))
+    summed = _summed(merges)
+    masks = masks if masks is not None else choose_masks(merges)[0]
     models["Consensus"] = merges.model(consensus_merge(base, summed, masks, k=2))
     models["TALL retrieval"] = {t: merges.model(retrieve(base, summed, masks, t)) for t in encoders}
     scores = merges.scores(models, "test")

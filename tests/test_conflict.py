@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from torch import nn
 
-from tests.conftest import tiny_batch, tiny_model
+from tests.conftest import tiny_batch
 from workbench.probes import (
     ProbeRecorder,
     conflict_frequency,

@@ -64,3 +64,17 @@ def test_merged_encoders_serve_every_task_and_are_scored_against_the_individual_
     assert np.isfinite(scores.normalised.values).all() and (scores.normalised.values > 0).all()
     with pytest.raises(ValueError, match="tensors the model lacks"):
         merged_model(problem, {"encoder.nowhere": torch.zeros(1)}, tasks)
+
+
+def test_published_ordering_is_checked_on_the_strict_steps_only():
+    import xarray as xr
+
+    from workbench.merge.study import published_ordering
+
+    def scores(**means):
+        return xr.Dataset({"normalised": (("model", "task"), [[v] for v in means.values()])}, coords={"model": list(means), "task": ["a"]})
+
+    holds = scores(**{"task arithmetic": 0.8, "TIES": 0.85, "AdaMerging (layer)": 0.95, "RegMean": 0.94})
+    assert published_ordering(holds).endswith("holds here")
+    assert published_ordering(scores(**{"task arithmetic": 0.9, "TIES": 0.85, "RegMean": 0.94})).endswith("does not hold here")
+    assert published_ordering(scores(**{"task arithmetic": 0.8, "TIES": 1.02, "RegMean": 0.94})).endswith("does not hold here")  # above the individual models

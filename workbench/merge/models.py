@@ -10,7 +10,7 @@ one where lower is better (MSE), so that 1 means "as good as the task's own mode
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import xarray as xr

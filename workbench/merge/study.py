@@ -24,10 +24,17 @@ from workbench.merge.arithmetic import merge, preset
 from workbench.merge.data_dependent import adamerging, fisher_information, fisher_merge, regmean_grams, regmean_merge
 from workbench.merge.fine_tuned import CheckpointSet, Recipe, fine_tuned_checkpoints
 from workbench.merge.models import encoder_part, individual_model, merged_model, normalised_scores
-from workbench.merge.tall import choose_tall_lambdas, consensus_merge, retrieve, tall_masks
+from workbench.merge.tall import choose_tall_lambdas, consensus_merge, retrieve
 from workbench.probes.task_vectors import task_vector_similarity
+from workbench.probes.validation import rank_correlation
 
-__all__ = ["MergeSet", "load_merge_set", "lambda_curves", "choose_masks", "compare_merges", "pairwise_interference", "LAMBDAS", "SWEPT"]
+__all__ = [
+    "MergeSet", "load_merge_set", "lambda_curves", "choose_masks", "compare_merges", "published_ordering", "pairwise_interference",
+    "interference_correlations", "LAMBDAS", "SWEPT",
+]
+
+PUBLISHED_ORDER = ("task arithmetic", "TIES", "AdaMerging (layer)", "RegMean")
+"""FusionBench's 8-task CLIP ordering: TA < TIES < layer-wise AdaMerging ≈ RegMean < individual (REFERENCES.md)."""
 
 LAMBDAS = tuple(np.round(np.arange(0.1, 1.01, 0.1), 2).tolist())
 SWEPT = {"task arithmetic": "task_arithmetic", "TIES": "ties", "DARE": "dare"}
@@ -135,6 +142,20 @@ def compare_merges(
     return scores
 
 
+def published_ordering(scores: xr.Dataset) -> str:
+    """Whether the mean normalised scores follow TA < TIES < AdaMerging ≈ RegMean < individual, in words.
+
+    The strict steps are TA < TIES < AdaMerging (layer) and every method below 1; AdaMerging ≈ RegMean
+    is shown, not tested. Methods a set lacks (AdaMerging on regression tasks) are left out.
+    """
+    mean = scores.normalised.mean("task").to_series()
+    present = [m for m in PUBLISHED_ORDER if m in mean.index]
+    strict = [m for m in present if m != "RegMean"]
+    holds = all(mean[a] < mean[b] for a, b in zip(strict, strict[1:])) and all(mean[m] < 1 for m in present)
+    measured = ", ".join(f"{m} {mean[m]:.3f}" for m in present)
+    return f"mean normalised scores: {measured} (individual models: 1). The published ordering TA < TIES < AdaMerging ≈ RegMean < individual {'holds' if holds else 'does not hold'} here"
+
+
 def _validation_score(merges: MergeSet, task: str, encoder: dict[str, Tensor]) -> float:
     return float(merges.scores({"candidate": merges.model(encoder, [task])}, "validation", [task]).normalised.item())
 
@@ -156,3 +177,8 @@ def pairwise_interference(merges: MergeSet, lam: float = 0.3, density: float = 0
         coords={"pair": list(labels)},
         attrs={"lam": lam, "density": density},
     )
+
+
+def interference_correlations(pairs: xr.Dataset) -> dict[str, float]:
+    """Spearman correlation of each pair's merged ``score`` with its ``cosine`` and its ``sign_conflict``."""
+    return {variable: rank_correlation(pairs[variable].values, pairs.score.values) for variable in ("cosine", "sign_conflict")}

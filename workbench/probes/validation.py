@@ -8,7 +8,7 @@ from scipy.stats import spearmanr
 
 from workbench.probes.conflict import upper_pairs
 
-__all__ = ["pairwise_rank_correlation", "rank_correlation_over_training", "report_card", "with_seed_summary", "attribution_recovery"]
+__all__ = ["rank_correlation", "pairwise_rank_correlation", "rank_correlation_over_training", "report_card", "with_seed_summary", "attribution_recovery"]
 
 
 def pairwise_rank_correlation(truth: xr.DataArray, measured: xr.DataArray) -> float:
@@ -19,8 +19,13 @@ def pairwise_rank_correlation(truth: xr.DataArray, measured: xr.DataArray) -> fl
     """
     if set(truth.task.values) != set(measured.task.values):
         raise ValueError(f"task labels differ: {list(truth.task.values)} vs {list(measured.task.values)}")
-    a = upper_pairs(truth).values
-    b = upper_pairs(measured.sel(task=truth.task, other_task=truth.other_task)).values
+    return rank_correlation(upper_pairs(truth).values, upper_pairs(measured.sel(task=truth.task, other_task=truth.other_task)).values)
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman correlation of two equally long arrays, NaN pairs left out; NaN when fewer than three
+    pairs remain or either side is constant (where a rank correlation says nothing)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     keep = ~(np.isnan(a) | np.isnan(b))
     if keep.sum() < 3 or np.ptp(a[keep]) == 0 or np.ptp(b[keep]) == 0:
         return float("nan")
@@ -66,7 +71,7 @@ def report_card(affinity: xr.DataArray, truth: xr.DataArray, top_k: int = 3) -> 
         keep = ~(np.isnan(predicted) | np.isnan(actual))
         predicted, actual = predicted[keep], actual[keep]
         constant = len(actual) < 3 or np.ptp(actual) == 0 or np.ptp(predicted) == 0
-        rows["spearman"].append(np.nan if constant else float(spearmanr(predicted, actual).statistic))
+        rows["spearman"].append(rank_correlation(predicted, actual))
         rows["pearson"].append(np.nan if constant else float(pearsonr(predicted, actual).statistic))
         k = min(top_k, len(actual))
         rows["top_k"].append(len(set(np.argsort(-predicted)[:k]) & set(np.argsort(-actual)[:k])) / k if k else np.nan)

@@ -19,12 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 import xarray as xr
-from scipy.stats import spearmanr
 
 from workbench.probes.conflict import gradient_conflict, upper_pairs
 from workbench.probes.recorder import ProbeRecorder
 from workbench.probes.saliency import input_attribution, saliency_conflict
-from workbench.probes.validation import attribution_recovery
+from workbench.probes.validation import attribution_recovery, rank_correlation
 from workbench.progress import progress as progress_bar
 from workbench.train.loop import OptimizerFactory, TrainingResult, train
 
@@ -56,10 +55,7 @@ def representation_vs_parameter(saliency: xr.Dataset, conflict: xr.Dataset) -> x
     """
     representation = upper_pairs(saliency.cosine).transpose("step", "pair")
     parameter = upper_pairs(conflict.cosine).sel(step=representation.step).transpose("step", "pair")
-    rho = [
-        float(spearmanr(r, p).statistic) if len(r) >= 3 and np.ptp(r) > 0 and np.ptp(p) > 0 else np.nan
-        for r, p in zip(representation.values, parameter.values)
-    ]
+    rho = [rank_correlation(r, p) for r, p in zip(representation.values, parameter.values)]
     return xr.Dataset({"representation": representation, "parameter": parameter, "spearman": ("step", rho)})
 
 

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 import xarray as xr
-from scipy.stats import spearmanr
 
 from workbench.probes.affinity import cosine_affinity, tag_affinity
 from workbench.probes.conflict import gradient_conflict
 from workbench.probes.recorder import ProbeRecorder
+from workbench.probes.validation import rank_correlation
 from workbench.progress import progress as progress_bar
 from workbench.train.loop import train
 from workbench.train.transfer import measure_transfer
@@ -67,13 +67,6 @@ def _upper(matrix: np.ndarray) -> np.ndarray:
 
 def _directed(matrix: np.ndarray) -> np.ndarray:
     return matrix[~np.eye(len(matrix), dtype=bool)]
-
-
-def _spearman(predicted: np.ndarray, truth: np.ndarray) -> float:
-    keep = ~(np.isnan(predicted) | np.isnan(truth))
-    if keep.sum() < 3 or np.ptp(predicted[keep]) == 0 or np.ptp(truth[keep]) == 0:
-        return np.nan
-    return float(spearmanr(predicted[keep], truth[keep]).statistic)
 
 
 def _probe_matrices(problem, optimizer, steps: int, every: int, batch_size: int, seed: int) -> dict[str, np.ndarray]:
@@ -126,8 +119,8 @@ def validity_study(
         gain = transfer.gain.sel(split="validation").isel(seed=0).values
         for p, name in enumerate(PROBES):
             matrix = matrices[name]
-            scores[c, o, p, 0] = _spearman(_upper((matrix + matrix.T) / 2), _upper(realised))
-            scores[c, o, p, 1] = _spearman(_directed(matrix), _directed(gain))
+            scores[c, o, p, 0] = rank_correlation(_upper((matrix + matrix.T) / 2), _upper(realised))
+            scores[c, o, p, 1] = rank_correlation(_directed(matrix), _directed(gain))
     keys = ["n_tasks", "within", "anti", "noise", "complexity"]
     coords = {key: ("configuration", [cfg[key] for cfg in configurations]) for key in keys}
     coords.update(

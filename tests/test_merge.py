@@ -1,6 +1,7 @@
 """Model merging: presets against mergekit, DARE against its definition, laws, checkpoint IO and refusals, TALL masks."""
 
 import pickle
+import zlib
 
 import numpy as np
 import pytest
@@ -15,15 +16,15 @@ from workbench.merge import (
     choose_tall_lambdas,
     consensus_merge,
     merge,
+    magnitude_thresholds,
     merge_tensor,
-    model_thresholds,
     open_checkpoint,
     preset,
     retrieve,
     tall_masks,
     write_safetensors,
 )
-from workbench.merge.sources import plan
+from workbench.state_dicts import plan
 
 SHAPES = {"encoder.weight": (6, 5), "encoder.bias": (6,), "head.weight": (2, 3, 4)}
 
@@ -86,15 +87,19 @@ def test_presets_equal_mergekit(case, seed):
 def test_dare_follows_its_definition():
     base, tasks = random_models()
     options = preset("dare", drop=0.4, lam=0.8, seed=3)
-    generator = torch.Generator().manual_seed(3)
+    cutoff = round(0.4 * 65536)  # a 16-bit word below this drops its entry
     expected = {}
     for key, theta0 in base.items():
         if not theta0.is_floating_point():
             expected[key] = theta0
             continue
-        tau = torch.stack([tasks[t][key] - theta0 for t in tasks])
-        keep = torch.rand(tau.shape, generator=generator) >= 0.4
-        expected[key] = theta0 + 0.8 * (tau * keep / 0.6).sum(0)
+        kept = []
+        for t, task in enumerate(tasks.values()):
+            bits = np.random.PCG64(np.random.SeedSequence([3, zlib.crc32(key.encode()), t]))
+            words = bits.random_raw(theta0.numel()).astype("<u8").view("<u2")[: theta0.numel()]
+            keep = torch.from_numpy(words.astype(np.int64) >= cutoff).reshape(theta0.shape)
+            kept.append((task[key] - theta0) * keep / (1 - cutoff / 65536))
+        expected[key] = theta0 + 0.8 * sum(kept)
     assert_close(merge(tasks, base, options, progress=False), expected)
 
 
@@ -113,10 +118,8 @@ def test_dare_is_reproducible_by_seed():
 def test_dare_preserves_the_expected_task_vector():
     g = torch.Generator().manual_seed(0)
     base, tasks = torch.zeros(200), [torch.randn(200, generator=g) for _ in range(2)]
-    options = MergeOptions(drop=0.7)
-    generator = torch.Generator().manual_seed(0)
     n = 4000
-    mean = torch.stack([merge_tensor(base, tasks, options, generator=generator) for _ in range(n)]).mean(0)
+    mean = torch.stack([merge_tensor(base, tasks, MergeOptions(drop=0.7, seed=seed)) for seed in range(n)]).mean(0)
     # each kept entry is τ/(1 − p): variance τ² p/(1 − p) per draw; the mean of n draws is within 5 standard errors
     standard_error = ((tasks[0] ** 2 + tasks[1] ** 2) * 0.7 / 0.3 / n).sqrt()
     assert ((mean - (tasks[0] + tasks[1])).abs() <= 5 * standard_error).all()
@@ -147,7 +150,7 @@ def test_model_wide_trimming_keeps_the_top_fraction_of_the_whole_model():
 def test_model_thresholds_are_the_kth_largest_magnitudes():
     base, tasks = random_models(n_tasks=2)
     checkpoints = [open_checkpoint(sd, name) for name, sd in tasks.items()]
-    thresholds = model_thresholds(open_checkpoint(base), checkpoints, list(SHAPES), density=0.1)
+    thresholds = magnitude_thresholds(open_checkpoint(base), checkpoints, list(SHAPES), density=0.1)
     for threshold, sd in zip(thresholds, tasks.values()):
         magnitudes = torch.cat([(sd[k] - base[k]).abs().flatten() for k in SHAPES])
         assert threshold == magnitudes.topk(int(0.1 * len(magnitudes))).values.min()
@@ -388,6 +391,8 @@ def test_bad_options_are_named():
         MergeOptions(density=0.0)
     with pytest.raises(ValueError, match="combine must be one of"):
         MergeOptions(combine="median")
+    with pytest.raises(ValueError, match="dropping replaces magnitude trimming"):
+        MergeOptions(drop=0.5, density=0.2)
     with pytest.raises(ValueError, match="unknown merge preset 'tie'"):
         preset("tie")
     base, tasks = random_models()
@@ -395,3 +400,42 @@ def test_bad_options_are_named():
         merge(tasks, None, "ties", progress=False)
     with pytest.raises(ValueError, match="2 weights for 3 tasks"):
         merge(tasks, base, MergeOptions(weights=[1, 2]), progress=False)
+
+
+# ---- thresholds, chunking, dropping rate ----
+
+def many_entries(n_tasks, n, seed, ties=False):
+    """A base and task tensors of n entries; with ``ties`` the task vectors take few distinct magnitudes."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, generator=g)
+    noise = [torch.randint(-3, 4, (n,), generator=g).float() / 8 if ties else torch.randn(n, generator=g) * 0.01 for _ in range(n_tasks)]
+    return base, [base + d for d in noise]
+
+
+@settings(deadline=None, max_examples=8)
+@given(seed=st.integers(0, 1000), density=st.sampled_from([0.01, 0.2, 0.5, 0.9, 1.0]), ties=st.booleans(), sample=st.sampled_from([16, 1 << 15]))
+def test_thresholds_are_the_kth_largest_magnitude_whatever_the_sample(seed, density, ties, sample):
+    # 300k entries: more than EXACT_UP_TO, so the sampled bracket is used; a 16-point sample often misses and falls back
+    base, tasks = many_entries(2, 300_000, seed, ties)
+    checkpoints = [open_checkpoint({"w": t}, f"t{i}") for i, t in enumerate(tasks)]
+    thresholds = magnitude_thresholds(open_checkpoint({"w": base}), checkpoints, ["w"], density, sample=sample)
+    k = int(density * 300_000)
+    for threshold, task in zip(thresholds, tasks):
+        assert threshold == (task - base).abs().sort(descending=True).values[k - 1]
+
+
+@pytest.mark.parametrize("options", [preset("task_arithmetic"), preset("ties", trim="tensor"), preset("ties"), preset("dare"), preset("dare", rescale="l1"), preset("dare_ties")], ids=repr)
+def test_the_chunk_size_does_not_change_a_merge(monkeypatch, tmp_path, options):
+    base, tasks = random_models()
+    base_path, task_paths = save_all(tmp_path, base, tasks)
+    whole = merge(tasks, base, options, progress=False)
+    monkeypatch.setattr("workbench.task_vectors.CHUNK", 6)  # rounded down to 4 entries per chunk
+    chunked = merge(task_paths, base_path, options, progress=False)
+    assert_close({key: chunked[key] for key in whole}, whole)
+
+
+def test_dare_drops_the_asked_fraction():
+    base, tasks = many_entries(1, 200_000, 0)
+    merged = merge_tensor(base, tasks, MergeOptions(drop=0.3, seed=5))
+    dropped = float((merged == base).float().mean())
+    assert abs(dropped - 0.3) < 5 * (0.3 * 0.7 / 200_000) ** 0.5

@@ -1,9 +1,15 @@
-"""Model merging: streaming checkpoint IO, the generalised task-arithmetic merge and its presets, TALL masks,
-Fisher merging and RegMean, fine-tuned checkpoints to merge and the merged models that serve every task."""
+"""Model merging: the generalised task-arithmetic merge and its presets, TALL masks, Fisher merging, RegMean and
+AdaMerging, fine-tuned checkpoints to merge and the merged models that serve every task.
 
-from workbench.merge.arithmetic import PRESETS, MergeOptions, merge, merge_tensor, model_thresholds, preset, task_vectors, trim_top_k
-from workbench.merge.tall import TaskMasks, choose_tall_lambdas, consensus_merge, retrieve, tall_masks
-from workbench.merge.sources import Checkpoint, TensorPlan, open_checkpoint, open_checkpoints, plan, write_safetensors
+Checkpoint IO lives in :mod:`workbench.state_dicts` and task-vector streaming and trimming in
+:mod:`workbench.task_vectors` (shared with the task-vector probes); the names users need are
+re-exported here.
+"""
+
+from workbench.merge.arithmetic import PRESETS, MergeOptions, merge, merge_tensor, preset
+from workbench.merge.tall import choose_tall_lambdas, consensus_merge, retrieve, tall_masks
+from workbench.state_dicts import Checkpoint, TensorPlan, open_checkpoint, open_checkpoints, plan, write_safetensors
+from workbench.task_vectors import TaskMasks, magnitude_thresholds, task_vectors, trim
 
 __all__ = [
     "Checkpoint",
@@ -13,9 +19,9 @@ __all__ = [
     "TensorPlan",
     "choose_tall_lambdas",
     "consensus_merge",
+    "magnitude_thresholds",
     "merge",
     "merge_tensor",
-    "model_thresholds",
     "open_checkpoint",
     "open_checkpoints",
     "plan",
@@ -23,6 +29,6 @@ __all__ = [
     "retrieve",
     "tall_masks",
     "task_vectors",
-    "trim_top_k",
+    "trim",
     "write_safetensors",
 ]

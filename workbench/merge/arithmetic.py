@@ -4,12 +4,15 @@ For T fine-tuned checkpoints θ_t of a base θ_0, with task vectors τ_t = θ_t 
 
 1. DARE dropping (``drop`` = p > 0): each entry of τ_t is zeroed with probability p, and the kept ones
    are rescaled by 1/(1 − p) (``rescale="inverse"``, the paper) or so that the tensor keeps its L1
-   norm (``rescale="l1"``, mergekit). The masks come from one ``torch.Generator`` seeded with
-   ``seed``, drawn tensor by tensor in the checkpoint's order and task by task.
-2. Trimming (``density`` = k < 1): τ_t keeps its top-k fraction of entries by magnitude, per tensor
-   (``trim="tensor"``, mergekit: exactly max(1, ⌊k n⌋) entries) or over the whole model
-   (``trim="model"``, the TIES paper: the entries whose magnitude reaches τ_t's model-wide
-   ⌊k P⌋-th largest magnitude).
+   norm (``rescale="l1"``, mergekit). The mask of task t on tensor ``name`` comes from NumPy's PCG64
+   seeded with ``SeedSequence([seed, crc32(name), t])``: its output read as little-endian 16-bit
+   words, one per entry in the flattened tensor's order, an entry dropped when its word is below
+   round(65536 p). So p acts rounded to a multiple of 1/65536 (the rescaling uses the rounded p), and a
+   tensor's masks do not depend on the other tensors or their order.
+2. Trimming (``density`` = k < 1; not together with dropping, which replaces it): τ_t keeps the
+   entries whose magnitude reaches its ⌊k n⌋-th largest (at least the first), over each tensor
+   (``trim="tensor"``, as mergekit) or over the whole model (``trim="model"``, the TIES paper). When
+   several magnitudes tie at that place all of them are kept (mergekit keeps an arbitrary subset).
 3. Scaling: τ_t is multiplied by its weight w_t: one per task, or one per task and tensor (aTLAS).
 4. Sign election (``elect_sign``, TIES): per coordinate the sign of Σ_t w_t τ̂_t (0 counts as +);
    only the entries with that sign contribute.
@@ -19,26 +22,33 @@ For T fine-tuned checkpoints θ_t of a base θ_0, with task vectors τ_t = θ_t 
 6. θ = θ_0 + λ · merged.
 
 Without a base, θ_0 = 0, so that weight averaging (``combine="mean"``) merges the models themselves.
-A merge holds one tensor of every checkpoint at a time, except that model-wide trimming first finds
-each task's threshold in one pass per task, holding ⌊k P⌋ float32 magnitudes (P: merged entries).
+
+Memory: a merge holds the merged tensor being made and T chunks of 2^16 entries of the inputs
+(:func:`~workbench.task_vectors.task_vector_chunks`); safetensors inputs are read with positioned reads,
+so the files are never mapped whole. Trimming finds its thresholds first (one more pass over each
+tensor, or over the model for ``trim="model"``, holding about 3% of the entries it looks at; see
+:func:`~workbench.task_vectors.magnitude_thresholds`), and L1 rescaling one more pass per tensor.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from workbench.merge.sources import Checkpoint, Source, equal_buffer, open_checkpoint, open_checkpoints, plan, write_safetensors
+from workbench.state_dicts import Checkpoint, MemoryCheckpoint, Source, equal_buffer, open_checkpoint, open_checkpoints, plan, write_safetensors
+from workbench.task_vectors import magnitude_thresholds, task_vector_chunks, work_dtype
 from workbench.progress import progress as progress_bar
 
-__all__ = ["MergeOptions", "PRESETS", "preset", "merge", "merge_tensor", "model_thresholds", "task_vectors", "trim_top_k"]
+__all__ = ["MergeOptions", "PRESETS", "preset", "merge", "merge_tensor"]
 
 
 @dataclass(frozen=True)
@@ -67,8 +77,8 @@ class MergeOptions:
         for option, value, allowed in (("trim", self.trim, ("tensor", "model")), ("rescale", self.rescale, ("inverse", "l1")), ("combine", self.combine, ("sum", "mean"))):
             if value not in allowed:
                 raise ValueError(f"{option} must be one of {allowed}, got {value!r}")
-        if self.trim == "model" and self.density < 1 and self.drop > 0:
-            raise ValueError("model-wide trimming after DARE dropping is not supported (the threshold would need the dropped vectors); use trim='tensor'")
+        if self.density < 1 and self.drop > 0:
+            raise ValueError("DARE's random dropping replaces magnitude trimming: give drop with density=1, or density with drop=0")
 
     def task_weights(self, name: str, n_tasks: int) -> Tensor:
         """w_t for tensor ``name``: shape (T,), float64."""
@@ -106,34 +116,92 @@ def preset(name: str, **changes) -> MergeOptions:
     return dataclasses.replace(PRESETS[name], **changes)
 
 
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def _dare_generators(seed: int, name: str, n_tasks: int) -> list[np.random.PCG64]:
+    """One bit generator per task for the DARE masks of tensor ``name``."""
+    key = zlib.crc32(name.encode())
+    return [np.random.PCG64(np.random.SeedSequence([seed, key, t])) for t in range(n_tasks)]
 
 
-def task_vectors(base: Tensor | None, tasks: Sequence[Tensor]) -> Tensor:
-    """τ stacked: shape (T, *tensor shape), float32 (float64 for float64 inputs); θ_0 = 0 without a base."""
-    dtype = _work_dtype(tasks[0].dtype)
-    stacked = torch.stack([t.to(dtype) for t in tasks])
-    return stacked - base.to(dtype) if base is not None else stacked
+def _keep_masks(generators: Sequence[np.random.PCG64], drop: float, out: Tensor) -> Tensor:
+    """Fill ``out`` (shape (T, c)) with 1 where an entry is kept and 0 where DARE drops it: the next c 16-bit words of each task's generator."""
+    cutoff = round(drop * 65536)  # a word below this drops its entry
+    c = out.shape[1]
+    for row, generator in zip(out, generators):
+        row.copy_(torch.from_numpy(generator.random_raw((c + 3) // 4).astype("<u8", copy=False).view("<u2")[:c]))
+    return out.sub_(cutoff - 0.5).relu_().sign_()
 
 
-def _drop(tau: Tensor, p: float, rescale: str, generator: torch.Generator) -> Tensor:
-    keep = torch.rand(tau.shape, generator=generator, dtype=tau.dtype) >= p
-    dropped = tau * keep
-    if rescale == "inverse":
-        return dropped / (1 - p)
-    before = tau.abs().flatten(1).sum(1)
-    after = dropped.abs().flatten(1).sum(1)
+def _effective_drop(drop: float) -> float:
+    """The drop probability the 16-bit draws realise: ``drop`` rounded to a multiple of 1/65536."""
+    return round(drop * 65536) / 65536
+
+
+def _l1_scales(base: Checkpoint | None, tasks: Sequence[Checkpoint], name: str, options: MergeOptions) -> Tensor:
+    """Per task, ‖τ_t‖₁ / ‖DARE-dropped τ_t‖₁ over tensor ``name`` (1 where either is below 1e-7): shape (T, 1)."""
+    generators = _dare_generators(options.seed, name, len(tasks))
+    before = torch.zeros(len(tasks), dtype=torch.float64)
+    after = torch.zeros(len(tasks), dtype=torch.float64)
+    for _, _, _, tau in task_vector_chunks(base, tasks, name):
+        before += tau.abs().sum(1)
+        after += (tau.abs() * _keep_masks(generators, options.drop, torch.empty_like(tau))).sum(1)
     scale = torch.where((before < 1e-7) | (after < 1e-7), torch.ones_like(before), before / after.clamp_min(1e-7))
-    return dropped * scale.view(-1, *[1] * (tau.dim() - 1))
+    return scale.view(-1, 1)
 
 
-def trim_top_k(tau: Tensor, density: float) -> Tensor:
-    """Each row τ_t of ``tau`` (shape (T, ...)) with all but its max(1, ⌊density · n⌋) largest magnitudes zeroed."""
-    flat = tau.reshape(len(tau), -1)
-    k = max(1, int(density * flat.shape[1]))
-    mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, flat.abs().topk(k, dim=1).indices, True)
-    return (flat * mask).reshape(tau.shape)
+def _combine(tau: Tensor, weights: Tensor, options: MergeOptions, thresholds: Tensor | None, scratch: Tensor) -> Tensor:
+    """The merged task vector of one chunk: ``tau`` (T, c), DARE-dropped already, is trimmed and weighted in place; returns shape (c,).
+
+    ``weights``: w_t, shape (T, 1); ``thresholds``: trimming thresholds, shape (T, 1), or None;
+    ``scratch``: a buffer shaped like ``tau``.
+    """
+    if thresholds is not None:  # keep |τ| ≥ threshold: sign(sign(|τ| − threshold) + 1) is 1 there and 0 below
+        tau.mul_(torch.abs(tau, out=scratch).sub_(thresholds).sign_().add_(1).sign_())
+    if not options.elect_sign:
+        merged = (weights.T @ tau).squeeze(0)
+        total = float(weights.sum())
+        return merged.div_(total if abs(total) >= 1e-8 else 1.0) if options.combine == "mean" else merged
+    tau.mul_(weights)
+    elected = tau.sum(0).sign_().add_(0.5).sign_()  # the sign of Σ_t w_t τ_t, 0 counting as +
+    agreeing = torch.mul(tau, elected, out=scratch).relu_()  # |contribution| where the entry has the elected sign, else 0
+    merged = agreeing.sum(0).mul_(elected)
+    if options.combine == "mean":
+        divisor = (weights.T @ agreeing.sign_()).squeeze(0)
+        merged.div_(divisor.masked_fill_(divisor == 0, 1.0))
+    return merged
+
+
+def _merge_key(
+    base: Checkpoint | None,
+    tasks: Sequence[Checkpoint],
+    name: str,
+    options: MergeOptions,
+    weights: Tensor,
+    thresholds: Tensor | None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Tensor ``name`` merged chunk by chunk, in ``dtype`` (default: the work dtype); ``weights`` shape (T,), ``thresholds`` (T,) or None."""
+    shape, stored = tasks[0].spec(name)
+    work = work_dtype(stored)
+    if options.density < 1 and options.trim == "tensor":
+        thresholds = magnitude_thresholds(base, tasks, [name], options.density)
+    elif options.density < 1 and thresholds is None:
+        raise ValueError("model-wide trimming needs each task's threshold (magnitude_thresholds over the model)")
+    thresholds = thresholds.to(work).view(-1, 1) if options.density < 1 else None
+    weights = weights.to(work).view(-1, 1)
+    if options.drop > 0:
+        generators = _dare_generators(options.seed, name, len(tasks))
+        drop = _effective_drop(options.drop)
+        rescale = _l1_scales(base, tasks, name, options).to(work) if options.rescale == "l1" else torch.full((len(tasks), 1), 1 / (1 - drop), dtype=work)
+    result = torch.empty(tasks[0].numel(name), dtype=dtype or work)
+    scratch = None
+    for start, stop, theta0, tau in task_vector_chunks(base, tasks, name):
+        if scratch is None or scratch.shape != tau.shape:
+            scratch = torch.empty_like(tau)
+        if options.drop > 0:
+            tau.mul_(_keep_masks(generators, options.drop, scratch)).mul_(rescale)
+        merged = _combine(tau, weights, options, thresholds, scratch).mul_(options.lam)
+        result[start:stop] = merged.add_(theta0) if theta0 is not None else merged
+    return result.reshape(shape)
 
 
 def merge_tensor(
@@ -142,77 +210,19 @@ def merge_tensor(
     options: MergeOptions,
     weights: Tensor | None = None,
     thresholds: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    name: str = "tensor",
 ) -> Tensor:
     """Merge one tensor: ``base`` and each of ``tasks`` have the same shape; returns that shape in float32 (float64 stays).
 
     ``weights``: w_t, shape (T,) (default: ones). ``thresholds``: shape (T,), each task's model-wide
-    magnitude threshold (from :func:`model_thresholds`), needed when ``options.trim == "model"`` and
-    ``options.density < 1``. ``generator`` draws the DARE masks (default: seeded with ``options.seed``).
+    magnitude threshold (from :func:`~workbench.task_vectors.magnitude_thresholds`), needed when
+    ``options.trim == "model"`` and ``options.density < 1``. ``name`` seeds the DARE masks, which are
+    those a merge of checkpoints draws for the tensor of that name.
     """
-    if options.drop == 0 and options.density == 1 and not options.elect_sign:
-        return _weighted_sum(base, tasks, options, weights)
-    tau = task_vectors(base, tasks)
-    expand = (-1,) + (1,) * (tau.dim() - 1)
-    if options.drop > 0:
-        generator = generator if generator is not None else torch.Generator().manual_seed(options.seed)
-        tau = _drop(tau, options.drop, options.rescale, generator)
-    if options.density < 1:
-        if options.trim == "tensor":
-            tau = trim_top_k(tau, options.density)
-        elif thresholds is None:
-            raise ValueError("model-wide trimming needs each task's threshold (model_thresholds)")
-        else:
-            tau = tau * (tau.abs() >= thresholds.to(tau.dtype).view(expand))
-    w = (weights if weights is not None else torch.ones(len(tau))).to(tau.dtype).view(expand)
-    tau = tau * w
-    if options.elect_sign:
-        elected = torch.where(tau.sum(0) >= 0, 1.0, -1.0).to(tau.dtype)
-        agree = tau.sign() == elected
-        merged = (tau * agree).sum(0)
-        divisor = (w * agree).sum(0)
-        divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
-    else:
-        merged = tau.sum(0)
-        divisor = w.sum()
-        divisor = torch.where(divisor.abs() < 1e-8, torch.ones_like(divisor), divisor)
-    if options.combine == "mean":
-        merged = merged / divisor
-    start = base.to(tau.dtype) if base is not None else torch.zeros_like(merged)
-    return start + options.lam * merged
-
-
-def _weighted_sum(base: Tensor | None, tasks: Sequence[Tensor], options: MergeOptions, weights: Tensor | None) -> Tensor:
-    """θ_0 + λ Σ_t w_t τ_t (divided by Σ_t w_t for ``combine="mean"``), one task at a time, without stacking the τ_t."""
-    dtype = _work_dtype(tasks[0].dtype)
-    w = (weights if weights is not None else torch.ones(len(tasks), dtype=torch.float64)).tolist()
-    start = base.to(dtype) if base is not None else None
-    merged = torch.zeros(tasks[0].shape, dtype=dtype)
-    for task, w_t in zip(tasks, w):
-        merged.add_(task.to(dtype) - start if start is not None else task.to(dtype), alpha=w_t)
-    if options.combine == "mean":
-        total = sum(w)
-        merged.div_(total if abs(total) >= 1e-8 else 1.0)
-    merged.mul_(options.lam)
-    return merged.add_(start) if start is not None else merged
-
-
-def model_thresholds(base: Checkpoint, tasks: Sequence[Checkpoint], names: Sequence[str], density: float, progress: bool = False) -> Tensor:
-    """Each task's ⌊density · P⌋-th largest |τ_t| over the tensors ``names`` (P entries in all): shape (T,), float32.
-
-    One pass over the tensors per task, holding ⌊density · P⌋ float32 magnitudes.
-    """
-    total = sum(torch.Size(base.spec(name)[0]).numel() for name in names)
-    k = max(1, int(density * total))
-    thresholds = []
-    for task in progress_bar(tasks, "model-wide thresholds", enabled=progress, leave=False):
-        kept = torch.empty(0)
-        for name in names:
-            magnitudes = (task[name].float() - base[name].float()).abs().reshape(-1)
-            pool = torch.cat([kept, magnitudes])
-            kept = pool.topk(min(k, len(pool)), sorted=False).values
-        thresholds.append(kept.min())
-    return torch.stack(thresholds)
+    task_checkpoints = [MemoryCheckpoint(f"task {t}", {name: tensor}) for t, tensor in enumerate(tasks)]
+    base_checkpoint = MemoryCheckpoint("base", {name: base}) if base is not None else None
+    weights = weights if weights is not None else torch.ones(len(tasks), dtype=torch.float64)
+    return _merge_key(base_checkpoint, task_checkpoints, name, options, weights, thresholds)
 
 
 def merge(
@@ -228,7 +238,7 @@ def merge(
     """Merge fine-tuned ``models`` of ``base`` with ``options`` (a :class:`MergeOptions` or a preset's name).
 
     Checkpoints are read and merged one tensor at a time (the rules for keys, shapes, dtypes and
-    non-floating tensors are in :mod:`workbench.merge.sources`). Merged tensors are written in their
+    non-floating tensors are in :mod:`workbench.state_dicts`). Merged tensors are written in their
     input dtype, or ``out_dtype``. Returns the merged state dict, or, with ``out``, writes it to that
     safetensors file as it is made (atomically) and returns the path.
     """
@@ -241,8 +251,7 @@ def merge(
     merged_names = [p.name for p in plans if p.action == "merge"]
     thresholds = None
     if options.density < 1 and options.trim == "model":
-        thresholds = model_thresholds(base_checkpoint, checkpoints, merged_names, options.density, progress)
-    generator = torch.Generator().manual_seed(options.seed)
+        thresholds = magnitude_thresholds(base_checkpoint, checkpoints, merged_names, options.density)
     out_plans = [dataclasses.replace(p, dtype=out_dtype) if out_dtype is not None and p.action == "merge" else p for p in plans]
 
     def tensors() -> Iterator[Tensor]:
@@ -252,10 +261,8 @@ def merge(
             elif p.action == "buffer":
                 yield equal_buffer(p.name, ([base_checkpoint] if base_checkpoint else []) + checkpoints)
             else:
-                base_tensor = base_checkpoint[p.name] if base_checkpoint else None
                 weights = options.task_weights(p.name, len(checkpoints))
-                merged = merge_tensor(base_tensor, [c[p.name] for c in checkpoints], options, weights, thresholds, generator)
-                yield merged.to(out_plan.dtype)
+                yield _merge_key(base_checkpoint, checkpoints, p.name, options, weights, thresholds, out_plan.dtype)
 
     if out is None:
         return {p.name: tensor for p, tensor in zip(plans, tensors())}

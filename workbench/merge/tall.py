@@ -14,10 +14,8 @@ Every function reads its checkpoints one tensor at a time.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,61 +23,12 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from workbench.merge.arithmetic import task_vectors
-from workbench.merge.sources import Source, TensorPlan, open_checkpoint, open_checkpoints, plan, write_safetensors
+from workbench.state_dicts import Source, open_checkpoint, open_checkpoints, plan, write_safetensors
+from workbench.task_vectors import TaskMasks, task_vectors
 
 __all__ = ["TaskMasks", "tall_masks", "choose_tall_lambdas", "retrieve", "consensus_merge"]
 
 TALL_LAMBDAS = (0.2, 0.3, 0.4, 0.5, 0.6)
-
-
-@dataclass
-class TaskMasks:
-    """Boolean masks m_t per tensor, bit-packed: ``packed[name]`` is uint8 of shape (T, ⌈n/8⌉) for a tensor of n entries."""
-
-    tasks: list[str]
-    shapes: dict[str, tuple[int, ...]]
-    packed: dict[str, Tensor]
-
-    @classmethod
-    def pack(cls, tasks: Sequence[str], masks: Mapping[str, Tensor]) -> TaskMasks:
-        """From boolean masks of shape (T, *tensor shape) per tensor name."""
-        packed = {name: torch.from_numpy(np.packbits(m.reshape(len(m), -1).numpy(), axis=1)) for name, m in masks.items()}
-        return cls(list(tasks), {name: tuple(m.shape[1:]) for name, m in masks.items()}, packed)
-
-    def __getitem__(self, name: str) -> Tensor:
-        """The masks of tensor ``name``: bool, shape (T, *tensor shape)."""
-        shape = self.shapes[name]
-        n = int(torch.Size(shape).numel())
-        bits = np.unpackbits(self.packed[name].numpy(), axis=1, count=n).astype(bool)
-        return torch.from_numpy(bits).reshape(len(self.tasks), *shape)
-
-    def select(self, rows: Mapping[str, TaskMasks]) -> TaskMasks:
-        """Masks whose row for task t comes from ``rows[t]`` (masks over the same tasks and tensors)."""
-        packed = {name: torch.stack([rows[task].packed[name][i] for i, task in enumerate(self.tasks)]) for name in self.shapes}
-        return TaskMasks(self.tasks, dict(self.shapes), packed)
-
-    def nbytes(self) -> int:
-        return sum(p.numel() for p in self.packed.values())
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the packed masks to a safetensors file (atomically)."""
-        names = list(self.packed)
-        plans = [TensorPlan(name, tuple(self.packed[name].shape), torch.uint8, "merge") for name in names]
-        metadata = {"tasks": json.dumps(self.tasks), "shapes": json.dumps({n: list(s) for n, s in self.shapes.items()})}
-        return write_safetensors(path, plans, (self.packed[name] for name in names), metadata)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> TaskMasks:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as opened:
-            metadata = opened.metadata() or {}
-            if "tasks" not in metadata or "shapes" not in metadata:
-                raise ValueError(f"{path} is a safetensors file but not a file of task masks (no tasks and shapes in its metadata)")
-            packed = {name: opened.get_tensor(name) for name in opened.keys()}
-        shapes = {name: tuple(shape) for name, shape in json.loads(metadata["shapes"]).items()}
-        return cls(json.loads(metadata["tasks"]), shapes, packed)
 
 
 def _masked_plans(models, base: Source, merged: Source, strict: bool):

@@ -14,9 +14,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workbench.merge.arithmetic import task_vectors, trim_top_k
-from workbench.merge.sources import Source, open_checkpoint, open_checkpoints, plan
-from workbench.merge.tall import TaskMasks
+from workbench.state_dicts import Source, open_checkpoint, open_checkpoints, plan
+from workbench.task_vectors import TaskMasks, task_vectors, trim
 from workbench.progress import progress as progress_bar
 
 __all__ = ["task_vector_similarity", "mask_overlap"]
@@ -60,7 +59,7 @@ def task_vector_similarity(
     for i, name in enumerate(progress_bar(layers, "task vectors", enabled=progress, leave=False)):
         tau = task_vectors(base_checkpoint[name], [c[name] for c in tasks]).reshape(T, -1).double()
         grams[i] = (tau @ tau.T).numpy()
-        trimmed = trim_top_k(tau, density) if density < 1 else tau
+        trimmed = trim(tau, density) if density < 1 else tau
         positive, negative = (trimmed > 0).double(), (trimmed < 0).double()
         opposite = positive @ negative.T
         conflicts[i] = (opposite + opposite.T).numpy()

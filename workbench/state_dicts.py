@@ -1,8 +1,10 @@
-"""Checkpoints read tensor by tensor, checked against each other, and merged models written as they are made.
+"""State dicts read tensor by tensor or chunk by chunk, checked against each other, and written as they are made.
 
-A source is a safetensors file (memory-mapped: a tensor is read when asked for), a pickle
-checkpoint (``.pt``, ``.pth``, ``.bin``, ``.ckpt``: loaded only with ``torch.load(weights_only=True)``,
-memory-mapped where the file allows it), an in-memory state dict or an ``nn.Module``.
+A source is a safetensors file (read with positioned reads straight into the destination tensor:
+nothing is memory-mapped, so reading a file does not grow the process's resident memory beyond what
+the caller holds), a pickle checkpoint (``.pt``, ``.pth``, ``.bin``, ``.ckpt``: loaded only with
+``torch.load(weights_only=True)``, memory-mapped where the file allows it), an in-memory state dict
+or an ``nn.Module``.
 
 Rules for a set of checkpoints (the base first, then the fine-tuned ones), applied by :func:`plan`:
 
@@ -18,20 +20,24 @@ Rules for a set of checkpoints (the base first, then the fine-tuned ones), appli
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import pickle
 import struct
+import sys
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from workbench.files import atomic_write
 
-__all__ = ["Checkpoint", "Source", "TensorPlan", "open_checkpoint", "open_checkpoints", "plan", "write_safetensors"]
+__all__ = ["Checkpoint", "Source", "TensorPlan", "open_checkpoint", "open_checkpoints", "plan", "equal_buffer", "write_safetensors"]
 
 Source = Union[str, os.PathLike, Mapping[str, Tensor], nn.Module]
 
@@ -44,14 +50,16 @@ _DTYPE_CODES = {dtype: code for code, dtype in _SAFETENSORS_DTYPES.items()}
 
 
 class Checkpoint:
-    """Named access to one checkpoint's tensors: ``keys()``, ``spec(key) -> (shape, dtype)`` and ``[key]``.
+    """Named access to one checkpoint's tensors.
 
-    For a safetensors file the shapes and dtypes come from its header and ``[key]`` reads that one
-    tensor from the memory-mapped file; nothing else is held.
+    ``keys()``, ``spec(key) -> (shape, dtype)``, ``numel(key)``, ``[key]`` (the whole tensor),
+    ``read(key, start, stop)`` (entries start..stop-1 of the flattened tensor, shape (stop − start,),
+    in the stored dtype) and ``gather(key, index)`` (the flattened tensor's entries at ``index``, shape
+    ``index.shape``). Subclasses implement ``read`` and ``gather``.
     """
 
-    def __init__(self, name: str, specs: dict[str, tuple[tuple[int, ...], torch.dtype]], getter):
-        self.name, self._specs, self._get = name, specs, getter
+    def __init__(self, name: str, specs: dict[str, tuple[tuple[int, ...], torch.dtype]]):
+        self.name, self._specs = name, specs
 
     def keys(self) -> list[str]:
         return list(self._specs)
@@ -62,45 +70,103 @@ class Checkpoint:
     def spec(self, key: str) -> tuple[tuple[int, ...], torch.dtype]:
         return self._specs[key]
 
+    def numel(self, key: str) -> int:
+        return int(torch.Size(self._specs[key][0]).numel())
+
     def __getitem__(self, key: str) -> Tensor:
-        return self._get(key)
+        return self.read(key, 0, self.numel(key)).reshape(self._specs[key][0])
+
+    def read(self, key: str, start: int, stop: int, out: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def gather(self, key: str, index: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def __repr__(self) -> str:
-        return f"Checkpoint({self.name!r}, {len(self._specs)} tensors)"
+        return f"{type(self).__name__}({self.name!r}, {len(self._specs)} tensors)"
 
 
-def _from_mapping(name: str, tensors: Mapping[str, Tensor]) -> Checkpoint:
-    for key, value in tensors.items():
-        if not isinstance(value, Tensor):
-            raise TypeError(f"{name}: {key!r} is a {type(value).__name__}, not a tensor")
-    specs = {key: (tuple(value.shape), value.dtype) for key, value in tensors.items()}
-    return Checkpoint(name, specs, lambda key: tensors[key].detach())
+class MemoryCheckpoint(Checkpoint):
+    """A checkpoint over tensors in memory (a state dict, a module's, or a memory-mapped pickle's); ``read`` returns views where it can."""
+
+    def __init__(self, name: str, tensors: Mapping[str, Tensor]):
+        for key, value in tensors.items():
+            if not isinstance(value, Tensor):
+                raise TypeError(f"{name}: {key!r} is a {type(value).__name__}, not a tensor")
+        super().__init__(name, {key: (tuple(value.shape), value.dtype) for key, value in tensors.items()})
+        self._tensors = tensors
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self._tensors[key].detach()
+
+    def read(self, key: str, start: int, stop: int, out: Tensor | None = None) -> Tensor:
+        part = self._tensors[key].detach().reshape(-1)[start:stop]
+        return out.copy_(part) if out is not None else part
+
+    def gather(self, key: str, index: Tensor) -> Tensor:
+        return self._tensors[key].detach().reshape(-1)[index]
 
 
-def _safetensors_header(path: Path) -> dict:
+class SafetensorsCheckpoint(Checkpoint):
+    """A safetensors file read with positioned reads (``os.preadv``) into the caller's tensors; only the header is held."""
+
+    def __init__(self, path: Path):
+        header, self._data_start = _safetensors_header(path)
+        header.pop("__metadata__", None)
+        specs, self._offsets = {}, {}
+        for key, entry in header.items():
+            if entry["dtype"] not in _SAFETENSORS_DTYPES:
+                raise ValueError(f"{path}: tensor {key!r} has dtype {entry['dtype']}, which the merge does not handle")
+            specs[key] = (tuple(entry["shape"]), _SAFETENSORS_DTYPES[entry["dtype"]])
+            self._offsets[key] = entry["data_offsets"][0]
+        super().__init__(str(path), specs)
+        if sys.byteorder != "little":
+            raise RuntimeError("safetensors files are little-endian; reading them on a big-endian machine is not supported")
+        self._path = path
+        self._fd = os.open(path, os.O_RDONLY)
+        weakref.finalize(self, os.close, self._fd)
+
+    def byte_offset(self, key: str, entry: int = 0) -> int:
+        """Where entry ``entry`` of the flattened tensor ``key`` starts in the file."""
+        return self._data_start + self._offsets[key] + entry * self._specs[key][1].itemsize
+
+    def read(self, key: str, start: int, stop: int, out: Tensor | None = None) -> Tensor:
+        dtype = self._specs[key][1]
+        if out is not None and out.dtype == dtype and out.is_contiguous():
+            target = out
+        else:
+            target = torch.empty(stop - start, dtype=dtype)
+        buffer = memoryview(target.view(torch.uint8).numpy()) if target.numel() else memoryview(b"")
+        offset, done = self.byte_offset(key, start), 0
+        while done < len(buffer):
+            got = os.preadv(self._fd, [buffer[done:]], offset + done)
+            if got == 0:
+                raise ValueError(f"{self.name} ends inside tensor {key!r}: the file is truncated")
+            done += got
+        return out.copy_(target) if out is not None and target is not out else target
+
+    def gather(self, key: str, index: Tensor) -> Tensor:
+        """The entries at ``index`` through a temporary read-only memory map, released before returning."""
+        dtype = self._specs[key][1]
+        size = dtype.itemsize
+        with mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ) as mapped:
+            data = np.frombuffer(mapped, dtype=np.uint8, count=self.numel(key) * size, offset=self.byte_offset(key))
+            picked = torch.from_numpy(data[index.reshape(-1, 1).numpy() * size + np.arange(size)])  # fancy indexing copies
+            del data  # the map closes only once no array views it
+        return picked.view(dtype).reshape(index.shape)
+
+
+def _safetensors_header(path: Path) -> tuple[dict, int]:
+    """The parsed JSON header and the byte offset where the tensor data starts."""
     with open(path, "rb") as file:
         prefix = file.read(8)
         if len(prefix) < 8:
             raise ValueError(f"{path} is not a safetensors file (shorter than its header)")
         (length,) = struct.unpack("<Q", prefix)
         try:
-            return json.loads(file.read(length))
+            return json.loads(file.read(length)), 8 + length
         except (UnicodeDecodeError, json.JSONDecodeError, MemoryError, OverflowError) as error:
             raise ValueError(f"{path} is not a safetensors file (its header is not JSON)") from error
-
-
-def _from_safetensors(path: Path) -> Checkpoint:
-    from safetensors import safe_open
-
-    header = _safetensors_header(path)
-    header.pop("__metadata__", None)
-    specs = {}
-    for key, entry in header.items():
-        if entry["dtype"] not in _SAFETENSORS_DTYPES:
-            raise ValueError(f"{path}: tensor {key!r} has dtype {entry['dtype']}, which the merge does not handle")
-        specs[key] = (tuple(entry["shape"]), _SAFETENSORS_DTYPES[entry["dtype"]])
-    opened = safe_open(str(path), framework="pt", device="cpu")
-    return Checkpoint(str(path), specs, opened.get_tensor)
 
 
 def _from_pickle(path: Path) -> Checkpoint:
@@ -112,7 +178,7 @@ def _from_pickle(path: Path) -> Checkpoint:
         raise _refusal(path, error) from error
     if not isinstance(loaded, Mapping):
         raise ValueError(f"{path} holds a {type(loaded).__name__}, not a state dict (a mapping of names to tensors)")
-    return _from_mapping(str(path), loaded)
+    return MemoryCheckpoint(str(path), loaded)
 
 
 def _load_weights_only(path: Path):
@@ -132,14 +198,14 @@ def _refusal(path: Path, error: Exception) -> ValueError:
 def open_checkpoint(source: Source, name: str | None = None) -> Checkpoint:
     """A :class:`Checkpoint` over a file path, a state dict or a module; ``name`` labels it in errors."""
     if isinstance(source, nn.Module):
-        return _from_mapping(name or type(source).__name__, source.state_dict())
+        return MemoryCheckpoint(name or type(source).__name__, source.state_dict())
     if isinstance(source, Mapping):
-        return _from_mapping(name or "state dict", source)
+        return MemoryCheckpoint(name or "state dict", source)
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     if path.suffix == ".safetensors":
-        return _from_safetensors(path)
+        return SafetensorsCheckpoint(path)
     if path.suffix in _PICKLE_SUFFIXES:
         return _from_pickle(path)
     raise ValueError(f"{path}: unknown checkpoint format (expected .safetensors, or a pickle {sorted(_PICKLE_SUFFIXES)})")

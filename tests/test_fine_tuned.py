@@ -78,3 +78,33 @@ def test_published_ordering_is_checked_on_the_strict_steps_only():
     assert published_ordering(holds).endswith("holds here")
     assert published_ordering(scores(**{"task arithmetic": 0.9, "TIES": 0.85, "RegMean": 0.94})).endswith("does not hold here")
     assert published_ordering(scores(**{"task arithmetic": 0.8, "TIES": 1.02, "RegMean": 0.94})).endswith("does not hold here")  # above the individual models
+
+
+def test_the_explorer_merges_live_and_falls_back_to_the_precomputed_curves_in_a_batch_run(built, monkeypatch):
+    from workbench import viz
+    from workbench.merge.study import lambda_curves, load_merge_set, swept_scores
+
+    cache, _ = built
+    merges = load_merge_set(RECIPE, cache=str(cache), progress=False)
+    curves = lambda_curves(merges, [0.3, 1.0])
+    one = swept_scores(merges, "TIES", [1.0]).isel(model=0)
+    np.testing.assert_allclose(one.values, curves.normalised.sel({"method": "TIES", "lam": 1.0}).values)
+    with pytest.raises(ValueError, match="unknown swept method 'ties'"):
+        swept_scores(merges, "ties", [1.0])
+
+    asked = []
+
+    def score(method, lam):
+        asked.append((method, lam))
+        return swept_scores(merges, method, [lam]).isel(model=0)
+
+    monkeypatch.delenv("WORKBENCH_PROGRESS", raising=False)
+    explorer = viz.merge_explorer(score, curves, "digits")
+    menu, slider = explorer.children[0].children
+    slider.value = 0.8
+    menu.value = "DARE"
+    assert asked == [("task arithmetic", 0.3), ("task arithmetic", 0.8), ("DARE", 0.8)]
+    monkeypatch.setenv("WORKBENCH_PROGRESS", "0")
+    figure = viz.merge_explorer(score, curves, "digits")
+    assert len(figure.data) == 3 * 2 and [b.label for b in figure.layout.updatemenus[0].buttons] == ["task arithmetic", "TIES", "DARE"]
+    assert len(asked) == 3  # nothing merged in a batch run

@@ -147,7 +147,7 @@ def test_saliency_report(tmp_path):
 def test_merging_report(tmp_path):
     """Notebook 05, quick: checkpoints built into a fresh cache, every merge on both sets, task vectors and masks, offline."""
     folder = run_quick("notebooks/05_model_merging.ipynb", {"quick": True, "checkpoints_dir": str(tmp_path / "checkpoints")}, tmp_path / "out")
-    html = assert_renders_offline(folder / "05_model_merging.html", figures=8)
+    html = assert_renders_offline(folder / "05_model_merging.html", figures=10)
     assert "The published ordering TA &lt; TIES" in html or "The published ordering TA < TIES" in html
     scores = results.load(folder / "05_model_merging" / "multidigits_scores.nc")
     assert {"task arithmetic", "TIES", "Fisher", "RegMean", "AdaMerging (layer)", "TALL retrieval"} <= set(scores.model.values)

@@ -13,12 +13,17 @@ from typing import TypeVar
 
 from tqdm.auto import tqdm
 
-__all__ = ["progress", "ENV_VARIABLE"]
+__all__ = ["progress", "batch_run", "ENV_VARIABLE"]
 
 ENV_VARIABLE = "WORKBENCH_PROGRESS"
 T = TypeVar("T")
 
 
+def batch_run() -> bool:
+    """Whether this kernel runs a notebook as a batch job (``WORKBENCH_PROGRESS=0``), where nobody can move a widget."""
+    return os.environ.get(ENV_VARIABLE) == "0"
+
+
 def progress(iterable: Iterable[T], desc: str, enabled: bool = True, **options) -> Iterable[T]:
-    """``iterable`` wrapped in a tqdm bar unless ``enabled`` is false or ``WORKBENCH_PROGRESS=0``."""
-    return tqdm(iterable, desc=desc, disable=not enabled or os.environ.get(ENV_VARIABLE) == "0", **options)
+    """``iterable`` wrapped in a tqdm bar unless ``enabled`` is false or this is a batch run."""
+    return tqdm(iterable, desc=desc, disable=not enabled or batch_run(), **options)

@@ -29,7 +29,7 @@ from workbench.probes.task_vectors import task_vector_similarity
 from workbench.probes.validation import rank_correlation
 
 __all__ = [
-    "MergeSet", "load_merge_set", "lambda_curves", "choose_masks", "compare_merges", "published_ordering", "pairwise_interference",
+    "MergeSet", "load_merge_set", "lambda_curves", "swept_scores", "choose_masks", "compare_merges", "published_ordering", "pairwise_interference",
     "interference_correlations", "LAMBDAS", "SWEPT",
 ]
 
@@ -81,12 +81,17 @@ def load_merge_set(recipe: Recipe, cache: str = "data/checkpoints", progress: bo
 
 def lambda_curves(merges: MergeSet, lambdas=LAMBDAS, split: str = "validation") -> xr.Dataset:
     """``normalised`` ``(method, lam, task)`` of task arithmetic, TIES and DARE at every λ, and its ``mean`` over tasks."""
-    curves = []
-    for label, name in SWEPT.items():
-        models = {lam: merges.model(merge(merges.encoders, merges.base, preset(name, lam=lam), progress=False)) for lam in lambdas}
-        curves.append(merges.scores(models, split).normalised.rename(model="lam"))
+    curves = [swept_scores(merges, method, lambdas, split).rename(model="lam") for method in SWEPT]
     ds = xr.concat(curves, dim="method").assign_coords(method=list(SWEPT)).to_dataset(name="normalised")
     return ds.assign(mean=ds.normalised.mean("task")).assign_coords(lam=list(lambdas))
+
+
+def swept_scores(merges: MergeSet, method: str, lambdas, split: str = "validation") -> xr.DataArray:
+    """``normalised`` ``(model, task)`` of the swept ``method`` (a key of :data:`SWEPT`) merged with each λ of ``lambdas`` (the ``model`` labels)."""
+    if method not in SWEPT:
+        raise ValueError(f"unknown swept method {method!r}; the swept methods are {list(SWEPT)}")
+    models = {lam: merges.model(merge(merges.encoders, merges.base, preset(SWEPT[method], lam=lam), progress=False)) for lam in lambdas}
+    return merges.scores(models, split).normalised
 
 
 def _best_lambda(curves: xr.Dataset, method: str) -> float:

@@ -2,7 +2,15 @@
 
 from workbench.viz.affinity import affinity_dendrogram, affinity_graph, affinity_slider, payoff_figure, predicted_vs_measured, validity_figure
 from workbench.viz.conflict import agreement_over_training, cosine_matrix_slider, layer_conflict_heatmap, pair_cosine_over_time, reference_vs_measured
-from workbench.viz.merging import interference_figure, lambda_curve_figure, mask_overlap_figure, merge_comparison_figure, task_vector_heatmap
+from workbench.viz.merging import (
+    interference_figure,
+    lambda_curve_figure,
+    mask_overlap_figure,
+    merge_comparison_figure,
+    merge_explorer,
+    per_task_curves_figure,
+    task_vector_heatmap,
+)
 from workbench.viz.methods import conflict_bars, cost_bars, delta_m_bars, learning_curves, tradeoff
 from workbench.viz.offline import use_offline_plotly
 from workbench.viz.saliency import (

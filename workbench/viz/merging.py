@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
 from plotly.subplots import make_subplots
 
-__all__ = ["lambda_curve_figure", "merge_comparison_figure", "task_vector_heatmap", "mask_overlap_figure", "interference_figure"]
+from workbench.progress import batch_run
+
+__all__ = ["lambda_curve_figure", "per_task_curves_figure", "merge_explorer", "merge_comparison_figure", "task_vector_heatmap", "mask_overlap_figure", "interference_figure"]
 
 
 def lambda_curve_figure(curves: xr.Dataset, title: str) -> go.Figure:
@@ -16,6 +20,57 @@ def lambda_curve_figure(curves: xr.Dataset, title: str) -> go.Figure:
     fig.add_hline(y=1.0, line_dash="dot", annotation_text="individual models")
     fig.update_layout(title=title, xaxis_title="λ", yaxis_title="mean normalised score (validation)", height=380)
     return fig
+
+
+def per_task_curves_figure(curves: xr.Dataset, title: str) -> go.Figure:
+    """Every task's normalised score ``(method, lam, task)`` against λ, one method at a time (a menu picks it)."""
+    methods, tasks = [str(m) for m in curves.method.values], [str(t) for t in curves.task.values]
+    fig = go.Figure()
+    for i, method in enumerate(methods):
+        for task in tasks:
+            values = curves.normalised.sel({"method": method, "task": task}).values
+            fig.add_trace(go.Scatter(x=curves.lam.values, y=values, mode="lines+markers", name=task, visible=i == 0, legendgroup=task))
+    buttons = [
+        dict(label=method, method="update", args=[{"visible": [j // len(tasks) == i for j in range(len(methods) * len(tasks))]}])
+        for i, method in enumerate(methods)
+    ]
+    fig.add_hline(y=1.0, line_dash="dot", annotation_text="individual models")
+    fig.update_layout(
+        title=title, xaxis_title="λ", yaxis_title="normalised score (validation)", height=400,
+        updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.15, yanchor="top")],
+    )
+    return fig
+
+
+def merge_explorer(score: Callable[[str, float], xr.DataArray], curves: xr.Dataset, title: str, lam_range: tuple[float, float, float] = (0.0, 1.5, 0.05)):
+    """A method menu and a λ slider over each task's normalised score, recomputed live by ``score(method, λ)`` (a ``task`` DataArray).
+
+    The methods are ``curves.method``. In a batch run (a report, where no one can move a slider) this
+    returns :func:`per_task_curves_figure` of the precomputed ``curves`` instead of the widgets.
+    """
+    if batch_run():
+        return per_task_curves_figure(curves, title)
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    low, high, step = lam_range
+    method = widgets.Dropdown(options=[str(m) for m in curves.method.values], description="method")
+    lam = widgets.FloatSlider(value=0.3, min=low, max=high, step=step, description="λ", continuous_update=False)
+    output = widgets.Output()
+
+    def redraw(_=None) -> None:
+        scores = score(method.value, lam.value)
+        fig = go.Figure(go.Bar(x=[str(t) for t in scores.task.values], y=scores.values, marker_color="#69c"))
+        fig.add_hline(y=1.0, line_dash="dot", annotation_text="individual models")
+        fig.update_layout(title=f"{title}: {method.value}, λ = {lam.value:.2f}", yaxis_title="normalised score (validation)", height=360)
+        output.clear_output(wait=True)
+        with output:
+            display(fig)
+
+    method.observe(redraw, "value")
+    lam.observe(redraw, "value")
+    redraw()
+    return widgets.VBox([widgets.HBox([method, lam]), output])
 
 
 def merge_comparison_figure(scores: xr.Dataset, title: str) -> go.Figure:

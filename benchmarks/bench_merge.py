@@ -1,92 +1,259 @@
-"""Model merging: the workbench's presets against mergekit's ``merge_state_dicts`` on the same in-memory state dicts.
+"""Model merging: throughput and peak resident memory of the workbench's merge against mergekit's ``merge_state_dicts`` and a plain copy.
 
-A random transformer-shaped model (width 512: per block four 512 × 512 attention matrices, a
-512 × 2048 and a 2048 × 512 feed-forward matrix and their biases; 6 blocks, about 19M parameters,
-or 2 blocks with ``--quick``) and T = 4 fine-tuned copies in float32. Before timing, task arithmetic
-and per-tensor TIES (density 0.2, disjoint mean) are checked equal to mergekit's (1e-5) on all but at
-most 1e-5 of the entries: where several |τ| tie at the k-th largest magnitude (float32 differences of
-nearby weights often do), torch's topk and mergekit's argsort keep different ones of them; the table
-counts those entries. DARE's
-random masks differ between the libraries, so it is timed only (drop 0.5; mergekit's ``dare_linear``
-at density 0.5). The peer rows are mergekit and a plain copy (``clone``) of the same task-vector
-input bytes. Throughput = T × model bytes / median seconds. Ratio = peer time / workbench time.
+Two checkpoint sets, each a base and T = 8 fine-tuned copies (τ = 0.01 · N(0, 1) per entry), float32:
 
-Run: ``python benchmarks/bench_merge.py [--quick]``.
+- ``minilm``: the real all-MiniLM-L6-v2 weights (22.7M parameters, 91 MB) as the base, all in memory;
+  the copy moves every task tensor into one buffer allocated beforehand.
+- ``large``: synthetic checkpoints of 16 tensors of 4096 × 8192 (2.1 GB each) as safetensors files on
+  disk (made once in ``--large-dir``); the workbench streams them and writes the merged file;
+  mergekit gets the files memory-mapped (its API takes state dicts, and it keeps its 2.1 GB result in
+  memory rather than writing it); the copy reads every task file's bytes into one reused buffer. When
+  the process may write ``/proc/sys/vm/drop_caches`` the page cache is dropped before every large-set
+  measurement, so that every reader starts from the disk.
+
+Methods: task arithmetic (λ = 0.3), TIES trimmed per tensor (density 0.2, disjoint mean; mergekit's
+``ties``) and DARE (drop 0.5; mergekit's ``dare_linear`` at density 0.5). Before timing, task
+arithmetic and TIES on the MiniLM set are checked against mergekit: the table's ``differing`` column
+counts the entries that differ by more than 1e-5 (TIES: where magnitudes tie at the k-th place, the
+workbench keeps all of them and mergekit an arbitrary subset); DARE's random masks differ between the
+libraries, so it is timed only.
+
+Every measurement runs in a fresh process, which reports its seconds and its peak resident memory
+(``VmHWM``, file pages that a memory map brought in included) and its resident memory just before the
+merge. MiniLM rows are medians over rounds in which the three take turns; large rows are one run each
+(mergekit's TIES on the large set would take about 10 minutes and runs only with ``--large-mergekit-ties``).
+Throughput = bytes of the T task checkpoints / seconds. Ratio = mergekit seconds / workbench seconds.
+
+Run: ``python benchmarks/bench_merge.py [--quick] [--sets minilm large]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import mmap
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
 
 import torch
-from mergekit.merge_methods.api import merge_state_dicts
 
-from workbench.merge import merge, preset
+N_TASKS = 8
+LARGE_SHAPE, LARGE_TENSORS = (4096, 8192), 16
+METHODS = {
+    # name: (workbench preset and changes, mergekit method, mergekit parameters)
+    "task_arithmetic": (("task_arithmetic", {}), "task_arithmetic", {"weight": 1.0, "lambda": 0.3}),
+    "ties": (("ties", {"trim": "tensor"}), "ties", {"weight": 1.0, "density": 0.2}),
+    "dare": (("dare", {"lam": 1.0}), "dare_linear", {"weight": 1.0, "density": 0.5}),
+}
 
-from timing import median_seconds  # benchmarks/timing.py
 
-N_TASKS = 4
-WIDTH = 512
+# ---- the checkpoint sets ----
 
+def minilm_set() -> tuple[dict, dict]:
+    """The MiniLM base state dict and N_TASKS fine-tuned copies, in memory."""
+    from workbench.encoders import minilm_path
+    from workbench.merge import open_checkpoint
 
-def make_models(blocks: int, seed: int = 0):
-    """A base state dict and N_TASKS fine-tuned ones (base + 0.01 noise)."""
-    g = torch.Generator().manual_seed(seed)
-    shapes = {}
-    for b in range(blocks):
-        shapes.update({f"block{b}.attention.{m}.weight": (WIDTH, WIDTH) for m in "qkvo"})
-        shapes.update({f"block{b}.attention.{m}.bias": (WIDTH,) for m in "qkvo"})
-        shapes.update({f"block{b}.up.weight": (4 * WIDTH, WIDTH), f"block{b}.down.weight": (WIDTH, 4 * WIDTH)})
-    base = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    checkpoint = open_checkpoint(minilm_path() / "model.safetensors")
+    base = {key: checkpoint[key].float() for key in checkpoint.keys() if checkpoint.spec(key)[1].is_floating_point}
+    g = torch.Generator().manual_seed(0)
     tasks = {f"t{i}": {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in base.items()} for i in range(N_TASKS)}
     return base, tasks
 
 
-METHODS = {
-    # name: (workbench options, mergekit method, mergekit parameters)
-    "task_arithmetic": (preset("task_arithmetic"), "task_arithmetic", {"weight": 1.0, "lambda": 0.3}),
-    "ties": (preset("ties", trim="tensor"), "ties", {"weight": 1.0, "density": 0.2}),
-    "dare": (preset("dare", lam=1.0), "dare_linear", {"weight": 1.0, "density": 0.5}),
-}
+def large_set(folder: Path) -> tuple[Path, list[Path]]:
+    """The base and N_TASKS task files of the large set in ``folder``, made when missing (about 20 GB)."""
+    from workbench.merge import TensorPlan, write_safetensors
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"layer{i}.weight" for i in range(LARGE_TENSORS)]
+    plans = [TensorPlan(name, LARGE_SHAPE, torch.float32, "merge") for name in names]
+
+    def tensors(task: int | None):
+        for i in range(LARGE_TENSORS):
+            base = torch.randn(LARGE_SHAPE, generator=torch.Generator().manual_seed(i))
+            if task is not None:
+                base.add_(torch.randn(LARGE_SHAPE, generator=torch.Generator().manual_seed(1000 * (task + 1) + i)), alpha=0.01)
+            yield base
+
+    paths = {None: folder / "base.safetensors", **{t: folder / f"t{t}.safetensors" for t in range(N_TASKS)}}
+    for task, path in paths.items():
+        if not path.exists():
+            print(f"writing {path}", flush=True)
+            write_safetensors(path, plans, tensors(task))
+    return paths[None], [paths[t] for t in range(N_TASKS)]
+
+
+def mapped_state_dict(path: Path) -> dict:
+    """A safetensors file's tensors as views of a read-only memory map (nothing is read until touched)."""
+    from workbench.state_dicts import SafetensorsCheckpoint
+
+    checkpoint = SafetensorsCheckpoint(path)
+    with open(path, "rb") as file:
+        mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.frombuffer warns that the map is read-only
+        return {
+            key: torch.frombuffer(mapped, dtype=checkpoint.spec(key)[1], count=checkpoint.numel(key), offset=checkpoint.byte_offset(key)).view(checkpoint.spec(key)[0])
+            for key in checkpoint.keys()
+        }
+
+
+# ---- one measurement, in its own process ----
+
+def resident_bytes(field: str) -> int:
+    """``VmRSS`` or ``VmHWM`` of this process in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def measure(spec: dict) -> dict:
+    """Build the set, run one merge (or copy) and report seconds and memory."""
+    from mergekit.merge_methods.api import merge_state_dicts
+
+    from workbench.merge import merge, preset
+
+    (name, changes), mk_method, mk_parameters = METHODS[spec["method"]]
+    options = preset(name, **changes)
+    if spec["set"] == "minilm":
+        base, tasks = minilm_set()
+        destination = torch.zeros(sum(v.numel() for sd in tasks.values() for v in sd.values()))
+
+        def copy_all():
+            start = 0
+            for v in (v for sd in tasks.values() for v in sd.values()):
+                destination[start : start + v.numel()].copy_(v.reshape(-1))
+                start += v.numel()
+
+        calls = {
+            "workbench": lambda: merge(tasks, base, options, progress=False),
+            "mergekit": lambda: merge_state_dicts({"base": base, **tasks}, mk_method, base="base", parameters=mk_parameters),
+            "copy": copy_all,
+        }
+    else:
+        base_path, task_paths = large_set(Path(spec["large_dir"]))
+        out = Path(spec["large_dir"]) / "merged.safetensors"
+
+        def read_all():
+            buffer = bytearray(64 << 20)
+            for path in task_paths:
+                with open(path, "rb", buffering=0) as file:
+                    while file.readinto(buffer):
+                        pass
+
+        calls = {
+            "workbench": lambda: merge({p.stem: p for p in task_paths}, base_path, options, out=out, progress=False),
+            "mergekit": lambda: merge_state_dicts(
+                {"base": mapped_state_dict(base_path), **{p.stem: mapped_state_dict(p) for p in task_paths}},
+                mk_method, base="base", parameters=mk_parameters,
+            ),
+            "copy": read_all,
+        }
+    before = resident_bytes("VmRSS")
+    start = time.perf_counter()
+    calls[spec["who"]]()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "rss_before": before, "peak": resident_bytes("VmHWM")}
+
+
+def mergekit_differences(method: str) -> int:
+    """Entries of the MiniLM set's merge where the workbench and mergekit differ by more than 1e-5."""
+    from mergekit.merge_methods.api import merge_state_dicts
+
+    from workbench.merge import merge, preset
+
+    (name, changes), mk_method, mk_parameters = METHODS[method]
+    base, tasks = minilm_set()
+    ours = merge(tasks, base, preset(name, **changes), progress=False)
+    theirs = merge_state_dicts({"base": base, **tasks}, mk_method, base="base", parameters=mk_parameters)
+    return sum(int(((ours[k] - theirs[k]).abs() > 1e-5).sum()) for k in ours)
+
+
+# ---- the driver ----
+
+def drop_page_cache() -> bool:
+    """Drop the page cache when this process may; returns whether it did."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+        return True
+    except OSError:
+        return False
+
+
+def in_process(spec: dict) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"measurement {spec} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2 blocks instead of 6, fewer repeats")
+    parser.add_argument("--quick", action="store_true", help="one round on the MiniLM set and no large set")
+    parser.add_argument("--sets", nargs="+", default=["minilm", "large"], choices=["minilm", "large"])
+    parser.add_argument("--large-dir", default=str(Path(tempfile.gettempdir()) / "workbench-bench-merge"))
+    parser.add_argument("--large-mergekit-ties", action="store_true", help="also time mergekit's TIES on the large set (about 10 minutes)")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    base, tasks = make_models(2 if args.quick else 6)
-    repeats = 3 if args.quick else 7
-    parameters = sum(v.numel() for v in base.values())
-    input_bytes = N_TASKS * sum(v.numel() * v.element_size() for v in base.values())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {N_TASKS} tasks of {parameters / 1e6:.1f}M float32 parameters; median of {repeats}")
-    header = f"{'method':16} {'workbench s':>12} {'mergekit s':>11} {'copy s':>8} {'workbench GB/s':>15} {'mergekit GB/s':>14} {'mergekit/workbench':>19} {'differing':>10}"
-    print(header)
-    print("-" * len(header))
-    models = {"base": base, **tasks}
+    if args.measure:
+        print(json.dumps(measure(json.loads(args.measure))))
+        return
+    sets = ["minilm"] if args.quick else args.sets
+    rounds = 1 if args.quick else 3
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; T = {N_TASKS}")
     rows = []
-    for name, (options, method, mk_parameters) in METHODS.items():
-        ours = lambda: merge(tasks, base, options, progress=False)
-        theirs = lambda: merge_state_dicts(models, method, base="base", parameters=mk_parameters)
-        copy = lambda: [v.clone() for sd in tasks.values() for v in sd.values()]
-        differing = -1
-        if name != "dare":
-            a, b = ours(), theirs()
-            differing = sum(int(((a[k] - b[k]).abs() > 1e-5).sum()) for k in a)
-            if differing > 1e-5 * parameters:
-                raise AssertionError(f"{name}: the workbench and mergekit differ on {differing} of {parameters} entries")
-        seconds = median_seconds({"workbench": ours, "mergekit": theirs, "copy": copy}, repeats, warmup=1)
-        row = dict(
-            method=name, workbench_s=seconds["workbench"], mergekit_s=seconds["mergekit"], copy_s=seconds["copy"],
-            workbench_gbs=input_bytes / seconds["workbench"] / 1e9, mergekit_gbs=input_bytes / seconds["mergekit"] / 1e9,
-            copy_gbs=input_bytes / seconds["copy"] / 1e9, ratio=seconds["mergekit"] / seconds["workbench"], differing_entries=differing,
-        )
-        rows.append(row)
-        print(
-            f"{name:16} {row['workbench_s']:12.3f} {row['mergekit_s']:11.3f} {row['copy_s']:8.3f} {row['workbench_gbs']:15.2f} "
-            f"{row['mergekit_gbs']:14.2f} {row['ratio']:19.2f} {differing if differing >= 0 else '-':>10}",
-            flush=True,
-        )
+    for set_name in sets:
+        if set_name == "minilm":
+            base, tasks = minilm_set()
+            task_bytes = N_TASKS * sum(v.numel() * v.element_size() for v in base.values())
+            del base, tasks
+            differing = {m: mergekit_differences(m) for m in ("task_arithmetic", "ties")}
+            cold = False
+        else:
+            base_path, task_paths = large_set(Path(args.large_dir))
+            task_bytes = sum(p.stat().st_size for p in task_paths)
+            differing, cold = {}, drop_page_cache()
+        print(f"\n{set_name}: {N_TASKS} task checkpoints, {task_bytes / 1e9:.2f} GB" + (" (page cache dropped before each run)" if cold else ""), flush=True)
+        header = f"{'method':16} {'who':10} {'seconds':>8} {'GB/s':>6} {'mergekit/this':>13} {'peak RSS GB':>11} {'extra GB':>9} {'peak % of tasks':>15} {'differing':>9}"
+        print(header)
+        print("-" * len(header))
+        for method in METHODS:
+            results = {}
+            for who in ("workbench", "mergekit", "copy"):
+                if set_name == "large" and who == "mergekit" and method == "ties" and not args.large_mergekit_ties:
+                    continue
+                if who == "copy" and method != "task_arithmetic":
+                    continue  # the same bytes for every method
+                spec = {"set": set_name, "method": method, "who": who, "large_dir": args.large_dir}
+                runs = []
+                for _ in range(rounds if set_name == "minilm" else 1):
+                    if cold:
+                        drop_page_cache()
+                    runs.append(in_process(spec))
+                results[who] = {
+                    "seconds": statistics.median(r["seconds"] for r in runs),
+                    "peak": max(r["peak"] for r in runs),
+                    "extra": max(r["peak"] - r["rss_before"] for r in runs),
+                }
+            for who, r in results.items():
+                ratio = results["mergekit"]["seconds"] / r["seconds"] if "mergekit" in results else float("nan")
+                row = dict(set=set_name, method=method, who=who, task_bytes=task_bytes, gbs=task_bytes / r["seconds"] / 1e9,
+                           mergekit_over_this=ratio, differing=differing.get(method) if who == "workbench" else None, **r)
+                rows.append(row)
+                print(
+                    f"{method:16} {who:10} {r['seconds']:8.2f} {row['gbs']:6.2f} {ratio:13.2f} {r['peak'] / 1e9:11.2f} {r['extra'] / 1e9:9.2f} "
+                    f"{100 * r['peak'] / task_bytes:14.1f}% {'' if row['differing'] is None else row['differing']:>9}",
+                    flush=True,
+                )
     with open("benchmarks/latest_merge.json", "w") as stream:
         json.dump(rows, stream, indent=1)
 

@@ -281,6 +281,16 @@ def test_mismatched_keys_shapes_and_dtypes_name_the_tensor_and_files(tmp_path):
         merge({"t0": tasks["t0"], "t1": dict(tasks["t1"], extra=torch.ones(1))}, base, progress=False)
 
 
+def test_a_non_finite_checkpoint_is_named_and_no_file_is_written(tmp_path):
+    base, tasks = random_models(n_tasks=2)
+    tasks["t1"]["head.weight"][1, 2, 3] = float("nan")
+    out = tmp_path / "merged.safetensors"
+    for options in ("task_arithmetic", "ties", "dare"):
+        with pytest.raises(ValueError, match=r"merging tensor 'head.weight' gave non-finite values .*\['t1'\] hold NaN or infinite"):
+            merge(tasks, base, options, out=out, progress=False)
+    assert not out.exists()
+
+
 def test_without_strict_a_missing_tensor_is_taken_from_the_base():
     base, tasks = random_models(n_tasks=2)
     tasks["t1"] = {k: v for k, v in tasks["t1"].items() if k != "head.weight"}

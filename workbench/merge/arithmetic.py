@@ -142,8 +142,9 @@ def _l1_scales(base: Checkpoint | None, tasks: Sequence[Checkpoint], name: str, 
     before = torch.zeros(len(tasks), dtype=torch.float64)
     after = torch.zeros(len(tasks), dtype=torch.float64)
     for _, _, _, tau in task_vector_chunks(base, tasks, name):
-        before += tau.abs().sum(1)
-        after += (tau.abs() * _keep_masks(generators, options.drop, torch.empty_like(tau))).sum(1)
+        magnitude = tau.abs()
+        before += magnitude.sum(1)
+        after += (magnitude * _keep_masks(generators, options.drop, torch.empty_like(tau))).sum(1)
     scale = torch.where((before < 1e-7) | (after < 1e-7), torch.ones_like(before), before / after.clamp_min(1e-7))
     return scale.view(-1, 1)
 
@@ -200,8 +201,18 @@ def _merge_key(
         if options.drop > 0:
             tau.mul_(_keep_masks(generators, options.drop, scratch)).mul_(rescale)
         merged = _combine(tau, weights, options, thresholds, scratch).mul_(options.lam)
-        result[start:stop] = merged.add_(theta0) if theta0 is not None else merged
+        merged = merged.add_(theta0) if theta0 is not None else merged
+        if not bool(torch.isfinite(merged).all()):
+            raise _non_finite(name, ([base] if base is not None else []) + list(tasks), start, stop)
+        result[start:stop] = merged
     return result.reshape(shape)
+
+
+def _non_finite(name: str, checkpoints: Sequence[Checkpoint], start: int, stop: int) -> ValueError:
+    """The error for a merged chunk with NaN or infinite entries, naming the checkpoints whose inputs there are not finite."""
+    culprits = [c.name for c in checkpoints if c.spec(name)[1].is_floating_point and not bool(torch.isfinite(c.read(name, start, stop)).all())]
+    where = f"{culprits} hold NaN or infinite entries there" if culprits else "every input is finite there, so the merge overflowed"
+    return ValueError(f"merging tensor {name!r} gave non-finite values at entries {start}..{stop - 1}: {where}; nothing was written")
 
 
 def merge_tensor(

@@ -20,7 +20,8 @@ from functools import partial
 import torch
 
 from workbench.probes import tag_affinity, tag_affinity_loop
-from workbench.tasks import MultiTaskModel, mlp_encoder, regression_task
+from workbench.models import mlp_encoder
+from workbench.tasks import MultiTaskModel, regression_task
 
 from timing import median_seconds  # benchmarks/timing.py
 

@@ -24,7 +24,8 @@ import torch
 
 from workbench import gradients
 from workbench.gradients import model_task_jacobian
-from workbench.tasks import MultiTaskModel, mlp_encoder, regression_task
+from workbench.models import mlp_encoder
+from workbench.tasks import MultiTaskModel, regression_task
 
 from timing import median_seconds  # benchmarks/timing.py
 
@@ -43,7 +44,7 @@ def setup(encoder: str, n_tasks: int, seed: int = 0):
     torch.manual_seed(seed)
     tasks = [regression_task(f"t{i}") for i in range(n_tasks)]
     if encoder.startswith("minilm"):
-        from workbench.encoders import minilm_encoder
+        from workbench.models import minilm_encoder
 
         trainable, words, tokens = ENCODERS[encoder]
         model = MultiTaskModel(minilm_encoder(trainable_layers=trainable), tasks, representation_dim=384)

@@ -57,10 +57,10 @@ METHODS = {
 
 def minilm_set() -> tuple[dict, dict]:
     """The MiniLM base state dict and N_TASKS fine-tuned copies, in memory."""
-    from workbench.encoders import minilm_path
-    from workbench.merge import open_checkpoint
+    from workbench.models import minilm_path
+    from workbench.merge import open_weights
 
-    checkpoint = open_checkpoint(minilm_path() / "model.safetensors")
+    checkpoint = open_weights(minilm_path() / "model.safetensors")
     base = {key: checkpoint[key].float() for key in checkpoint.keys() if checkpoint.spec(key)[1].is_floating_point}
     g = torch.Generator().manual_seed(0)
     tasks = {f"t{i}": {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in base.items()} for i in range(N_TASKS)}
@@ -92,9 +92,9 @@ def large_set(folder: Path) -> tuple[Path, list[Path]]:
 
 def mapped_state_dict(path: Path) -> dict:
     """A safetensors file's tensors as views of a read-only memory map (nothing is read until touched)."""
-    from workbench.state_dicts import SafetensorsCheckpoint
+    from workbench.weights.state_dicts import SafetensorsWeights
 
-    checkpoint = SafetensorsCheckpoint(path)
+    checkpoint = SafetensorsWeights(path)
     with open(path, "rb") as file:
         mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
     with warnings.catch_warnings():

@@ -21,8 +21,9 @@ import warnings
 
 import torch
 
-from workbench.encoders import conv_encoder, representation_shape
-from workbench.tasks import MultiTaskModel, mlp_encoder, regression_task
+from workbench.models import conv_encoder, representation_shape
+from workbench.models import mlp_encoder
+from workbench.tasks import MultiTaskModel, regression_task
 from workbench.train import METHODS, make_method
 from workbench.train.aggregated import Aggregated
 from workbench.train.scalarized import Scalarized
@@ -44,7 +45,7 @@ def setup(encoder: str, n_tasks: int, seed: int = 0):
         model = MultiTaskModel(net, tasks, representation_dim=representation_shape(net, torch.zeros(1, 1, 12, 16)))
         x = torch.rand(64, 1, 12, 16)
     else:
-        from workbench.encoders import minilm_encoder
+        from workbench.models import minilm_encoder
 
         model = MultiTaskModel(minilm_encoder(trainable_layers=2), tasks, representation_dim=384)
         ids = torch.randint(1000, 30000, (64, 8))

@@ -15,7 +15,8 @@ settings.register_profile("ci", max_examples=25, derandomize=True, database=None
 settings.register_profile("thorough", max_examples=500)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
-from workbench.tasks import MultiTaskModel, mlp_encoder, regression_task
+from workbench.models import mlp_encoder
+from workbench.tasks import MultiTaskModel, regression_task
 
 
 def tiny_model(n_tasks: int = 3, in_features: int = 5, hidden=(7, 6), seed: int = 0) -> MultiTaskModel:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny_batch, tiny_model
-from workbench.probes import ProbeRecorder, cosine_affinity, mean_affinity, tag_affinity, tag_affinity_loop
+from workbench.probes import ProbeRecorder, cosine_affinity, tag_affinity, tag_affinity_loop, task_matrix
 from workbench.train import train
 from workbench.tasks import MultiTaskData
 
@@ -149,11 +149,11 @@ def test_cosine_affinity_is_the_gradient_cosine():
     np.testing.assert_allclose(cosine_affinity(model, (x, targets)).affinity, (unit @ unit.T).numpy(), atol=1e-5)
 
 
-def test_mean_affinity_averages_the_chosen_steps_and_refuses_an_empty_range():
+def test_the_task_matrix_of_a_history_averages_the_chosen_steps_and_refuses_an_empty_range():
     data = _data()
     recorder = ProbeRecorder(cosine_affinity, every=1)
     train(tiny_model(), data, 4, batch_size=16, recorders=[recorder], progress=False)
     history = recorder.history
-    np.testing.assert_allclose(mean_affinity(history, start=2), history.affinity.sel(step=[2, 3]).mean("step"))
+    np.testing.assert_allclose(task_matrix(history, start=2), history.affinity.sel(step=[2, 3]).mean("step"))
     with pytest.raises(ValueError, match="no recorded step"):
-        mean_affinity(history, start=10)
+        task_matrix(history, start=10)

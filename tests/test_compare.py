@@ -5,10 +5,10 @@ import pytest
 import torch
 import xarray as xr
 
-from workbench.problems import load_problem
+from workbench.studies.problems import load_problem
 from workbench.train import single_task_baselines, train
-from workbench.train.compare import compare_methods, method_summary
-from workbench.train.published import check_claims
+from workbench.studies.methods import compare_methods, method_summary
+from workbench.studies.claims import check_claims
 
 
 @pytest.fixture(scope="module")

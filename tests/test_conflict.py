@@ -16,7 +16,8 @@ from workbench.probes import (
     mean_cosine,
     s_conflict_score,
 )
-from workbench.tasks import MultiTaskModel, Task, mlp_encoder
+from workbench.models import mlp_encoder
+from workbench.tasks import MultiTaskModel, Task
 
 
 def _mean_output(output, target):

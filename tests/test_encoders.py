@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from tests.test_gradients import naive_jacobian
-from workbench.encoders import TransformerEncoder, conv_encoder, minilm_encoder, minilm_tokenizer, representation_shape
+from workbench.models import TransformerEncoder, conv_encoder, minilm_encoder, minilm_tokenizer, representation_shape
 from workbench.gradients import model_task_jacobian
 from workbench.tasks import MultiTaskModel, classification_task, regression_task
 

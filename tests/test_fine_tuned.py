@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.merge import fine_tuned
-from workbench.merge.fine_tuned import Recipe, fine_tuned_checkpoints
+from workbench.studies import fine_tuned
+from workbench.studies.fine_tuned import Recipe, fine_tuned_checkpoints
 
 RECIPE = Recipe("multidigits", ("left", "sum"), pretrain_steps=6, finetune_steps=4, options={"n_train": 300})
 
@@ -30,7 +30,7 @@ def test_each_task_fine_tunes_the_pretrained_encoder_and_keeps_its_own_head(buil
 
 def test_a_cached_recipe_is_reused_and_a_changed_one_gets_its_own_folder(built, monkeypatch):
     cache, files = built
-    monkeypatch.setattr("workbench.problems.load_problem", lambda *a, **k: pytest.fail("the cache was not reused"))
+    monkeypatch.setattr("workbench.studies.problems.load_problem", lambda *a, **k: pytest.fail("the cache was not reused"))
     assert fine_tuned_checkpoints(RECIPE, cache=cache, progress=False) == files
     changed = Recipe("multidigits", ("left", "sum"), pretrain_steps=6, finetune_steps=5, options={"n_train": 300})
     assert changed.key() != RECIPE.key()
@@ -48,15 +48,15 @@ def test_a_folder_without_its_manifest_is_built_again(tmp_path):
 
 
 def test_merged_encoders_serve_every_task_and_are_scored_against_the_individual_models(built):
-    from workbench.merge import merge
-    from workbench.merge.models import encoder_part, individual_model, merged_model, normalised_scores
-    from workbench.problems import load_problem
+    from workbench.merge import make_merge
+    from workbench.studies.merged_models import encoder_part, individual_model, merged_model, normalised_scores
+    from workbench.studies.problems import load_problem
 
     _, files = built
     problem = load_problem(RECIPE.dataset, seed=RECIPE.seed, tasks=list(RECIPE.tasks), **RECIPE.options)
     tasks = {t: files.load(t) for t in RECIPE.tasks}
     individual = {t: individual_model(problem, t, state) for t, state in tasks.items()}
-    averaged = merge({t: encoder_part(state) for t, state in tasks.items()}, encoder_part(files.load("base")), "task_arithmetic", progress=False)
+    averaged = make_merge("task_arithmetic")(encoder_part(files.load("base")), individual).weights
     models = {"left's encoder": merged_model(problem, encoder_part(tasks["left"]), tasks), "task arithmetic": merged_model(problem, averaged, tasks)}
     scores = normalised_scores(problem, models, individual)
     assert scores.normalised.dims == ("model", "task")
@@ -69,28 +69,29 @@ def test_merged_encoders_serve_every_task_and_are_scored_against_the_individual_
 def test_published_ordering_is_checked_on_the_strict_steps_only():
     import xarray as xr
 
-    from workbench.merge.study import published_ordering
+    from workbench.studies.merging import published_ordering
 
     def scores(**means):
         return xr.Dataset({"normalised": (("model", "task"), [[v] for v in means.values()])}, coords={"model": list(means), "task": ["a"]})
 
-    holds = scores(**{"task arithmetic": 0.8, "TIES": 0.85, "AdaMerging (layer)": 0.95, "RegMean": 0.94})
+    holds = scores(task_arithmetic=0.8, ties=0.85, layer_wise_adamerging=0.95, regmean=0.94)
     assert published_ordering(holds).endswith("holds here")
-    assert published_ordering(scores(**{"task arithmetic": 0.9, "TIES": 0.85, "RegMean": 0.94})).endswith("does not hold here")
-    assert published_ordering(scores(**{"task arithmetic": 0.8, "TIES": 1.02, "RegMean": 0.94})).endswith("does not hold here")  # above the individual models
+    assert published_ordering(scores(task_arithmetic=0.9, ties=0.85, regmean=0.94)).endswith("does not hold here")
+    assert published_ordering(scores(task_arithmetic=0.8, ties=1.02, regmean=0.94)).endswith("does not hold here")  # above the individual models
 
 
 def test_the_explorer_merges_live_and_falls_back_to_the_precomputed_curves_in_a_batch_run(built, monkeypatch):
     from workbench import viz
-    from workbench.merge.study import lambda_curves, load_merge_set, swept_scores
+    from workbench.studies.merging import lambda_curves, load_merge_set, swept_merges, swept_scores
 
     cache, _ = built
     merges = load_merge_set(RECIPE, cache=str(cache), progress=False)
     curves = lambda_curves(merges, [0.3, 1.0])
-    one = swept_scores(merges, "TIES", [1.0]).isel(model=0)
-    np.testing.assert_allclose(one.values, curves.normalised.sel({"method": "TIES", "lam": 1.0}).values)
-    with pytest.raises(ValueError, match="unknown swept method 'ties'"):
-        swept_scores(merges, "ties", [1.0])
+    assert list(curves.method.values) == swept_merges() == ["task_arithmetic", "ties", "dare", "dare_ties"]
+    one = swept_scores(merges, "ties", [1.0]).isel(model=0)
+    np.testing.assert_allclose(one.values, curves.normalised.sel({"method": "ties", "lam": 1.0}).values)
+    with pytest.raises(ValueError, match="unknown swept method 'fisher'"):
+        swept_scores(merges, "fisher", [1.0])
 
     asked = []
 
@@ -102,9 +103,9 @@ def test_the_explorer_merges_live_and_falls_back_to_the_precomputed_curves_in_a_
     explorer = viz.merge_explorer(score, curves, "digits")
     menu, slider = explorer.children[0].children
     slider.value = 0.8
-    menu.value = "DARE"
-    assert asked == [("task arithmetic", 0.3), ("task arithmetic", 0.8), ("DARE", 0.8)]
+    menu.value = "dare"
+    assert asked == [("task_arithmetic", 0.3), ("task_arithmetic", 0.8), ("dare", 0.8)]
     monkeypatch.setenv("WORKBENCH_PROGRESS", "0")
     figure = viz.merge_explorer(score, curves, "digits")
-    assert len(figure.data) == 3 * 2 and [b.label for b in figure.layout.updatemenus[0].buttons] == ["task arithmetic", "TIES", "DARE"]
+    assert len(figure.data) == 4 * 2 and [b.label for b in figure.layout.updatemenus[0].buttons] == swept_merges()
     assert len(asked) == 3  # nothing merged in a batch run

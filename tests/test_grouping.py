@@ -10,9 +10,9 @@ import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workbench.probes import ProbeRecorder, cosine_affinity, mean_affinity, tag_affinity
+from workbench.probes import ProbeRecorder, cosine_affinity, tag_affinity, task_matrix
 from workbench.probes.grouping import Candidates, affinity_scores, grouping_table, select_groups
-from workbench.problems import load_problem
+from workbench.studies.problems import load_problem
 from workbench.train import train
 
 
@@ -126,5 +126,5 @@ def test_groups_from_measured_affinity_recover_planted_blocks(seed, probe):
     torch.manual_seed(seed)
     model = problem.make_model(problem.splits.tasks)
     train(model, problem.splits.train, 60, optimizer=partial(torch.optim.SGD, lr=0.02, momentum=0.9), batch_size=64, recorders=[recorder], seed=seed, progress=False)
-    groups, _ = select_groups(affinity_scores(mean_affinity(recorder.history)), 2)
+    groups, _ = select_groups(affinity_scores(task_matrix(recorder.history)), 2)
     assert set(groups) == {("t0", "t1", "t2"), ("t3", "t4", "t5")}

@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("transformers")
 from workbench.data import LEXICON_TASKS, make_lexicon
 from workbench.data.lexicon import lexicon_targets
-from workbench.encoders import minilm_tokenizer
+from workbench.models import minilm_tokenizer
 
 
 @pytest.fixture(scope="module")

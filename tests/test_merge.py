@@ -1,4 +1,5 @@
-"""Model merging: presets against mergekit, DARE against its definition, laws, checkpoint IO and refusals, TALL masks."""
+"""Model merging: the registered presets against mergekit, DARE against its definition, the generalised core's laws,
+checkpoint IO and refusals, TALL masks. (Every registered merge also passes the laws of test_merge_laws.py.)"""
 
 import pickle
 import zlib
@@ -10,21 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from workbench.merge import (
-    MergeOptions,
-    TaskMasks,
-    choose_tall_lambdas,
-    consensus_merge,
-    merge,
-    magnitude_thresholds,
-    merge_tensor,
-    open_checkpoint,
-    preset,
-    retrieve,
-    tall_masks,
-    write_safetensors,
-)
-from workbench.state_dicts import plan
+from workbench.merge import MergeOptions, choose_tall_lambdas, consensus_merge, make_merge, merge_task_vectors, merge_tensor, retrieve, tall_masks
+from workbench.weights.state_dicts import open_weights, plan, write_safetensors
+from workbench.weights.task_vectors import TaskMasks, magnitude_thresholds
 
 SHAPES = {"encoder.weight": (6, 5), "encoder.bias": (6,), "head.weight": (2, 3, 4)}
 
@@ -41,6 +30,21 @@ def random_models(n_tasks=3, seed=0, dtype=torch.float32, scale=0.1):
     return cast(base), {name: cast(sd) for name, sd in tasks.items()}
 
 
+TA = MergeOptions(lam=0.3)
+TIES = MergeOptions(density=0.2, trim="model", elect_sign=True, combine="mean")  # the paper's options
+DARE = MergeOptions(drop=0.5, lam=0.3)
+
+
+def core(tasks, base, options, **kwargs):
+    """The generalised merge of ``tasks`` around ``base`` with ``options``."""
+    return merge_task_vectors(base, tasks, options, progress=False, **kwargs)
+
+
+def registered(name, base, tasks, **options):
+    """The weights of the registered merge ``name``."""
+    return make_merge(name, **options)(base, tasks).weights
+
+
 def assert_close(a, b, atol=1e-6):
     assert list(a) == list(b)
     for key in a:
@@ -52,16 +56,16 @@ def assert_close(a, b, atol=1e-6):
 
 WEIGHTS = [0.5, 1.0, 2.0]
 MERGEKIT_CASES = {
-    # name: (mergekit method, mergekit parameters, workbench options, with a base)
-    "average": ("linear", {"weight": WEIGHTS}, MergeOptions(combine="mean", weights=WEIGHTS), False),
-    "task_arithmetic": ("task_arithmetic", {"weight": WEIGHTS, "lambda": 0.7}, preset("task_arithmetic", lam=0.7, weights=WEIGHTS), True),
+    # case: (mergekit method, mergekit parameters, registered merge and its options, with a base)
+    "average": ("linear", {"weight": WEIGHTS}, ("average", {"weights": WEIGHTS}), False),
+    "task_arithmetic": ("task_arithmetic", {"weight": WEIGHTS, "lambda": 0.7}, ("task_arithmetic", {"lam": 0.7, "weights": WEIGHTS}), True),
     "ties_disjoint_mean": (
         "ties", {"weight": WEIGHTS, "density": 0.3, "normalize": True, "lambda": 0.9},
-        preset("ties", trim="tensor", density=0.3, combine="mean", lam=0.9, weights=WEIGHTS), True,
+        ("ties", {"trim": "tensor", "density": 0.3, "combine": "mean", "lam": 0.9, "weights": WEIGHTS}), True,
     ),
     "ties_disjoint_sum": (
         "ties", {"weight": WEIGHTS, "density": 0.3, "normalize": False},
-        preset("ties", trim="tensor", density=0.3, combine="sum", weights=WEIGHTS), True,
+        ("ties", {"trim": "tensor", "density": 0.3, "combine": "sum", "weights": WEIGHTS}), True,
     ),
 }
 
@@ -71,14 +75,14 @@ MERGEKIT_CASES = {
 def test_presets_equal_mergekit(case, seed):
     from mergekit.merge_methods.api import merge_state_dicts
 
-    method, parameters, options, with_base = MERGEKIT_CASES[case]
+    method, parameters, (name, options), with_base = MERGEKIT_CASES[case]
     base, tasks = random_models(seed=seed)
     if with_base:
         weights = dict(zip(tasks, parameters["weight"]))
         theirs = merge_state_dicts({"base": base, **tasks}, method, base="base", parameters={**parameters, "weight": weights})
     else:
         theirs = merge_state_dicts(list(tasks.values()), method, parameters=parameters)
-    ours = merge(tasks, base if with_base else None, options, progress=False)
+    ours = registered(name, base, tasks, **options)
     assert_close(ours, {k: theirs[k] for k in ours})
 
 
@@ -86,7 +90,6 @@ def test_presets_equal_mergekit(case, seed):
 
 def test_dare_follows_its_definition():
     base, tasks = random_models()
-    options = preset("dare", drop=0.4, lam=0.8, seed=3)
     cutoff = round(0.4 * 65536)  # a 16-bit word below this drops its entry
     expected = {}
     for key, theta0 in base.items():
@@ -100,19 +103,19 @@ def test_dare_follows_its_definition():
             keep = torch.from_numpy(words.astype(np.int64) >= cutoff).reshape(theta0.shape)
             kept.append((task[key] - theta0) * keep / (1 - cutoff / 65536))
         expected[key] = theta0 + 0.8 * sum(kept)
-    assert_close(merge(tasks, base, options, progress=False), expected)
+    assert_close(registered("dare", base, tasks, drop=0.4, lam=0.8, seed=3), expected)
 
 
 def test_dare_without_dropping_is_task_arithmetic():
     base, tasks = random_models()
-    assert_close(merge(tasks, base, preset("dare", drop=0.0), progress=False), merge(tasks, base, "task_arithmetic", progress=False))
+    assert_close(registered("dare", base, tasks, drop=0.0), registered("task_arithmetic", base, tasks))
 
 
 def test_dare_is_reproducible_by_seed():
     base, tasks = random_models()
-    first = merge(tasks, base, preset("dare", seed=7), progress=False)
-    assert_close(merge(tasks, base, preset("dare", seed=7), progress=False), first)
-    assert not torch.equal(merge(tasks, base, preset("dare", seed=8), progress=False)["encoder.weight"], first["encoder.weight"])
+    first = registered("dare", base, tasks, seed=7)
+    assert_close(registered("dare", base, tasks, seed=7), first)
+    assert not torch.equal(registered("dare", base, tasks, seed=8)["encoder.weight"], first["encoder.weight"])
 
 
 def test_dare_preserves_the_expected_task_vector():
@@ -137,7 +140,7 @@ def test_dare_l1_rescaling_keeps_each_task_vectors_l1_norm():
 
 def test_model_wide_trimming_keeps_the_top_fraction_of_the_whole_model():
     base, tasks = random_models(n_tasks=1)
-    merged = merge(tasks, base, MergeOptions(density=0.25, trim="model"), progress=False)
+    merged = core(tasks, base, MergeOptions(density=0.25, trim="model"))
     floating = [k for k in SHAPES]
     kept = sum(int((merged[k] != base[k]).sum()) for k in floating)
     total = sum(base[k].numel() for k in floating)
@@ -149,8 +152,8 @@ def test_model_wide_trimming_keeps_the_top_fraction_of_the_whole_model():
 
 def test_model_thresholds_are_the_kth_largest_magnitudes():
     base, tasks = random_models(n_tasks=2)
-    checkpoints = [open_checkpoint(sd, name) for name, sd in tasks.items()]
-    thresholds = magnitude_thresholds(open_checkpoint(base), checkpoints, list(SHAPES), density=0.1)
+    checkpoints = [open_weights(sd, name) for name, sd in tasks.items()]
+    thresholds = magnitude_thresholds(open_weights(base), checkpoints, list(SHAPES), density=0.1)
     for threshold, sd in zip(thresholds, tasks.values()):
         magnitudes = torch.cat([(sd[k] - base[k]).abs().flatten() for k in SHAPES])
         assert threshold == magnitudes.topk(int(0.1 * len(magnitudes))).values.min()
@@ -168,12 +171,12 @@ def test_sign_election_keeps_only_the_elected_sign():
 def test_per_tensor_weights_scale_each_tensor():
     base, tasks = random_models(n_tasks=2)
     weights = {"encoder.weight": [1.0, 0.0], "encoder.bias": [0.0, 1.0], "head.weight": [0.5, 0.5]}
-    merged = merge(tasks, base, MergeOptions(weights=weights), progress=False)
+    merged = core(tasks, base, MergeOptions(weights=weights))
     torch.testing.assert_close(merged["encoder.weight"], tasks["t0"]["encoder.weight"])
     torch.testing.assert_close(merged["encoder.bias"], tasks["t1"]["encoder.bias"])
     torch.testing.assert_close(merged["head.weight"], (tasks["t0"]["head.weight"] + tasks["t1"]["head.weight"]) / 2)
     with pytest.raises(ValueError, match="no weights for tensor 'head.weight'"):
-        merge(tasks, base, MergeOptions(weights={"encoder.weight": [1, 1], "encoder.bias": [1, 1]}), progress=False)
+        core(tasks, base, MergeOptions(weights={"encoder.weight": [1, 1], "encoder.bias": [1, 1]}))
 
 
 # ---- laws ----
@@ -191,7 +194,7 @@ options_strategy = st.builds(
 @given(options=options_strategy, seed=st.integers(0, 100), n_tasks=st.integers(1, 4))
 def test_lambda_zero_gives_the_base(options, seed, n_tasks):
     base, tasks = random_models(n_tasks, seed)
-    merged = merge(tasks, base, MergeOptions(**{**options.__dict__, "lam": 0.0}), progress=False)
+    merged = core(tasks, base, MergeOptions(**{**options.__dict__, "lam": 0.0}))
     assert_close(merged, base, atol=0)
 
 
@@ -199,7 +202,7 @@ def test_lambda_zero_gives_the_base(options, seed, n_tasks):
 @given(seed=st.integers(0, 100), elect_sign=st.booleans(), combine=st.sampled_from(["sum", "mean"]))
 def test_one_task_with_lambda_one_gives_that_model(seed, elect_sign, combine):
     base, tasks = random_models(1, seed)
-    merged = merge(tasks, base, MergeOptions(elect_sign=elect_sign, combine=combine), progress=False)
+    merged = core(tasks, base, MergeOptions(elect_sign=elect_sign, combine=combine))
     assert_close(merged, tasks["t0"])
 
 
@@ -208,7 +211,7 @@ def test_one_task_with_lambda_one_gives_that_model(seed, elect_sign, combine):
 def test_averaging_identical_models_gives_the_model(seed, n_tasks, with_base):
     base, tasks = random_models(1, seed)
     copies = {f"c{i}": tasks["t0"] for i in range(n_tasks)}
-    assert_close(merge(copies, base if with_base else None, "average", progress=False), tasks["t0"])
+    assert_close(core(copies, base if with_base else None, MergeOptions(combine="mean")), tasks["t0"])
 
 
 # ---- checkpoints: files, dtypes, refusals ----
@@ -223,8 +226,9 @@ def save_all(tmp_path, base, tasks):
 def test_safetensors_files_merge_like_state_dicts_and_the_output_file_is_valid(tmp_path):
     base, tasks = random_models()
     base_path, task_paths = save_all(tmp_path, base, tasks)
-    in_memory = merge(tasks, base, "ties", progress=False)
-    out = merge(task_paths, base_path, "ties", out=tmp_path / "merged.safetensors", progress=False)
+    in_memory = core(tasks, base, TIES)
+    assert_close(in_memory, registered("ties", base, tasks), atol=0)
+    out = core(dict(zip(tasks, task_paths)), base_path, TIES, out=tmp_path / "merged.safetensors")
     written = load_file(str(out))
     assert_close({k: written[k] for k in in_memory}, in_memory, atol=0)
 
@@ -237,15 +241,15 @@ def test_modules_merge_like_their_state_dicts():
         for key, value in sd.items():
             modules[name].register_buffer(key.replace(".", "_"), value)
     renamed = lambda sd: {k.replace(".", "_"): v for k, v in sd.items()}
-    expected = merge({n: renamed(sd) for n, sd in tasks.items()}, renamed(base), progress=False)
-    assert_close(merge(modules, renamed(base), progress=False), expected, atol=0)
+    expected = core({n: renamed(sd) for n, sd in tasks.items()}, renamed(base), TA)
+    assert_close(core(modules, renamed(base), TA), expected, atol=0)
 
 
 def test_weights_only_pickle_merges_like_its_state_dict(tmp_path):
     base, tasks = random_models(n_tasks=2)
     torch.save(tasks["t0"], tmp_path / "t0.pt")
     torch.save(tasks["t1"], tmp_path / "t1.bin", _use_new_zipfile_serialization=False)
-    assert_close(merge([tmp_path / "t0.pt", tmp_path / "t1.bin"], base, progress=False), merge(tasks, base, progress=False), atol=0)
+    assert_close(core([tmp_path / "t0.pt", tmp_path / "t1.bin"], base, TA), core(tasks, base, TA), atol=0)
 
 
 class Payload:
@@ -257,13 +261,13 @@ def test_a_pickle_needing_full_unpickling_is_refused(tmp_path):
     path = tmp_path / "model.pt"
     torch.save({"w": torch.ones(2), "extra": Payload()}, path)
     with pytest.raises(ValueError, match="model.pt needs full unpickling.*not loaded"):
-        open_checkpoint(path)
+        open_weights(path)
     raw = tmp_path / "raw.bin"
     raw.write_bytes(pickle.dumps(Payload()))
     with pytest.raises(ValueError, match="raw.bin needs full unpickling"):
-        open_checkpoint(raw)
+        open_weights(raw)
     with pytest.raises(ValueError, match="unknown checkpoint format"):
-        open_checkpoint(path.rename(tmp_path / "model.pkl"))
+        open_weights(path.rename(tmp_path / "model.pkl"))
 
 
 def test_mismatched_keys_shapes_and_dtypes_name_the_tensor_and_files(tmp_path):
@@ -271,50 +275,50 @@ def test_mismatched_keys_shapes_and_dtypes_name_the_tensor_and_files(tmp_path):
     bad = dict(tasks["t1"], **{"encoder.bias": torch.zeros(5)})
     save_file(bad, str(tmp_path / "bad.safetensors"))
     with pytest.raises(ValueError, match=r"'encoder.bias' is \[6\] torch.float32 in base but \[5\] torch.float32 in .*bad.safetensors"):
-        merge([tasks["t0"], tmp_path / "bad.safetensors"], base, progress=False)
+        core([tasks["t0"], tmp_path / "bad.safetensors"], base, TA)
     with pytest.raises(ValueError, match=r"'encoder.bias' is \[6\] torch.float32 in base but \[6\] torch.float16 in t1"):
-        merge({"t0": tasks["t0"], "t1": dict(tasks["t1"], **{"encoder.bias": torch.zeros(6, dtype=torch.float16)})}, base, progress=False)
+        core({"t0": tasks["t0"], "t1": dict(tasks["t1"], **{"encoder.bias": torch.zeros(6, dtype=torch.float16)})}, base, TA)
     missing = {k: v for k, v in tasks["t1"].items() if k != "head.weight"}
     with pytest.raises(ValueError, match=r"tensor 'head.weight' is missing from \['t1'\].*strict=False"):
-        merge({"t0": tasks["t0"], "t1": missing}, base, progress=False)
+        core({"t0": tasks["t0"], "t1": missing}, base, TA)
     with pytest.raises(ValueError, match="t1 holds tensors that base lacks: \\['extra'\\]"):
-        merge({"t0": tasks["t0"], "t1": dict(tasks["t1"], extra=torch.ones(1))}, base, progress=False)
+        core({"t0": tasks["t0"], "t1": dict(tasks["t1"], extra=torch.ones(1))}, base, TA)
 
 
 def test_a_non_finite_checkpoint_is_named_and_no_file_is_written(tmp_path):
     base, tasks = random_models(n_tasks=2)
     tasks["t1"]["head.weight"][1, 2, 3] = float("nan")
     out = tmp_path / "merged.safetensors"
-    for options in ("task_arithmetic", "ties", "dare"):
+    for options in (TA, TIES, DARE):
         with pytest.raises(ValueError, match=r"merging tensor 'head.weight' gave non-finite values .*\['t1'\] hold NaN or infinite"):
-            merge(tasks, base, options, out=out, progress=False)
+            core(tasks, base, options, out=out)
     assert not out.exists()
 
 
 def test_without_strict_a_missing_tensor_is_taken_from_the_base():
     base, tasks = random_models(n_tasks=2)
     tasks["t1"] = {k: v for k, v in tasks["t1"].items() if k != "head.weight"}
-    merged = merge(tasks, base, progress=False, strict=False)
+    merged = core(tasks, base, TA, strict=False)
     assert torch.equal(merged["head.weight"], base["head.weight"])
     assert not torch.equal(merged["encoder.weight"], base["encoder.weight"])
 
 
 def test_non_floating_buffers_are_copied_when_equal_and_named_when_not():
     base, tasks = random_models(n_tasks=2)
-    assert torch.equal(merge(tasks, base, progress=False)["position_ids"], base["position_ids"])
+    assert torch.equal(core(tasks, base, TA)["position_ids"], base["position_ids"])
     tasks["t1"]["position_ids"] = torch.arange(7).flip(0)
     with pytest.raises(ValueError, match="non-floating tensor 'position_ids' differs between base and t1"):
-        merge(tasks, base, progress=False)
+        core(tasks, base, TA)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_merges_in_float32_and_is_written_back(dtype, tmp_path):
     base, tasks = random_models(dtype=dtype)
     widened = lambda sd: {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
-    reference = merge({n: widened(sd) for n, sd in tasks.items()}, widened(base), "ties", progress=False)
-    merged = merge(tasks, base, "ties", progress=False)
+    reference = core({n: widened(sd) for n, sd in tasks.items()}, widened(base), TIES)
+    merged = core(tasks, base, TIES)
     assert_close(merged, {k: v.to(dtype) if v.is_floating_point() else v for k, v in reference.items()}, atol=0)
-    out = merge(tasks, base, "ties", out=tmp_path / "m.safetensors", out_dtype=torch.float32, progress=False)
+    out = core(tasks, base, TIES, out=tmp_path / "m.safetensors", out_dtype=torch.float32)
     written = load_file(str(out))
     assert_close({k: written[k] for k in reference}, reference, atol=0)
 
@@ -323,11 +327,11 @@ def test_an_interrupted_merge_leaves_no_file_and_keeps_the_previous_one(tmp_path
     base, tasks = random_models(n_tasks=2)
     out = tmp_path / "merged.safetensors"
     with pytest.raises(ValueError, match="no weights for tensor 'encoder.bias'"):
-        merge(tasks, base, MergeOptions(weights={"encoder.weight": [1, 1]}), out=out, progress=False)
+        core(tasks, base, MergeOptions(weights={"encoder.weight": [1, 1]}), out=out)
     assert list(tmp_path.iterdir()) == []
-    merge(tasks, base, out=out, progress=False)
+    core(tasks, base, TA, out=out)
     before = out.read_bytes()
-    checkpoint = open_checkpoint(base, "base")
+    checkpoint = open_weights(base, "base")
     plans = plan([checkpoint], None)
 
     def interrupted():
@@ -342,7 +346,7 @@ def test_an_interrupted_merge_leaves_no_file_and_keeps_the_previous_one(tmp_path
 def test_a_safetensors_checkpoint_takes_shapes_from_its_header_and_reads_one_tensor(tmp_path):
     base, tasks = random_models(n_tasks=1)
     _, (task_path,) = save_all(tmp_path, base, tasks)
-    checkpoint = open_checkpoint(task_path)
+    checkpoint = open_weights(task_path)
     assert checkpoint.spec("head.weight") == ((2, 3, 4), torch.float32)
     assert torch.equal(checkpoint["head.weight"], tasks["t0"]["head.weight"])
 
@@ -351,9 +355,9 @@ def test_a_safetensors_checkpoint_takes_shapes_from_its_header_and_reads_one_ten
 
 def test_tall_masks_follow_the_definition_and_are_bit_packed(tmp_path):
     base, tasks = random_models()
-    merged = merge(tasks, base, preset("task_arithmetic", lam=1.0), progress=False)
+    merged = core(tasks, base, MergeOptions(lam=1.0))
     lambdas = [0.2, 0.4, 0.6]
-    masks = tall_masks(tasks, base, merged, lambdas)
+    masks = tall_masks(base, tasks, merged, lambdas)
     for key in SHAPES:
         tau = torch.stack([sd[key] - base[key] for sd in tasks.values()])
         tau_mtl = merged[key] - base[key]
@@ -367,10 +371,10 @@ def test_tall_masks_follow_the_definition_and_are_bit_packed(tmp_path):
 
 def test_retrieval_and_consensus_at_their_extremes():
     base, tasks = random_models()
-    merged = merge(tasks, base, preset("task_arithmetic", lam=1.0), progress=False)
-    all_on = tall_masks(tasks, base, merged, 0.0)
+    merged = core(tasks, base, MergeOptions(lam=1.0))
+    all_on = tall_masks(base, tasks, merged, 0.0)
     assert_close(retrieve(base, merged, all_on, "t1"), merged)
-    masks = tall_masks(tasks, base, merged, 0.4)
+    masks = tall_masks(base, tasks, merged, 0.4)
     assert_close(consensus_merge(base, merged, masks, k=0), merged)
     assert_close(consensus_merge(base, merged, masks, k=4), base)
     retrieved = retrieve(base, merged, masks, "t2")
@@ -383,16 +387,16 @@ def test_retrieval_and_consensus_at_their_extremes():
 
 def test_tall_lambdas_are_chosen_per_task_by_the_score():
     base, tasks = random_models()
-    merged = merge(tasks, base, preset("task_arithmetic", lam=1.0), progress=False)
+    merged = core(tasks, base, MergeOptions(lam=1.0))
 
     def closeness(task, state_dict):  # higher when the retrieved model is nearer the task's own model
         return -sum(float((state_dict[k] - tasks[task][k]).norm()) for k in SHAPES)
 
-    masks, scores = choose_tall_lambdas(tasks, base, merged, closeness)
+    masks, scores = choose_tall_lambdas(base, tasks, merged, closeness)
     assert scores.dims == ("task", "lam") and scores.sizes == {"task": 3, "lam": 5}
     chosen = [float(scores.lam[int(scores.sel(task=t).argmax("lam"))]) for t in tasks]
     assert scores.attrs["chosen"] == chosen
-    expected = tall_masks(tasks, base, merged, chosen)
+    expected = tall_masks(base, tasks, merged, chosen)
     assert all(torch.equal(masks[k], expected[k]) for k in SHAPES)
 
 
@@ -403,13 +407,15 @@ def test_bad_options_are_named():
         MergeOptions(combine="median")
     with pytest.raises(ValueError, match="dropping replaces magnitude trimming"):
         MergeOptions(drop=0.5, density=0.2)
-    with pytest.raises(ValueError, match="unknown merge preset 'tie'"):
-        preset("tie")
+    with pytest.raises(ValueError, match="unknown merge 'tie'; available: .*'ties'"):
+        make_merge("tie")
+    with pytest.raises(ValueError, match="merge 'ties' has no options \\['densty'\\]; its options: lam=1.0, density=0.2"):
+        make_merge("ties", densty=0.1)
     base, tasks = random_models()
     with pytest.raises(ValueError, match="need a base model"):
-        merge(tasks, None, "ties", progress=False)
+        core(tasks, None, TIES)
     with pytest.raises(ValueError, match="2 weights for 3 tasks"):
-        merge(tasks, base, MergeOptions(weights=[1, 2]), progress=False)
+        core(tasks, base, MergeOptions(weights=[1, 2]))
 
 
 # ---- thresholds, chunking, dropping rate ----
@@ -427,20 +433,23 @@ def many_entries(n_tasks, n, seed, ties=False):
 def test_thresholds_are_the_kth_largest_magnitude_whatever_the_sample(seed, density, ties, sample):
     # 300k entries: more than EXACT_UP_TO, so the sampled bracket is used; a 16-point sample often misses and falls back
     base, tasks = many_entries(2, 300_000, seed, ties)
-    checkpoints = [open_checkpoint({"w": t}, f"t{i}") for i, t in enumerate(tasks)]
-    thresholds = magnitude_thresholds(open_checkpoint({"w": base}), checkpoints, ["w"], density, sample=sample)
+    checkpoints = [open_weights({"w": t}, f"t{i}") for i, t in enumerate(tasks)]
+    thresholds = magnitude_thresholds(open_weights({"w": base}), checkpoints, ["w"], density, sample=sample)
     k = int(density * 300_000)
     for threshold, task in zip(thresholds, tasks):
         assert threshold == (task - base).abs().sort(descending=True).values[k - 1]
 
 
-@pytest.mark.parametrize("options", [preset("task_arithmetic"), preset("ties", trim="tensor"), preset("ties"), preset("dare"), preset("dare", rescale="l1"), preset("dare_ties")], ids=repr)
+DARE_TIES = MergeOptions(drop=0.5, elect_sign=True, lam=0.3)
+
+
+@pytest.mark.parametrize("options", [TA, MergeOptions(density=0.2, trim="tensor", elect_sign=True, combine="mean"), TIES, DARE, MergeOptions(drop=0.5, lam=0.3, rescale="l1"), DARE_TIES], ids=repr)
 def test_the_chunk_size_does_not_change_a_merge(monkeypatch, tmp_path, options):
     base, tasks = random_models()
     base_path, task_paths = save_all(tmp_path, base, tasks)
-    whole = merge(tasks, base, options, progress=False)
-    monkeypatch.setattr("workbench.task_vectors.CHUNK", 6)  # rounded down to 4 entries per chunk
-    chunked = merge(task_paths, base_path, options, progress=False)
+    whole = core(tasks, base, options)
+    monkeypatch.setattr("workbench.weights.task_vectors.CHUNK", 6)  # rounded down to 4 entries per chunk
+    chunked = core(task_paths, base_path, options)
     assert_close({key: chunked[key] for key in whole}, whole)
 
 

@@ -12,8 +12,7 @@ from torchjd import scalarization as S
 from torchjd.autojac import jac_to_grad, mtl_backward
 
 from tests.conftest import tiny_batch, tiny_model
-from workbench.architectures import mmoe_model
-from workbench.data import make_synthetic
+from tests.test_method_laws import assert_resumes, synthetic_data, train_tiny
 from workbench.gradients import model_task_jacobian
 from workbench.probes import ProbeRecorder, gradient_conflict
 from workbench.tasks import regression_task
@@ -57,7 +56,7 @@ TORCHJD_SCALARIZERS = {
 
 
 def test_every_torchjd_method_is_registered_or_left_out_for_a_reason():
-    registered = {spec.torchjd_class.rpartition(".")[2] for spec in METHODS.values() if spec.torchjd_class}
+    registered = {entry.build.rpartition(".")[2] for entry in METHODS.values() if isinstance(entry.build, str)}
     weighted = {n.removesuffix("Weighting") for n in A.__all__ if n.endswith("Weighting") and n != "Weighting"}
     aggregators = {n for n in A.__all__ if not n.endswith("Weighting") and "Aggregator" not in n} | weighted
     left_out = {"Krum", "TrimmedMean", "MoDo", "SDMGrad", "Constant"}  # see the registry's docstring
@@ -150,47 +149,23 @@ def test_a_missing_solver_names_the_extra(monkeypatch):
         make_method("nash_mtl", T)
 
 
-def _problem():
-    return make_synthetic(n_tasks=T, n_samples=48, n_features=5, groups=[[0, 1]], seed=2).data
+# The law battery resumes every method with its defaults; these options put state where the defaults keep
+# little or none (Nash-MTL reusing its last solution between solves, SAM and Rep-MTL over stateful methods).
+STATE_BEHIND_OPTIONS = [("nash_mtl", {"update_weights_every": 2}), ("sam", {"aggregator": "gradvac"}), ("rep_mtl", {"base": "famo"}), ("rep_mtl", {"base": "gradvac"})]
 
 
-def _train(method, steps, **kwargs):
-    torch.manual_seed(0)
-    model = tiny_model(T, seed=7)
-    return train(model, _problem(), steps, method=method, batch_size=16, seed=1, progress=False, eval_every=4, **kwargs)
-
-
-# Stateful methods (and random ones: the generators' states travel too). Nash-MTL re-solving every
-# other step reuses its last solution in between, which makes its state visible within a short run.
-STATEFUL = [
-    ("uw", {}), ("dwa", {}), ("famo", {}), ("imtl_l", {}), ("gradvac", {}), ("nash_mtl", {"update_weights_every": 2}),
-    ("excess_mtl", {}), ("pcd", {}), ("cr_mogm", {}), ("gradnorm", {}), ("rlw", {}), ("graddrop", {}), ("sam", {"aggregator": "gradvac"}),
-    ("rep_mtl", {"base": "famo"}), ("rep_mtl", {"base": "gradvac"}),
-]
-
-
-@pytest.mark.parametrize("name, options", STATEFUL)
+@pytest.mark.parametrize("name, options", STATE_BEHIND_OPTIONS)
 def test_a_resumed_run_continues_with_the_same_numbers(name, options, tmp_path):
-    """Twelve steps at once, or six, a checkpoint, and six more in a fresh process state (four DWA epochs in all)."""
-    unbroken = _train(make_method(name, T, **options), 12)
-    path = tmp_path / "run.safetensors"
-    first_half = _train(make_method(name, T, **options), 6, checkpoint=path)
-    torch.manual_seed(123)  # the resumed run must not depend on the state of the process
-    resumed = _train(make_method(name, T, **options), 12, checkpoint=path, resume=True)
-    assert first_half.history.sizes["step"] == 6
-    for variable in ("train_loss", "weights", "loss", "metric"):
-        np.testing.assert_array_equal(resumed.history[variable].values, unbroken.history[variable].values, err_msg=f"{name}: {variable}")
-    for (key, a), (_, b) in zip(resumed.model.state_dict().items(), unbroken.model.state_dict().items()):
-        assert torch.equal(a, b), key
+    assert_resumes(name, options, tmp_path)
 
 
 def test_resuming_refuses_another_runs_checkpoint(tmp_path):
     path = tmp_path / "run.safetensors"
-    _train("uw", 4, checkpoint=path)
+    train_tiny("uw", 4, checkpoint=path)
     with pytest.raises(ValueError, match=r"saved by another run.*'method'"):
-        _train("dwa", 8, checkpoint=path, resume=True)
+        train_tiny("dwa", 8, checkpoint=path, resume=True)
     with pytest.raises(ValueError, match="resume=True needs the checkpoint"):
-        _train("uw", 8, resume=True)
+        train_tiny("uw", 8, resume=True)
 
 
 def test_a_recorder_on_the_training_batch_reuses_the_steps_jacobian(monkeypatch):
@@ -200,19 +175,19 @@ def test_a_recorder_on_the_training_batch_reuses_the_steps_jacobian(monkeypatch)
     real = conflict.model_task_jacobian
     monkeypatch.setattr(conflict, "model_task_jacobian", lambda *a, **k: calls.append(1) or real(*a, **k))
     reused = ProbeRecorder(gradient_conflict, every=2)
-    _train("upgrad", 6, recorders=[reused])
+    train_tiny("upgrad", 6, recorders=[reused])
     assert calls == [] and reused.history.sizes["step"] == 3
     own = ProbeRecorder(gradient_conflict, every=2)
-    _train("uw", 6, recorders=[own])  # a loss-weighting step computes no Jacobian: the probe does
+    train_tiny("uw", 6, recorders=[own])  # a loss-weighting step computes no Jacobian: the probe does
     assert len(calls) == 3
     recomputed = ProbeRecorder(gradient_conflict, every=2, strategy="loop")
     monkeypatch.setattr(ProbeRecorder, "reuses_jacobian", False, raising=False)
-    _train("upgrad", 6, recorders=[recomputed])
+    train_tiny("upgrad", 6, recorders=[recomputed])
     np.testing.assert_allclose(reused.history.cosine.values, recomputed.history.cosine.values, atol=1e-6)
 
 
 def test_gradnorm_weights_stay_positive_sum_to_t_and_favour_the_lagging_task():
-    data = _problem()
+    data = synthetic_data()
     data.targets["t2"] = data.targets["t2"] * 5  # a task whose loss starts high and falls slowly
     torch.manual_seed(0)
     result = train(tiny_model(T, seed=7), data, 60, method="gradnorm", batch_size=8, progress=False)
@@ -246,27 +221,9 @@ def test_sam_with_a_tiny_radius_is_its_aggregator_and_with_a_radius_moves_uphill
     torch.testing.assert_close(encoder.weight, torch.tensor([[3.0, -4.0]]), msg="the perturbation is undone")
 
 
-def test_mmoe_gates_are_task_parameters_trained_on_their_own_loss():
-    torch.manual_seed(0)
-    tasks = [regression_task(f"t{i}") for i in range(T)]
-    model = mmoe_model(tasks, 5, (6,), n_experts=3)
-    x, targets = tiny_batch(model, n=9)
-    shared = [name for name, _ in model.shared_parameters()]
-    assert shared and all(name.startswith("experts.") for name in shared)
-    jacobian = model_task_jacobian(model, x, targets, task_grads=True, keep_representation_grads=True)
-    losses = model.losses(x, targets)
-    (expected,) = torch.autograd.grad(losses["t1"], [model.encoder.gates["t1"].weight])
-    torch.testing.assert_close(jacobian.task_grads["encoder.gates.t1.weight"], expected)
-    assert jacobian.representation_grads.shape == (T, 9, T, 6)
-    assert not jacobian.representation_grads[0, :, 1:].any()  # ∂L_0/∂Z lives in slot 0 only
-    result = train(model, _problem(), 8, method="upgrad", batch_size=8, recorders=[ProbeRecorder(gradient_conflict, every=4)], progress=False)
-    assert np.isfinite(result.history.train_loss.values).all()
-    assert result.probes["gradient_conflict"].layer.values[0] == "experts.0.0.weight"
-
-
 def test_any_method_trains_a_model_on_a_device(tmp_path):
-    result = _train("cagrad", 4, device="cpu", checkpoint=tmp_path / "c.safetensors")
+    result = train_tiny("cagrad", 4, device="cpu", checkpoint=tmp_path / "c.safetensors")
     assert result.history.attrs["method"] == {"name": "cagrad", "c": 0.4, "norm_eps": 0.0001}
     assert (tmp_path / "c.safetensors").exists()
-    sgd = _train("mgda", 4, optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9))
+    sgd = train_tiny("mgda", 4, optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9))
     assert sgd.history.attrs["optimizer"] == "SGD"

@@ -6,7 +6,7 @@ import torch
 import xarray as xr
 
 from workbench.probes.validation import rank_correlation_over_training
-from workbench.problems import load_problem
+from workbench.studies.problems import load_problem
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from tests.conftest import tiny_batch, tiny_model
-from workbench.encoders import conv_encoder, representation_shape
+from workbench.models import conv_encoder, representation_shape
 from workbench.probes import ProbeRecorder
 from workbench.probes.saliency import (
     channel_affinity_alignment,
@@ -24,10 +24,10 @@ from workbench.probes.saliency import (
     task_saliency,
 )
 from workbench.probes.validation import attribution_recovery
-from workbench.problems import load_problem
+from workbench.studies.problems import load_problem
 from workbench.tasks import MultiTaskData, MultiTaskModel, Task, regression_task
 from workbench.train import make_method, train
-from workbench.train.saliency_study import attribution_validity_study, representation_vs_parameter, saliency_during_training
+from workbench.studies.saliency import attribution_validity_study, representation_vs_parameter, saliency_during_training
 
 CNN_DIMS = ("channel", "height", "width")
 
@@ -151,7 +151,7 @@ def test_a_nan_saliency_is_named():
 def test_input_attribution_is_gradient_times_input_of_each_samples_loss():
     model = tiny_model()
     x, targets = tiny_batch(model, n=4)
-    got = input_attribution(model, (x, targets))
+    got = input_attribution(model, (x, targets)).attribution
     for t, name in enumerate(model.task_names):
         for b in range(4):
             leaf = x[b : b + 1].clone().requires_grad_()
@@ -162,7 +162,7 @@ def test_input_attribution_is_gradient_times_input_of_each_samples_loss():
 
 def test_input_attribution_on_digits_is_per_pixel():
     model = cnn_model()
-    attribution = input_attribution(model, cnn_batch(model))
+    attribution = input_attribution(model, cnn_batch(model)).attribution
     assert attribution.dims == ("task", "sample", "input_channel", "row", "column") and attribution.shape[-2:] == (12, 16)
 
 
@@ -175,7 +175,7 @@ def test_input_attribution_recovers_the_features_each_task_reads(seed):
     run = train(problem.make_model(problem.splits.tasks), problem.splits.train, 200, optimizer=partial(torch.optim.Adam, lr=3e-3), seed=seed, progress=False)
     held_out = problem.splits.validation
     weights = np.abs(problem.truth["weights"].values)
-    recovery = attribution_recovery(input_attribution(run.model, (held_out.x, held_out.targets)), problem.truth["weights"])
+    recovery = attribution_recovery(input_attribution(run.model, (held_out.x, held_out.targets)).attribution, problem.truth["weights"])
     for task, importance in enumerate(recovery.importance.values):
         top = set(np.argsort(-importance)[:4].tolist())
         strong = set(np.flatnonzero(weights[task] >= 0.25 * weights[task].max()).tolist())
@@ -230,7 +230,7 @@ def test_word_piece_attribution_on_minilm(cached):
     problem = load_problem("lexicon", seed=0, tasks=["vader_mean", "zipf"], trainable_layers=1, max_words=40, cache_frozen=cached)
     model = problem.make_model(problem.splits.tasks).eval()
     held_out = problem.splits.validation
-    attribution = input_attribution(model, (held_out.x, held_out.targets))
+    attribution = input_attribution(model, (held_out.x, held_out.targets)).attribution
     mask = held_out.x["attention_mask"].numpy().astype(bool)
     assert attribution.dims == ("task", "sample", "token") and attribution.shape[1:] == mask.shape
     assert (attribution.values[:, ~mask] == 0).all() and (attribution.values[:, mask] != 0).mean() > 0.9

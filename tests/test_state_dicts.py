@@ -1,4 +1,4 @@
-"""Checkpoint reading: ranges and gathers from safetensors files and memory, dtypes, truncated files."""
+"""Weights reading: ranges and gathers from safetensors files and memory, dtypes, truncated files."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from workbench.state_dicts import MemoryCheckpoint, SafetensorsCheckpoint, open_checkpoint
+from workbench.weights.state_dicts import MemoryWeights, SafetensorsWeights, open_weights
 
 
 def saved(tmp_path, tensors):
@@ -19,8 +19,8 @@ def saved(tmp_path, tensors):
 def test_a_file_reads_ranges_gathers_and_whole_tensors_as_stored(tmp_path, dtype):
     g = torch.Generator().manual_seed(0)
     tensors = {"a": (torch.randn(7, 9, generator=g) * 5).to(dtype), "b": (torch.randn(13, generator=g) * 5).to(dtype)}
-    checkpoint = open_checkpoint(saved(tmp_path, tensors))
-    assert isinstance(checkpoint, SafetensorsCheckpoint)
+    checkpoint = open_weights(saved(tmp_path, tensors))
+    assert isinstance(checkpoint, SafetensorsWeights)
     for key, tensor in tensors.items():
         flat = tensor.reshape(-1)
         assert torch.equal(checkpoint[key], tensor)
@@ -36,7 +36,7 @@ def test_reading_into_a_buffer_equals_slicing_in_memory_and_on_disk(tmp_path_fac
     path = saved(tmp_path_factory.mktemp("read"), {"w": tensor})
     stop = min(100, start + length)
     expected = tensor[start:stop].float() if as_float else tensor[start:stop]
-    for checkpoint in (open_checkpoint(path), MemoryCheckpoint("memory", {"w": tensor})):
+    for checkpoint in (open_weights(path), MemoryWeights("memory", {"w": tensor})):
         out = torch.empty(stop - start, dtype=expected.dtype)
         assert torch.equal(checkpoint.read("w", start, stop, out=out), expected)
 
@@ -45,11 +45,11 @@ def test_a_truncated_file_names_itself_and_the_tensor(tmp_path):
     path = saved(tmp_path, {"w": torch.ones(1000)})
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(ValueError, match=r"model.safetensors ends inside tensor 'w'"):
-        open_checkpoint(path)["w"]
+        open_weights(path)["w"]
 
 
 def test_not_a_safetensors_file_is_named(tmp_path):
     path = tmp_path / "model.safetensors"
     path.write_bytes(b"\x04\x00\x00\x00\x00\x00\x00\x00nope")
     with pytest.raises(ValueError, match="not a safetensors file"):
-        open_checkpoint(path)
+        open_weights(path)

@@ -10,7 +10,8 @@ from workbench.data import block_similarity, make_synthetic
 from workbench.data.synthetic import nearest_correlation
 from workbench.probes import ProbeRecorder, gradient_conflict, mean_cosine
 from workbench.probes.validation import pairwise_rank_correlation
-from workbench.tasks import MultiTaskModel, mlp_encoder
+from workbench.models import mlp_encoder
+from workbench.tasks import MultiTaskModel
 from workbench.train import train
 
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_merge import SHAPES, random_models
-from workbench.merge import TaskMasks
+from workbench.weights import TaskMasks
 from workbench.probes import mask_overlap, task_vector_similarity
 
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from workbench.tasks import MultiTaskData, MultiTaskModel, Task, classification_task, mlp_encoder, num_samples, regression_task
+from workbench.models import mlp_encoder
+from workbench.tasks import MultiTaskData, MultiTaskModel, Task, classification_task, num_samples, regression_task
 
 
 def test_model_contract(model, batch):

@@ -7,7 +7,8 @@ import xarray as xr
 
 from workbench.data import make_synthetic
 from workbench.probes import ProbeRecorder, gradient_conflict
-from workbench.tasks import MultiTaskModel, mlp_encoder
+from workbench.models import mlp_encoder
+from workbench.tasks import MultiTaskModel
 from workbench.train import delta_m, single_task_baselines, train
 
 
@@ -91,7 +92,7 @@ def test_batches_are_full_cover_an_epoch_and_depend_on_the_step_alone():
 def test_named_inputs_train_and_probe():
     """Token ids with a mask go through the loop, the evaluation and a recorder's fixed batch."""
     transformers = pytest.importorskip("transformers")
-    from workbench.encoders import TransformerEncoder
+    from workbench.models import TransformerEncoder
     from workbench.tasks import MultiTaskData, regression_task
 
     torch.manual_seed(0)

@@ -8,10 +8,11 @@ import torch
 import xarray as xr
 
 from workbench.probes.validation import report_card
-from workbench.problems import load_problem
-from workbench.train.grouping_study import random_groupings, study_task_grouping
-from workbench.train.transfer import grouping_loss, measure_transfer, pairwise_gain
-from workbench.train.validity import PROBES, TRUTHS, validity_study
+from workbench.studies.problems import load_problem
+from workbench.studies.grouping import random_groupings, study_task_grouping
+from workbench.studies.transfer import grouping_loss, measure_transfer, pairwise_gain
+from workbench.probes import pairwise_probes
+from workbench.studies.validity import TRUTHS, validity_study
 
 SGD = partial(torch.optim.SGD, lr=0.02, momentum=0.9)
 
@@ -104,8 +105,8 @@ def test_random_groupings_are_partitions_with_k_groups():
 
 def test_grouping_study_payoff_is_relative_to_each_task_alone(problem):
     study = study_task_grouping(problem, 6, [0, 1], optimizer=SGD, probe_every=2, batch_size=32, max_groups=2, random_count=5, progress=False)
-    assert set(study.affinities) == {"TAG affinity", "gradient-cosine affinity"}
-    assert set(study.report_cards) == {"TAG affinity", "gradient-cosine affinity", "measured gain, other seeds"}
+    assert set(study.affinities) == {"tag_affinity", "cosine_affinity"}  # every registered affinity probe
+    assert set(study.report_cards) == {"tag_affinity", "cosine_affinity", "measured gain, other seeds"}
     np.testing.assert_allclose(study.payoff.relative_loss.sel(grouping="one per task"), 1.0)
     assert "measured losses (Standley), k=2" in study.payoff.grouping.values
     assert study.report_table().shape == (3, 6)
@@ -113,7 +114,10 @@ def test_grouping_study_payoff_is_relative_to_each_task_alone(problem):
 
 def test_validity_study_scores_every_probe_against_both_truths():
     study = validity_study(count=1, steps=10, every=5, n_samples=200, progress=False)
-    assert dict(study.spearman.sizes) == {"configuration": 1, "optimizer": 2, "probe": len(PROBES), "truth": len(TRUTHS)}
+    readings = [label for label in study.probe.values]
+    assert [label for label in readings if "," not in label] == pairwise_probes()  # every pairwise probe, with its readings
+    assert {"gradient_conflict, early", "gradient_conflict, last layer", "tag_affinity, late"} <= set(readings)
+    assert dict(study.spearman.sizes) == {"configuration": 1, "optimizer": 2, "probe": len(readings), "truth": len(TRUTHS)}
     finite = study.spearman.values[np.isfinite(study.spearman.values)]
     assert finite.size > 0 and (np.abs(finite) <= 1).all()
     assert "n_tasks" in study.coords

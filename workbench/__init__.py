@@ -1,8 +1,8 @@
 """The MTL workbench: how tasks interact, how to train them together, how to merge their models."""
 
-__version__ = "0.1.0"
+from workbench.version import __version__
 
-__all__ = ["load_sweep"]
+__all__ = ["__version__", "load_sweep"]
 
 
 def __getattr__(name: str):

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-import workbench
 from workbench.files import atomic_write
+from workbench.version import __version__
 
 __all__ = ["save", "load"]
 
@@ -48,7 +48,7 @@ def save(ds: xr.Dataset | xr.DataArray, path: str | os.PathLike) -> Path:
     if isinstance(ds, xr.DataArray):
         ds = ds.to_dataset(name=ds.name or "value")
     ds = ds.copy()
-    ds.attrs = _encode_attrs({**ds.attrs, "workbench_version": workbench.__version__})
+    ds.attrs = _encode_attrs({**ds.attrs, "workbench_version": __version__})
     for var in ds.variables.values():
         var.attrs = _encode_attrs(var.attrs)
     with atomic_write(path) as temporary:

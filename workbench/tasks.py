@@ -36,7 +36,6 @@ __all__ = [
     "MultiTaskModel",
     "MultiTaskData",
     "MultiTaskSplits",
-    "mlp_encoder",
     "regression_task",
     "classification_task",
 ]
@@ -138,18 +137,6 @@ def classification_task(name: str, n_classes: int = 2) -> Task:
     if n_classes == 2:
         return Task(name, "classification", _binary_logit_loss, _accuracy, "accuracy", True, 1)
     return Task(name, "classification", _cross_entropy, _accuracy, "accuracy", True, n_classes)
-
-
-def mlp_encoder(in_features: int, hidden: Sequence[int] = (64, 64), activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
-    """A ready MLP encoder ``(B, in_features) -> (B, hidden[-1])``: Linear and activation per width."""
-    if not hidden:
-        raise ValueError("an MLP encoder needs at least one hidden width")
-    layers: list[nn.Module] = []
-    width = in_features
-    for out in hidden:
-        layers += [nn.Linear(width, out), activation()]
-        width = out
-    return nn.Sequential(*layers)
 
 
 def _linear_head(representation_shape: Sequence[int], out_features: int) -> nn.Module:

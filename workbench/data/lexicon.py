@@ -160,7 +160,7 @@ def make_lexicon(
         raise ValueError(f"fractions must be positive and leave training words, got validation {validation_fraction}, test {test_fraction}")
     parts = {"test": order[:n_test], "validation": order[n_test : n_test + n_validation], "train": order[n_test + n_validation :]}
 
-    from workbench.encoders import minilm_tokenizer, minilm_version
+    from workbench.models import minilm_tokenizer, minilm_version
 
     tokens = minilm_tokenizer()(words, padding=True, return_tensors="pt", return_token_type_ids=False)
     scaling = {t: [float(raw[t][parts["train"]].mean()), float(raw[t][parts["train"]].std())] for t in names}

@@ -1,34 +1,32 @@
-"""Model merging: the generalised task-arithmetic merge and its presets, TALL masks, Fisher merging, RegMean and
-AdaMerging, fine-tuned checkpoints to merge and the merged models that serve every task.
+"""Model merging: one call for every merge, ``merge(base, models, data=None) -> Merged``, from the registry.
 
-Checkpoint IO lives in :mod:`workbench.state_dicts` and task-vector streaming and trimming in
-:mod:`workbench.task_vectors` (shared with the task-vector probes); the names users need are
-re-exported here.
+``make_merge(name, **options)`` builds any of :data:`MERGES` (weight averaging, task arithmetic, TIES,
+DARE, DARE-TIES, TALL, Consensus, Fisher, RegMean, AdaMerging); each declares the data it reads.
+The generalised task-arithmetic core, :func:`merge_task_vectors`, streams checkpoint files tensor by
+tensor and can write its result as it goes. Weights IO and task vectors live in
+:mod:`workbench.weights`.
 """
 
-from workbench.merge.arithmetic import PRESETS, MergeOptions, merge, merge_tensor, preset
+from workbench.merge.arithmetic import MergeOptions, merge_task_vectors, merge_tensor
+from workbench.merge.method import DATA_NEEDS, Merge, MergeData, Merged
+from workbench.merge.registry import MERGES, applies_to, make_merge, merge, merge_table
 from workbench.merge.tall import choose_tall_lambdas, consensus_merge, retrieve, tall_masks
-from workbench.state_dicts import Checkpoint, TensorPlan, open_checkpoint, open_checkpoints, plan, write_safetensors
-from workbench.task_vectors import TaskMasks, magnitude_thresholds, task_vectors, trim
 
 __all__ = [
-    "Checkpoint",
+    "DATA_NEEDS",
+    "MERGES",
+    "Merge",
+    "MergeData",
     "MergeOptions",
-    "PRESETS",
-    "TaskMasks",
-    "TensorPlan",
+    "Merged",
+    "applies_to",
     "choose_tall_lambdas",
     "consensus_merge",
-    "magnitude_thresholds",
+    "make_merge",
     "merge",
+    "merge_table",
+    "merge_task_vectors",
     "merge_tensor",
-    "open_checkpoint",
-    "open_checkpoints",
-    "plan",
-    "preset",
     "retrieve",
     "tall_masks",
-    "task_vectors",
-    "trim",
-    "write_safetensors",
 ]

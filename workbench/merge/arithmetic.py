@@ -1,4 +1,5 @@
-"""One generalised task-arithmetic merge; weight averaging, task arithmetic, TIES, DARE and DARE-TIES are presets of it.
+"""One generalised task-arithmetic merge; weight averaging, task arithmetic, TIES, DARE and DARE-TIES are presets of it
+(:mod:`workbench.merge.presets`).
 
 For T fine-tuned checkpoints θ_t of a base θ_0, with task vectors τ_t = θ_t − θ_0, tensor by tensor:
 
@@ -24,10 +25,10 @@ For T fine-tuned checkpoints θ_t of a base θ_0, with task vectors τ_t = θ_t 
 Without a base, θ_0 = 0, so that weight averaging (``combine="mean"``) merges the models themselves.
 
 Memory: a merge holds the merged tensor being made and T chunks of 2^16 entries of the inputs
-(:func:`~workbench.task_vectors.task_vector_chunks`); safetensors inputs are read with positioned reads,
+(:func:`~workbench.weights.task_vectors.task_vector_chunks`); safetensors inputs are read with positioned reads,
 so the files are never mapped whole. Trimming finds its thresholds first (one more pass over each
 tensor, or over the model for ``trim="model"``, holding about 3% of the entries it looks at; see
-:func:`~workbench.task_vectors.magnitude_thresholds`), and L1 rescaling one more pass per tensor.
+:func:`~workbench.weights.task_vectors.magnitude_thresholds`), and L1 rescaling one more pass per tensor.
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from workbench.state_dicts import Checkpoint, MemoryCheckpoint, Source, equal_buffer, open_checkpoint, open_checkpoints, plan, write_safetensors
-from workbench.task_vectors import magnitude_thresholds, task_vector_chunks, work_dtype
+from workbench.weights.state_dicts import Weights, MemoryWeights, Source, equal_buffer, open_weights, open_task_weights, plan, write_safetensors
+from workbench.weights.task_vectors import magnitude_thresholds, task_vector_chunks, work_dtype
 from workbench.progress import progress as progress_bar
 
-__all__ = ["MergeOptions", "PRESETS", "preset", "merge", "merge_tensor"]
+__all__ = ["MergeOptions", "merge_task_vectors", "merge_tensor"]
 
 
 @dataclass(frozen=True)
@@ -95,27 +96,6 @@ class MergeOptions:
         return weights
 
 
-PRESETS: dict[str, MergeOptions] = {
-    # θ = mean_t θ_t
-    "average": MergeOptions(combine="mean"),
-    # θ = θ_0 + λ Σ_t τ_t, λ = 0.3 as in FusionBench / AdaMerging
-    "task_arithmetic": MergeOptions(lam=0.3),
-    # the TIES paper: top 20% over the whole model, elected sign, disjoint mean, λ = 1
-    "ties": MergeOptions(density=0.2, trim="model", elect_sign=True, combine="mean"),
-    # DARE (drop half, rescale by 2) then task arithmetic with λ = 0.3
-    "dare": MergeOptions(drop=0.5, lam=0.3),
-    # DARE then sign election and the disjoint sum with λ = 0.3 (FusionBench's TIES setting)
-    "dare_ties": MergeOptions(drop=0.5, elect_sign=True, lam=0.3),
-}
-
-
-def preset(name: str, **changes) -> MergeOptions:
-    """The options of preset ``name`` (one of :data:`PRESETS`) with ``changes`` applied, e.g. ``preset("ties", trim="tensor")``."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown merge preset {name!r}; the presets are {sorted(PRESETS)}")
-    return dataclasses.replace(PRESETS[name], **changes)
-
-
 def _dare_generators(seed: int, name: str, n_tasks: int) -> list[np.random.PCG64]:
     """One bit generator per task for the DARE masks of tensor ``name``."""
     key = zlib.crc32(name.encode())
@@ -136,7 +116,7 @@ def _effective_drop(drop: float) -> float:
     return round(drop * 65536) / 65536
 
 
-def _l1_scales(base: Checkpoint | None, tasks: Sequence[Checkpoint], name: str, options: MergeOptions) -> Tensor:
+def _l1_scales(base: Weights | None, tasks: Sequence[Weights], name: str, options: MergeOptions) -> Tensor:
     """Per task, ‖τ_t‖₁ / ‖DARE-dropped τ_t‖₁ over tensor ``name`` (1 where either is below 1e-7): shape (T, 1)."""
     generators = _dare_generators(options.seed, name, len(tasks))
     before = torch.zeros(len(tasks), dtype=torch.float64)
@@ -172,8 +152,8 @@ def _combine(tau: Tensor, weights: Tensor, options: MergeOptions, thresholds: Te
 
 
 def _merge_key(
-    base: Checkpoint | None,
-    tasks: Sequence[Checkpoint],
+    base: Weights | None,
+    tasks: Sequence[Weights],
     name: str,
     options: MergeOptions,
     weights: Tensor,
@@ -208,7 +188,7 @@ def _merge_key(
     return result.reshape(shape)
 
 
-def _non_finite(name: str, checkpoints: Sequence[Checkpoint], start: int, stop: int) -> ValueError:
+def _non_finite(name: str, checkpoints: Sequence[Weights], start: int, stop: int) -> ValueError:
     """The error for a merged chunk with NaN or infinite entries, naming the checkpoints whose inputs there are not finite."""
     culprits = [c.name for c in checkpoints if c.spec(name)[1].is_floating_point and not bool(torch.isfinite(c.read(name, start, stop)).all())]
     where = f"{culprits} hold NaN or infinite entries there" if culprits else "every input is finite there, so the merge overflowed"
@@ -226,38 +206,37 @@ def merge_tensor(
     """Merge one tensor: ``base`` and each of ``tasks`` have the same shape; returns that shape in float32 (float64 stays).
 
     ``weights``: w_t, shape (T,) (default: ones). ``thresholds``: shape (T,), each task's model-wide
-    magnitude threshold (from :func:`~workbench.task_vectors.magnitude_thresholds`), needed when
+    magnitude threshold (from :func:`~workbench.weights.task_vectors.magnitude_thresholds`), needed when
     ``options.trim == "model"`` and ``options.density < 1``. ``name`` seeds the DARE masks, which are
     those a merge of checkpoints draws for the tensor of that name.
     """
-    task_checkpoints = [MemoryCheckpoint(f"task {t}", {name: tensor}) for t, tensor in enumerate(tasks)]
-    base_checkpoint = MemoryCheckpoint("base", {name: base}) if base is not None else None
+    task_checkpoints = [MemoryWeights(f"task {t}", {name: tensor}) for t, tensor in enumerate(tasks)]
+    base_checkpoint = MemoryWeights("base", {name: base}) if base is not None else None
     weights = weights if weights is not None else torch.ones(len(tasks), dtype=torch.float64)
     return _merge_key(base_checkpoint, task_checkpoints, name, options, weights, thresholds)
 
 
-def merge(
-    models: Sequence[Source] | Mapping[str, Source],
-    base: Source | None = None,
-    options: MergeOptions | str = "task_arithmetic",
+def merge_task_vectors(
+    base: Source | Weights | None,
+    models: Sequence[Source | Weights] | Mapping[str, Source | Weights],
+    options: MergeOptions,
     *,
     strict: bool = True,
     out: str | os.PathLike | None = None,
     out_dtype: torch.dtype | None = None,
     progress: bool = True,
 ) -> dict[str, Tensor] | Path:
-    """Merge fine-tuned ``models`` of ``base`` with ``options`` (a :class:`MergeOptions` or a preset's name).
+    """Merge fine-tuned ``models`` of ``base`` (``None``: θ_0 = 0) with ``options``, streamed tensor by tensor.
 
     Checkpoints are read and merged one tensor at a time (the rules for keys, shapes, dtypes and
-    non-floating tensors are in :mod:`workbench.state_dicts`). Merged tensors are written in their
+    non-floating tensors are in :mod:`workbench.weights.state_dicts`). Merged tensors are written in their
     input dtype, or ``out_dtype``. Returns the merged state dict, or, with ``out``, writes it to that
     safetensors file as it is made (atomically) and returns the path.
     """
-    options = preset(options) if isinstance(options, str) else options
     if base is None and (options.density < 1 or options.drop > 0 or options.elect_sign):
         raise ValueError("trimming, dropping and sign election act on task vectors, which need a base model")
-    names, checkpoints = open_checkpoints(models)
-    base_checkpoint = open_checkpoint(base, "base") if base is not None else None
+    names, checkpoints = open_task_weights(models)
+    base_checkpoint = open_weights(base, "base") if base is not None else None
     plans = plan(checkpoints, base_checkpoint, strict)
     merged_names = [p.name for p in plans if p.action == "merge"]
     thresholds = None

@@ -14,8 +14,8 @@ changes. :func:`tag_affinity_loop` is the reference algorithm as TAG's code runs
 and the optimizer, step, evaluate, restore, once per task): slower, but it takes any optimizer.
 ``cosine_affinity`` is the cheap alternative: the cosine of the per-task gradients.
 
-Both return directed ``(source, target)`` Datasets; :func:`mean_affinity` averages a recorded history
-over training.
+Both return directed ``(source, target)`` Datasets; :func:`~workbench.probes.task_matrix` averages a
+recorded history over training.
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ from torch import Tensor
 from workbench.gradients import Strategy, TaskJacobian, model_task_jacobian
 from workbench.probes.conflict import gramian_statistics
 from workbench.probes.lookahead import learning_rate, lookahead_parameters
+from workbench.probes.untouched import leaves_model_untouched
 from workbench.tasks import Inputs
 
-__all__ = ["tag_affinity", "tag_affinity_loop", "cosine_affinity", "mean_affinity"]
+__all__ = ["tag_affinity", "tag_affinity_loop", "cosine_affinity"]
 
 
 def _check_tasks(model) -> list[str]:
@@ -60,6 +61,7 @@ def _losses_at(model, parameter_sets: dict[str, Tensor], x: Inputs, targets: Map
             return torch.stack([losses({k: v[s] for k, v in parameter_sets.items()}) for s in range(count)])
 
 
+@leaves_model_untouched
 def tag_affinity(
     model,
     batch: tuple[Inputs, Mapping[str, Tensor]],
@@ -90,6 +92,7 @@ def tag_affinity(
     return ds
 
 
+@leaves_model_untouched
 def tag_affinity_loop(model, batch: tuple[Inputs, Mapping[str, Tensor]], optimizer: torch.optim.Optimizer, *, divide_by_lr: bool = False) -> xr.Dataset:
     """TAG's lookahead affinity by the reference algorithm: for each source task, save the model and the
     optimizer, step the shared parameters with that task's gradient, evaluate every task, restore.
@@ -152,6 +155,7 @@ def _affinity_dataset(names: list[str], before: Tensor, after: Tensor, optimizer
     return ds
 
 
+@leaves_model_untouched
 def cosine_affinity(
     model, batch: tuple[Inputs, Mapping[str, Tensor]], *, jacobian: TaskJacobian | None = None, strategy: Strategy = "auto"
 ) -> xr.Dataset:
@@ -164,11 +168,3 @@ def cosine_affinity(
     ds = xr.Dataset({"affinity": (("source", "target"), cosine)}, coords={"source": names, "target": names})
     ds.attrs.update(probe="cosine_affinity", strategy=jacobian.strategy)
     return ds
-
-
-def mean_affinity(history: xr.Dataset, start: int | None = None, stop: int | None = None) -> xr.DataArray:
-    """A recorded affinity averaged over the steps in ``[start, stop)`` (all by default), NaN skipped: ``(source, target)``."""
-    chosen = history["affinity"].sel(step=slice(start, None if stop is None else stop - 1))
-    if chosen.sizes["step"] == 0:
-        raise ValueError(f"no recorded step in [{start}, {stop}); recorded: {history.step.values.tolist()}")
-    return chosen.mean("step").rename("mean_affinity")

@@ -17,6 +17,7 @@ import xarray as xr
 from torch import Tensor
 
 from workbench.gradients import Grouping, Strategy, TaskJacobian, model_task_jacobian
+from workbench.probes.untouched import leaves_model_untouched
 
 __all__ = [
     "gramian_statistics",
@@ -65,6 +66,7 @@ def _statistics_dataset(gramians: Mapping[str, Tensor], tasks: list[str], thresh
     )
 
 
+@leaves_model_untouched
 def gradient_conflict(
     model,
     batch: tuple[Tensor, Mapping[str, Tensor]],

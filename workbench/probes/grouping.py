@@ -89,7 +89,7 @@ def affinity_scores(affinity: xr.DataArray) -> Candidates:
 
 
 def measured_scores(transfer: xr.Dataset) -> Candidates:
-    """Standley's scores from :func:`~workbench.train.transfer.measure_transfer`: minus each member's validation loss."""
+    """Standley's scores from :func:`~workbench.studies.transfer.measure_transfer`: minus each member's validation loss."""
     tasks = [str(t) for t in transfer.task.values]
     loss = transfer.loss.sel(split="validation").mean("seed")
     groups = [tuple(t for t in tasks if bool(transfer.members.sel(subset=label, task=t))) for label in transfer.subset.values]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -11,15 +11,20 @@ import xarray as xr
 from torch import Tensor
 
 from workbench.gradients import TaskJacobian
+from workbench.probes.registry import PROBES, Probe, make_probe
 from workbench.tasks import Inputs, to_device
 
-__all__ = ["ProbeRecorder"]
+__all__ = ["ProbeRecorder", "recorders_for"]
 
-Probe = Callable[..., xr.Dataset]
+ProbeFunction = Callable[..., xr.Dataset]
 
 
 class ProbeRecorder:
     """Calls ``probe(model, batch, **options)`` at step 0 and every ``every`` steps.
+
+    ``probe`` is a registered probe's name (``options`` are then its options, checked by
+    :func:`~workbench.probes.make_probe`), a :class:`~workbench.probes.Probe`, or any function of
+    that shape.
 
     The training loop calls :meth:`maybe_record` with the batch it is training on; the probe
     measures on that batch, or on the fixed ``batch`` ``(x, {task: targets})`` when one is given (a
@@ -33,7 +38,7 @@ class ProbeRecorder:
 
     def __init__(
         self,
-        probe: Probe,
+        probe: str | Probe | ProbeFunction,
         every: int = 10,
         name: str | None = None,
         batch: tuple[Inputs, Mapping[str, Tensor]] | None = None,
@@ -41,14 +46,16 @@ class ProbeRecorder:
     ) -> None:
         if every < 1:
             raise ValueError(f"every must be a positive number of steps, got {every}")
+        if isinstance(probe, str):
+            probe, options = make_probe(probe, **options), {}
         self.probe = probe
         self.every = every
-        self.name = name or probe.__name__
+        self.name = name or (probe.name if isinstance(probe, Probe) else probe.__name__)
         self.batch = batch
         self.options = options
-        accepted = inspect.signature(probe).parameters
-        self.reuses_jacobian = "jacobian" in accepted
-        self.needs_optimizer = "optimizer" in accepted
+        takes = probe.takes if isinstance(probe, Probe) else inspect.signature(probe).parameters.__contains__
+        self.reuses_jacobian = takes("jacobian")
+        self.needs_optimizer = takes("optimizer")
         self._records: list[xr.Dataset] = []
 
     def maybe_record(
@@ -101,3 +108,8 @@ class ProbeRecorder:
 
     def load_state_dict(self, records: list[dict]) -> None:
         self._records = [xr.Dataset.from_dict(record) for record in records]
+
+
+def recorders_for(names: Sequence[str], every: int, held_out: tuple[Inputs, Mapping[str, Tensor]]) -> list[ProbeRecorder]:
+    """One recorder per registered probe of ``names``, each on the batch its entry names: the training batch, or ``held_out``."""
+    return [ProbeRecorder(name, every=every, batch=None if PROBES.entry(name).traits["batch"] == "training" else held_out) for name in names]

@@ -34,6 +34,7 @@ import xarray as xr
 from torch import Tensor
 
 from workbench.gradients import representation_pass
+from workbench.probes.untouched import leaves_model_untouched
 from workbench.tasks import Inputs
 
 __all__ = [
@@ -91,6 +92,7 @@ def saliency_tensor(model, x: Inputs, targets: Mapping[str, Tensor]) -> tuple[Te
     return saliency, passed.losses, representation_dims(model, passed.z)
 
 
+@leaves_model_untouched
 def task_saliency(model, batch: tuple[Inputs, Mapping[str, Tensor]]) -> xr.Dataset:
     """:func:`saliency_tensor` as a Dataset: ``saliency`` ``(task, sample, *dims)`` and ``loss`` ``(task)``."""
     saliency, losses, dims = saliency_tensor(model, *batch)
@@ -210,8 +212,9 @@ def _embedding_layer(model):
     return transformer.get_input_embeddings()
 
 
-def input_attribution(model, batch: tuple[Inputs, Mapping[str, Tensor]]) -> xr.DataArray:
-    """Gradient × input of every task's per-sample loss: ``(task, sample, *input dims)``.
+@leaves_model_untouched
+def input_attribution(model, batch: tuple[Inputs, Mapping[str, Tensor]]) -> xr.Dataset:
+    """Gradient × input of every task's per-sample loss: ``attribution`` ``(task, sample, *input dims)``.
 
     A tensor input (a digit canvas ``(B, 1, H, W)``) is attributed pixel by pixel. Named inputs
     are attributed at their floating tensor (MiniLM's cached ``frozen_hidden``: each token's hidden
@@ -260,4 +263,6 @@ def input_attribution(model, batch: tuple[Inputs, Mapping[str, Tensor]]) -> xr.D
     if not np.isfinite(values).all():
         bad = [names[t] for t in range(len(names)) if not np.isfinite(values[t]).all()]
         raise FloatingPointError(f"tasks {bad} have non-finite input attribution")
-    return xr.DataArray(values, dims=("task", "sample", *dims), coords={"task": names}, name="attribution")
+    ds = xr.Dataset({"attribution": (("task", "sample", *dims), values)}, coords={"task": names})
+    ds.attrs.update(probe="input_attribution")
+    return ds

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workbench.state_dicts import Source, open_checkpoint, open_checkpoints, plan
-from workbench.task_vectors import TaskMasks, task_vectors, trim
+from workbench.weights.state_dicts import Source, open_weights, open_task_weights, plan
+from workbench.weights.task_vectors import TaskMasks, task_vectors, trim
 from workbench.progress import progress as progress_bar
 
 __all__ = ["task_vector_similarity", "mask_overlap"]
@@ -49,8 +49,8 @@ def task_vector_similarity(
     the coordinates where both tasks' entries are non-zero that have opposite signs (NaN where there
     are none). A zero task vector's cosines are NaN.
     """
-    names, tasks = open_checkpoints(models)
-    base_checkpoint = open_checkpoint(base, "base")
+    names, tasks = open_task_weights(models)
+    base_checkpoint = open_weights(base, "base")
     layers = [p.name for p in plan(tasks, base_checkpoint, strict) if p.action == "merge"]
     T = len(tasks)
     grams = np.zeros((len(layers), T, T))

@@ -25,7 +25,7 @@ import torch
 import xarray as xr
 from torch import nn
 
-from workbench.checkpoints import load_tree, save_tree
+from workbench.weights.trees import load_tree, save_tree
 from workbench.probes.recorder import ProbeRecorder
 from workbench.progress import progress as progress_bar
 from workbench.tasks import MultiTaskData, MultiTaskModel, Task, to_device

@@ -1,4 +1,4 @@
-"""Plotly figures of a method comparison (:func:`workbench.train.compare.compare_methods`)."""
+"""Plotly figures of a method comparison (:func:`workbench.studies.methods.compare_methods`)."""
 
 from __future__ import annotations
 

@@ -14,12 +14,14 @@ __all__ = ["attribution_grid", "share_maps", "token_attribution", "saliency_over
 _DIVERGING = "RdBu"
 
 
-def attribution_grid(attribution: xr.DataArray, images: np.ndarray, examples: Sequence[int]) -> go.Figure:
+def attribution_grid(result: xr.Dataset, images: np.ndarray, examples: Sequence[int]) -> go.Figure:
     """The examples' images (top row) and each task's gradient × input on them (a row per task).
 
-    ``attribution`` is ``(task, sample, input_channel, row, column)``, ``images`` ``(N, 1, H, W)``;
-    blue raises the task's loss where the pixel is brighter, red lowers it; one colour scale per row.
+    ``result`` is :func:`~workbench.probes.input_attribution`'s, its ``attribution``
+    ``(task, sample, input_channel, row, column)``; ``images`` ``(N, 1, H, W)``. Blue raises the task's
+    loss where the pixel is brighter, red lowers it; one colour scale per row.
     """
+    attribution = result.attribution
     tasks = [str(t) for t in attribution.task.values]
     fig = make_subplots(rows=len(tasks) + 1, cols=len(examples), row_titles=["input", *tasks], horizontal_spacing=0.01, vertical_spacing=0.02)
     for col, sample in enumerate(examples, start=1):
@@ -48,11 +50,13 @@ def share_maps(share: xr.DataArray) -> go.Figure:
     return fig
 
 
-def token_attribution(attribution: xr.DataArray, tokens: Sequence[Sequence[str]], words: Sequence[str]) -> go.Figure:
+def token_attribution(result: xr.Dataset, tokens: Sequence[Sequence[str]], words: Sequence[str]) -> go.Figure:
     """Word-piece attribution per task: a heatmap per task, a row per word, its tokens as the cell text.
 
-    ``attribution`` is ``(task, sample, token)``; ``tokens[s]`` are the word pieces of sample ``s``.
+    ``result`` is :func:`~workbench.probes.input_attribution`'s, its ``attribution`` ``(task, sample,
+    token)``; ``tokens[s]`` are the word pieces of sample ``s``.
     """
+    attribution = result.attribution
     tasks = [str(t) for t in attribution.task.values]
     width = attribution.sizes["token"]
     text = [list(pieces) + [""] * (width - len(pieces)) for pieces in tokens]

@@ -3,7 +3,7 @@
 The numbers are those the method papers report on NYUv2 with SegNet-MTAN (mean of 3 seeds; Δm%,
 lower is better) and a third-party timing of one CelebA epoch relative to equal weighting; the
 claims are the orderings those numbers state. :func:`check_claims` measures each claim on a
-comparison from :func:`~workbench.train.compare.compare_methods`, paired by seed, and says whether it
+comparison from :func:`~workbench.studies.methods.compare_methods`, paired by seed, and says whether it
 holds, clearly (the mean difference beyond two standard errors) or within the noise.
 """
 
@@ -67,4 +67,4 @@ def check_claims(comparison: xr.Dataset, split: str = "test", unit: str = "ew"):
     if len(present) >= 3:
         rho = spearmanr([PUBLISHED_DELTA_M[m] for m in present], delta.sel({"method": present}).mean("seed").values).statistic
         rows.append({"claim": f"the published ordering of {', '.join(present)}", "measured": f"Spearman ρ = {rho:+.2f}", "mean difference": np.nan, "verdict": "agrees" if rho > 0.5 else "does not agree"})
-    return pd.DataFrame(rows).set_index("claim")
+    return pd.DataFrame(rows, columns=["claim", "measured", "mean difference", "verdict"]).set_index("claim")

@@ -1,9 +1,9 @@
-"""Checkpoints to merge: one pretrained model and one fine-tuned copy of it per task, cached by recipe.
+"""Fine-tuned sets to merge: one pretrained model and one fine-tuned copy of it per task, cached by recipe.
 
 A :class:`Recipe` says how they are made: the dataset and its tasks, how many multi-task steps
 pretrain the model from scratch (the MultiDigits CNN; ``0`` keeps the weights as loaded, MiniLM's)
 and how many steps then fine-tune a copy on each task alone, with its optimizer settings and seed.
-:func:`fine_tuned_checkpoints` builds them once and caches them under
+:func:`fine_tuned_checkpoints` builds them once (a :class:`FineTunedSet`) and caches them under
 ``data/checkpoints/DATASET-KEY/``, ``KEY`` a hash of the recipe and the workbench's version: a
 changed recipe gets a folder of its own, so a stale checkpoint is never reused. The folder counts as
 complete only once its ``manifest.json`` is written, last; a build killed midway is started again.
@@ -25,12 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from workbench.files import atomic_write
+from workbench.studies.problems import load_problem
+from workbench.train.loop import train
+from workbench.version import __version__
+from workbench.weights.state_dicts import open_weights, write_state_dict
 
-__all__ = ["Recipe", "CheckpointSet", "fine_tuned_checkpoints", "trainable_state"]
+__all__ = ["Recipe", "FineTunedSet", "fine_tuned_checkpoints", "trainable_state"]
 
 MANIFEST = "manifest.json"
 
@@ -50,14 +53,12 @@ class Recipe:
 
     def key(self) -> str:
         """12 hex digits from the recipe and the workbench's version."""
-        from workbench import __version__
-
         text = json.dumps({**asdict(self), "tasks": list(self.tasks), "workbench": __version__}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
-class CheckpointSet:
+class FineTunedSet:
     """The files of one recipe: ``base`` and ``tasks[name]`` (safetensors paths) in ``folder``."""
 
     folder: Path
@@ -67,7 +68,8 @@ class CheckpointSet:
 
     def load(self, name: str = "base") -> dict[str, Tensor]:
         """The tensors of ``"base"`` or of a task's checkpoint."""
-        return load_file(self.base if name == "base" else self.tasks[name])
+        weights = open_weights(self.base if name == "base" else self.tasks[name])
+        return {key: weights[key] for key in weights.keys()}
 
 
 def trainable_state(model, prefixes: tuple[str, ...] = ("encoder.", "heads.")) -> dict[str, Tensor]:
@@ -76,19 +78,15 @@ def trainable_state(model, prefixes: tuple[str, ...] = ("encoder.", "heads.")) -
 
 
 def _save(tensors: dict[str, Tensor], path: Path, recipe: Recipe) -> None:
-    with atomic_write(path, suffix=".safetensors") as temporary:
-        save_file(tensors, str(temporary), metadata={"recipe": json.dumps(asdict(recipe), sort_keys=True, default=list)})
+    write_state_dict(path, tensors, {"recipe": json.dumps(asdict(recipe), sort_keys=True, default=list)})
 
 
-def fine_tuned_checkpoints(recipe: Recipe, cache: str | Path = "data/checkpoints", progress: bool = True) -> CheckpointSet:
+def fine_tuned_checkpoints(recipe: Recipe, cache: str | Path = "data/checkpoints", progress: bool = True) -> FineTunedSet:
     """The pretrained and fine-tuned checkpoints of ``recipe``, built unless the cache holds them."""
     folder = Path(cache) / f"{recipe.dataset}-{recipe.key()}"
-    files = CheckpointSet(folder, recipe, folder / "base.safetensors", {t: folder / f"{t}.safetensors" for t in recipe.tasks})
+    files = FineTunedSet(folder, recipe, folder / "base.safetensors", {t: folder / f"{t}.safetensors" for t in recipe.tasks})
     if (folder / MANIFEST).exists():
         return files
-    from workbench.problems import load_problem
-    from workbench.train.loop import train
-
     folder.mkdir(parents=True, exist_ok=True)
     problem = load_problem(recipe.dataset, seed=recipe.seed, tasks=list(recipe.tasks), **recipe.options)
     splits = problem.splits

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from workbench.state_dicts import Checkpoint, MemoryCheckpoint, TensorPlan, write_safetensors
+from workbench.weights.state_dicts import MemoryWeights, Weights, write_state_dict
 
 __all__ = ["CHUNK", "work_dtype", "task_vectors", "task_vector_chunks", "magnitude_thresholds", "trim", "TaskMasks"]
 
@@ -49,14 +49,14 @@ def task_vectors(base: Tensor | None, tasks: Sequence[Tensor]) -> Tensor:
     return stacked - base.to(dtype) if base is not None else stacked
 
 
-def _read_work(checkpoint: Checkpoint, key: str, start: int, stop: int, buffer: Tensor) -> Tensor:
+def _read_work(checkpoint: Weights, key: str, start: int, stop: int, buffer: Tensor) -> Tensor:
     """Entries start..stop-1 of tensor ``key`` in ``buffer``'s dtype: a view of an in-memory tensor when the dtypes agree, else ``buffer`` filled."""
-    part = checkpoint.read(key, start, stop, out=None if isinstance(checkpoint, MemoryCheckpoint) else buffer)
+    part = checkpoint.read(key, start, stop, out=None if checkpoint.in_memory else buffer)
     return part if part.dtype == buffer.dtype else buffer.copy_(part)
 
 
 def task_vector_chunks(
-    base: Checkpoint | None, tasks: Sequence[Checkpoint], key: str, chunk: int | None = None
+    base: Weights | None, tasks: Sequence[Weights], key: str, chunk: int | None = None
 ) -> Iterator[tuple[int, int, Tensor | None, Tensor]]:
     """(start, stop, θ_0 part of shape (c,) or None, τ part of shape (T, c)) over the flattened tensor ``key``, c ≤ ``chunk`` (default :data:`CHUNK`).
 
@@ -87,7 +87,7 @@ def _kth_largest(values: Tensor, k: int) -> Tensor:
 
 
 def magnitude_thresholds(
-    base: Checkpoint | None, tasks: Sequence[Checkpoint], keys: Sequence[str], density: float, sample: int = SAMPLE, seed: int = 0
+    base: Weights | None, tasks: Sequence[Weights], keys: Sequence[str], density: float, sample: int = SAMPLE, seed: int = 0
 ) -> Tensor:
     """Each task's k-th largest |τ_t| over the tensors ``keys`` (P entries in all, k = max(1, ⌊density · P⌋)): shape (T,).
 
@@ -163,7 +163,7 @@ def _exact_thresholds(base, tasks, keys, k: int, which: Sequence[int]) -> Tensor
 def trim(tau: Tensor, density: float) -> Tensor:
     """Each row τ_t of ``tau`` (shape (T, ...)) keeping the entries whose magnitude reaches its k-th largest, k = max(1, ⌊density · n⌋)."""
     flat = tau.reshape(len(tau), -1)
-    rows = [MemoryCheckpoint(f"task {t}", {"tau": row}) for t, row in enumerate(flat)]
+    rows = [MemoryWeights(f"task {t}", {"tau": row}) for t, row in enumerate(flat)]
     thresholds = magnitude_thresholds(None, rows, ["tau"], density)
     return (flat * (flat.abs() >= thresholds.to(flat.dtype).view(-1, 1))).reshape(tau.shape)
 
@@ -199,10 +199,8 @@ class TaskMasks:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the packed masks to a safetensors file (atomically)."""
-        names = list(self.packed)
-        plans = [TensorPlan(name, tuple(self.packed[name].shape), torch.uint8, "merge") for name in names]
         metadata = {"tasks": json.dumps(self.tasks), "shapes": json.dumps({n: list(s) for n, s in self.shapes.items()})}
-        return write_safetensors(path, plans, (self.packed[name] for name in names), metadata)
+        return write_state_dict(path, self.packed, metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TaskMasks:

@@ -1,9 +1,5 @@
-"""Encoders that fit the model contract: a small CNN and any transformers encoder (MiniLM first).
+"""Any transformers encoder (MiniLM first) under the model contract.
 
-Each maps a batch to the shared representation ``Z`` that a :class:`~workbench.tasks.MultiTaskModel`
-hands to its heads:
-
-- :func:`conv_encoder`: images ``(B, C_in, H, W)`` to a spatial ``Z`` of shape ``(B, C, H', W')``;
 - :class:`TransformerEncoder`: token ids ``(B, L)`` (a tensor, or ``{"input_ids", "attention_mask"}``)
   to a pooled ``Z`` of shape ``(B, hidden)``, mean over the attention mask or the first token;
   ``trainable_layers=k`` trains only the top ``k`` transformer blocks (frozen parameters are not
@@ -17,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import importlib.util
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -28,8 +24,6 @@ from workbench.extras import require
 from workbench.tasks import Inputs
 
 __all__ = [
-    "conv_encoder",
-    "representation_shape",
     "TransformerEncoder",
     "minilm_path",
     "minilm_encoder",
@@ -41,34 +35,11 @@ FROZEN_KEY = "frozen_hidden"
 """The input key of cached frozen-block outputs (see :meth:`TransformerEncoder.cache_frozen`)."""
 
 
-def _rows(x: Mapping[str, Tensor], index: slice) -> dict[str, Tensor]:
-    return {name: tensor[index] for name, tensor in x.items()}
 TEXT_EXTRA = "text"
 
 
-def conv_encoder(in_channels: int = 1, channels: Sequence[int] = (16, 32, 32), kernel_size: int = 3) -> nn.Sequential:
-    """A small CNN ``(B, in_channels, H, W) -> (B, channels[-1], H / 2^k, W / 2^k)`` with ``k = len(channels) - 1``.
-
-    Each width is a same-padded convolution and a ReLU; a 2 × 2 max-pooling follows every one but the
-    last. The representation stays spatial (channel × height × width) so that saliency can be read
-    per position; on MultiDigits' 12 × 16 canvas the default gives ``Z`` of shape ``(B, 32, 3, 4)``.
-    """
-    if not channels:
-        raise ValueError("a convolutional encoder needs at least one channel width")
-    layers: list[nn.Module] = []
-    width = in_channels
-    for i, out in enumerate(channels):
-        layers += [nn.Conv2d(width, out, kernel_size, padding=kernel_size // 2), nn.ReLU()]
-        if i < len(channels) - 1:
-            layers.append(nn.MaxPool2d(2))
-        width = out
-    return nn.Sequential(*layers)
-
-
-@torch.no_grad()
-def representation_shape(encoder: nn.Module, example: Inputs) -> tuple[int, ...]:
-    """The shape of one sample's representation (``Z.shape[1:]``), from a forward pass on ``example``."""
-    return tuple(encoder(example).shape[1:])
+def _rows(x: Mapping[str, Tensor], index: slice) -> dict[str, Tensor]:
+    return {name: tensor[index] for name, tensor in x.items()}
 
 
 class TransformerEncoder(nn.Module):

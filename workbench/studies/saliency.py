@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workbench.probes.conflict import gradient_conflict, upper_pairs
+from workbench.probes.conflict import upper_pairs
 from workbench.probes.recorder import ProbeRecorder
-from workbench.probes.saliency import input_attribution, saliency_conflict
+from workbench.probes.saliency import input_attribution
 from workbench.probes.validation import attribution_recovery, rank_correlation
 from workbench.progress import progress as progress_bar
 from workbench.train.loop import OptimizerFactory, TrainingResult, train
@@ -39,8 +39,8 @@ def saliency_during_training(
     held_out = problem.splits.validation.head(probe_size)
     batch = (held_out.x, held_out.targets)
     recorders = [
-        ProbeRecorder(saliency_conflict, every=every, name="saliency", batch=batch),
-        ProbeRecorder(gradient_conflict, every=every, name="conflict", batch=batch, by=problem.layers),
+        ProbeRecorder("saliency_conflict", every=every, name="saliency", batch=batch),
+        ProbeRecorder("gradient_conflict", every=every, name="conflict", batch=batch, by=problem.layers),
     ]
     torch.manual_seed(seed)
     model = problem.make_model(problem.splits.tasks)
@@ -82,7 +82,7 @@ def attribution_validity_study(count: int = 20, steps: int = 200, n_samples: int
     Returns ``spearman`` and ``support_recall`` over ``(configuration, task)`` (NaN past a
     configuration's tasks), with the configurations' options as coordinates.
     """
-    from workbench.problems import load_problem
+    from workbench.studies.problems import load_problem
 
     configurations = random_sparse_configurations(count, seed)
     width = max(c["n_tasks"] for c in configurations)
@@ -94,7 +94,7 @@ def attribution_validity_study(count: int = 20, steps: int = 200, n_samples: int
         torch.manual_seed(config_seed)
         run = train(problem.make_model(problem.splits.tasks), problem.splits.train, steps, optimizer=partial(torch.optim.Adam, lr=3e-3), seed=config_seed, eval_every=steps, progress=False)
         held_out = problem.splits.validation
-        recovery = attribution_recovery(input_attribution(run.model, (held_out.x, held_out.targets)), problem.truth["weights"])
+        recovery = attribution_recovery(input_attribution(run.model, (held_out.x, held_out.targets)).attribution, problem.truth["weights"])
         for name in scores:
             scores[name][c, : options["n_tasks"]] = recovery[name].values
     coords = {key: ("configuration", [str(c[key]) if isinstance(c[key], list) else c[key] for c in configurations]) for key in configurations[0] if key != "seed"}

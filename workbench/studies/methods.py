@@ -12,7 +12,6 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workbench.probes.conflict import gradient_conflict
 from workbench.probes.recorder import ProbeRecorder
 from workbench.progress import progress as progress_bar
 from workbench.train.loop import OptimizerFactory, train
@@ -57,7 +56,7 @@ def compare_methods(
 ) -> xr.Dataset:
     """Train every method (and one single-task model per task) for ``steps`` steps under each seed.
 
-    ``problem`` is a :class:`~workbench.problems.Problem`; ``methods`` a list of registered names or
+    ``problem`` is a :class:`~workbench.studies.problems.Problem`; ``methods`` a list of registered names or
     ``{label: {"name": ..., **options}}``. Each seed draws the same initialisation for every method
     and the same batches. With ``conflict_every > 0`` a gradient-conflict probe samples the training
     batch every that many steps (gradient methods lend it their Jacobian).
@@ -91,7 +90,7 @@ def compare_methods(
         method = make_method(spec.pop("name"), len(tasks), **spec)
         torch.manual_seed(seed)
         model = problem.make_model(tasks, architecture=architecture)
-        recorders = [ProbeRecorder(gradient_conflict, every=conflict_every, by=problem.layers)] if conflict_every else []
+        recorders = [ProbeRecorder("gradient_conflict", every=conflict_every, by=problem.layers)] if conflict_every else []
         run = train(model, splits.train, steps, method=method, eval_data=splits.validation, seed=seed, recorders=recorders, **options)
         results["metric"].append(_final_metrics(run.model, splits))
         results["seconds"].append(float(np.median(run.history.step_seconds.values)))

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from workbench.files import atomic_write
 
-__all__ = ["Checkpoint", "Source", "TensorPlan", "open_checkpoint", "open_checkpoints", "plan", "equal_buffer", "write_safetensors"]
+__all__ = ["Weights", "MemoryWeights", "SafetensorsWeights", "Selection", "Source", "TensorPlan", "open_weights", "open_task_weights", "plan", "equal_buffer", "write_safetensors", "write_state_dict"]
 
 Source = Union[str, os.PathLike, Mapping[str, Tensor], nn.Module]
 
@@ -49,14 +49,17 @@ _SAFETENSORS_DTYPES = {
 _DTYPE_CODES = {dtype: code for code, dtype in _SAFETENSORS_DTYPES.items()}
 
 
-class Checkpoint:
-    """Named access to one checkpoint's tensors.
+class Weights:
+    """Named access to one set of weights: a file's, a state dict's or a module's tensors.
 
     ``keys()``, ``spec(key) -> (shape, dtype)``, ``numel(key)``, ``[key]`` (the whole tensor),
     ``read(key, start, stop)`` (entries start..stop-1 of the flattened tensor, shape (stop − start,),
     in the stored dtype) and ``gather(key, index)`` (the flattened tensor's entries at ``index``, shape
-    ``index.shape``). Subclasses implement ``read`` and ``gather``.
+    ``index.shape``). Subclasses implement ``read`` and ``gather``; ``in_memory`` says whether ``read``
+    can return views instead of filling the caller's buffer.
     """
+
+    in_memory = False
 
     def __init__(self, name: str, specs: dict[str, tuple[tuple[int, ...], torch.dtype]]):
         self.name, self._specs = name, specs
@@ -82,12 +85,39 @@ class Checkpoint:
     def gather(self, key: str, index: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def select(self, keys: Iterable[str]) -> Weights:
+        """The tensors of ``keys`` that these weights hold, and no others (a task model's merged part, without its own head)."""
+        return Selection(self, keys)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {len(self._specs)} tensors)"
 
 
-class MemoryCheckpoint(Checkpoint):
-    """A checkpoint over tensors in memory (a state dict, a module's, or a memory-mapped pickle's); ``read`` returns views where it can."""
+class Selection(Weights):
+    """Some of the tensors of other weights, read from them (see :meth:`Weights.select`)."""
+
+    def __init__(self, source: Weights, keys: Iterable[str]):
+        super().__init__(source.name, {key: source.spec(key) for key in keys if key in source})
+        self._source = source
+        self.in_memory = source.in_memory
+
+    def __getitem__(self, key: str) -> Tensor:
+        self._specs[key]  # a KeyError for a tensor outside the selection
+        return self._source[key]
+
+    def read(self, key: str, start: int, stop: int, out: Tensor | None = None) -> Tensor:
+        self._specs[key]
+        return self._source.read(key, start, stop, out)
+
+    def gather(self, key: str, index: Tensor) -> Tensor:
+        self._specs[key]
+        return self._source.gather(key, index)
+
+
+class MemoryWeights(Weights):
+    """Weights over tensors in memory (a state dict, a module's, or a memory-mapped pickle's); ``read`` returns views where it can."""
+
+    in_memory = True
 
     def __init__(self, name: str, tensors: Mapping[str, Tensor]):
         for key, value in tensors.items():
@@ -107,7 +137,7 @@ class MemoryCheckpoint(Checkpoint):
         return self._tensors[key].detach().reshape(-1)[index]
 
 
-class SafetensorsCheckpoint(Checkpoint):
+class SafetensorsWeights(Weights):
     """A safetensors file read with positioned reads (``os.preadv``) into the caller's tensors; only the header is held."""
 
     def __init__(self, path: Path):
@@ -169,7 +199,7 @@ def _safetensors_header(path: Path) -> tuple[dict, int]:
             raise ValueError(f"{path} is not a safetensors file (its header is not JSON)") from error
 
 
-def _from_pickle(path: Path) -> Checkpoint:
+def _from_pickle(path: Path) -> Weights:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError:  # an old (non-zip) pickle cannot be memory-mapped
@@ -178,7 +208,7 @@ def _from_pickle(path: Path) -> Checkpoint:
         raise _refusal(path, error) from error
     if not isinstance(loaded, Mapping):
         raise ValueError(f"{path} holds a {type(loaded).__name__}, not a state dict (a mapping of names to tensors)")
-    return MemoryCheckpoint(str(path), loaded)
+    return MemoryWeights(str(path), loaded)
 
 
 def _load_weights_only(path: Path):
@@ -195,23 +225,25 @@ def _refusal(path: Path, error: Exception) -> ValueError:
     )
 
 
-def open_checkpoint(source: Source, name: str | None = None) -> Checkpoint:
-    """A :class:`Checkpoint` over a file path, a state dict or a module; ``name`` labels it in errors."""
+def open_weights(source: Source | Weights, name: str | None = None) -> Weights:
+    """A :class:`Weights` over a file path, a state dict or a module (opened weights are returned as they are); ``name`` labels it in errors."""
+    if isinstance(source, Weights):
+        return source
     if isinstance(source, nn.Module):
-        return MemoryCheckpoint(name or type(source).__name__, source.state_dict())
+        return MemoryWeights(name or type(source).__name__, source.state_dict())
     if isinstance(source, Mapping):
-        return MemoryCheckpoint(name or "state dict", source)
+        return MemoryWeights(name or "state dict", source)
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     if path.suffix == ".safetensors":
-        return SafetensorsCheckpoint(path)
+        return SafetensorsWeights(path)
     if path.suffix in _PICKLE_SUFFIXES:
         return _from_pickle(path)
     raise ValueError(f"{path}: unknown checkpoint format (expected .safetensors, or a pickle {sorted(_PICKLE_SUFFIXES)})")
 
 
-def open_checkpoints(models: Sequence[Source] | Mapping[str, Source]) -> tuple[list[str], list[Checkpoint]]:
+def open_task_weights(models: Sequence[Source] | Mapping[str, Source]) -> tuple[list[str], list[Weights]]:
     """Task names and checkpoints: a mapping keeps its keys, a sequence is named by its files or ``task0``, ``task1``, ..."""
     if isinstance(models, Mapping):
         items = list(models.items())
@@ -222,7 +254,7 @@ def open_checkpoints(models: Sequence[Source] | Mapping[str, Source]) -> tuple[l
     names = [name for name, _ in items]
     if len(set(names)) != len(names):
         raise ValueError(f"two checkpoints share a name: {names}")
-    return names, [open_checkpoint(source, name if not isinstance(source, (str, os.PathLike)) else None) for name, source in items]
+    return names, [open_weights(source, name if not isinstance(source, (str, os.PathLike)) else None) for name, source in items]
 
 
 @dataclass(frozen=True)
@@ -235,7 +267,7 @@ class TensorPlan:
     action: str
 
 
-def plan(checkpoints: Sequence[Checkpoint], base: Checkpoint | None = None, strict: bool = True) -> list[TensorPlan]:
+def plan(checkpoints: Sequence[Weights], base: Weights | None = None, strict: bool = True) -> list[TensorPlan]:
     """Check the checkpoints against each other (rules in the module docstring) and say what happens to each tensor.
 
     The order is the base's (or, without a base, the first checkpoint's). Raises ``ValueError`` naming
@@ -265,7 +297,7 @@ def plan(checkpoints: Sequence[Checkpoint], base: Checkpoint | None = None, stri
     return plans
 
 
-def equal_buffer(key: str, checkpoints: Sequence[Checkpoint]) -> Tensor:
+def equal_buffer(key: str, checkpoints: Sequence[Weights]) -> Tensor:
     """The non-floating tensor ``key``, which every checkpoint must hold with the same values."""
     first = checkpoints[0][key]
     for checkpoint in checkpoints[1:]:
@@ -300,3 +332,9 @@ def write_safetensors(path: str | os.PathLike, plans: Sequence[TensorPlan], tens
             file.write(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
     return Path(path)
 
+
+
+def write_state_dict(path: str | os.PathLike, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> Path:
+    """Write the tensors of a state dict (in memory) as a safetensors file, atomically (see :func:`write_safetensors`)."""
+    plans = [TensorPlan(name, tuple(tensor.shape), tensor.dtype, "copy") for name, tensor in tensors.items()]
+    return write_safetensors(path, plans, tensors.values(), metadata)

@@ -1,6 +1,6 @@
 """Merged encoders back into models: every task's own head on one merged encoder, scored against the individual models.
 
-Checkpoints from :mod:`workbench.merge.fine_tuned` hold ``encoder.…`` tensors (what merging
+Checkpoints from :mod:`workbench.studies.fine_tuned` hold ``encoder.…`` tensors (what merging
 combines) and ``heads.TASK.…`` tensors (each task keeps its own head). :func:`merged_model` puts a
 merged encoder and the tasks' heads into a fresh model of the problem; :func:`normalised_scores`
 scores it per task against each individual fine-tuned model, the usual way merges are reported:

@@ -10,10 +10,12 @@ pair. Each probe is then scored by its Spearman correlation with two truths:
 - the **measured transfer** ``gain_{i→j}`` (over the directed pairs; a symmetric probe counts for
   both directions).
 
-The probes: the gradient cosine of the conflict probe on a held-out batch, averaged over the first
-fifth of training (early) and over its second half (late), and on the first and the last shared
-weight alone; TAG's lookahead affinity and the gradient-cosine affinity on the training batch,
-averaged over training.
+The probes are every registered probe with a task × task reading (:data:`~workbench.probes.PROBES`),
+each recorded on the batch its entry names (TAG's lookahead and the gradient-cosine affinity on the
+training batch, the others on a fixed held-out batch). Each gives its readings
+(:func:`probe_readings`): averaged over all of training, over its first fifth (early) and over its
+second half (late), and, for a probe with a per-layer reading, on the first and the last shared
+weight alone.
 """
 
 from __future__ import annotations
@@ -25,18 +27,16 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workbench.probes.affinity import cosine_affinity, tag_affinity
-from workbench.probes.conflict import gradient_conflict
-from workbench.probes.recorder import ProbeRecorder
+from workbench.probes.recorder import recorders_for
+from workbench.probes.registry import PROBES, pairwise_probes, task_matrix
 from workbench.probes.validation import rank_correlation
 from workbench.progress import progress as progress_bar
+from workbench.studies.transfer import measure_transfer
 from workbench.train.loop import train
-from workbench.train.transfer import measure_transfer
 
-__all__ = ["OPTIMIZERS", "PROBES", "TRUTHS", "random_configurations", "validity_study"]
+__all__ = ["OPTIMIZERS", "TRUTHS", "probe_readings", "random_configurations", "validity_study"]
 
 OPTIMIZERS = {"sgd": partial(torch.optim.SGD, lr=0.02, momentum=0.9), "adam": partial(torch.optim.Adam, lr=1e-3)}
-PROBES = ("conflict cosine, early", "conflict cosine, late", "conflict cosine, first layer", "conflict cosine, last layer", "TAG affinity", "gradient-cosine affinity")
 TRUTHS = ("realised similarity", "measured transfer")
 
 
@@ -69,30 +69,34 @@ def _directed(matrix: np.ndarray) -> np.ndarray:
     return matrix[~np.eye(len(matrix), dtype=bool)]
 
 
+def probe_readings(history: xr.Dataset) -> dict[str, np.ndarray]:
+    """The readings of one recorded probe as ``(source, target)`` matrices, labelled ``"probe"``, ``"probe, early"``, ...
+
+    Averaged over every recorded step, over the first fifth of them (early) and over their second
+    half (late); a probe with a per-layer reading also on the first and the last shared weight.
+    """
+    name = history.attrs["probe"]
+    steps = history.step.values
+    readings = {
+        name: task_matrix(history),
+        f"{name}, early": task_matrix(history, stop=int(steps[max(1, len(steps) // 5) - 1]) + 1),
+        f"{name}, late": task_matrix(history, start=int(steps[len(steps) // 2])),
+    }
+    if PROBES.entry(name).traits.get("layered"):
+        weights = [layer for layer in history.layer.values if str(layer).endswith("weight")]
+        readings[f"{name}, first layer"] = task_matrix(history, layer=weights[0])
+        readings[f"{name}, last layer"] = task_matrix(history, layer=weights[-1])
+    return {label: matrix.values for label, matrix in readings.items()}
+
+
 def _probe_matrices(problem, optimizer, steps: int, every: int, batch_size: int, seed: int) -> dict[str, np.ndarray]:
-    """One multi-task run with every probe recorded; each probe's ``(task, task)`` matrix (rows: source)."""
+    """One multi-task run with every pairwise probe recorded; every reading's ``(task, task)`` matrix (rows: source)."""
     splits = problem.splits
     held_out = splits.validation.head(256)
-    recorders = [
-        ProbeRecorder(gradient_conflict, every=every, name="conflict", batch=(held_out.x, held_out.targets)),
-        ProbeRecorder(tag_affinity, every=every, name="tag"),
-        ProbeRecorder(cosine_affinity, every=every, name="cosine"),
-    ]
+    recorders = recorders_for(pairwise_probes(), every, (held_out.x, held_out.targets))
     torch.manual_seed(seed)
     run = train(problem.make_model(splits.tasks), splits.train, steps, method="ew", optimizer=optimizer, batch_size=batch_size, seed=seed, recorders=recorders, eval_every=steps, progress=False)
-    conflict = run.probes["conflict"]
-    recorded = conflict.step.values
-    early = conflict.cosine.sel(step=recorded[: max(1, len(recorded) // 5)]).mean("step")
-    late = conflict.cosine.sel(step=recorded[len(recorded) // 2 :]).mean("step")
-    weights = [layer for layer in conflict.layer.values if str(layer).endswith("weight")]
-    return {
-        "conflict cosine, early": early.values,
-        "conflict cosine, late": late.values,
-        "conflict cosine, first layer": conflict.layer_cosine.sel(layer=weights[0]).mean("step").values,
-        "conflict cosine, last layer": conflict.layer_cosine.sel(layer=weights[-1]).mean("step").values,
-        "TAG affinity": run.probes["tag"].affinity.mean("step").values,
-        "gradient-cosine affinity": run.probes["cosine"].affinity.mean("step").values,
-    }
+    return {label: matrix for history in run.probes.values() for label, matrix in probe_readings(history).items()}
 
 
 def validity_study(
@@ -100,13 +104,14 @@ def validity_study(
 ) -> xr.Dataset:
     """Score every probe against both truths over ``count`` random configurations and both optimizers.
 
-    Returns ``spearman`` ``(configuration, optimizer, probe, truth)`` with the configurations'
-    options as coordinates (``n_tasks``, ``within``, ``noise``, ...).
+    Returns ``spearman`` ``(configuration, optimizer, probe, truth)``, ``probe`` labelling every
+    reading of every pairwise probe (:func:`probe_readings`), with the configurations' options as
+    coordinates (``n_tasks``, ``within``, ``noise``, ...).
     """
-    from workbench.problems import load_problem
+    from workbench.studies.problems import load_problem
 
     configurations = random_configurations(count, seed)
-    scores = np.full((count, len(OPTIMIZERS), len(PROBES), len(TRUTHS)), np.nan)
+    scores: dict[str, np.ndarray] = {}
     runs = [(c, o) for c in range(count) for o in range(len(OPTIMIZERS))]
     for c, o in progress_bar(runs, "configurations", enabled=progress):
         options = dict(configurations[c])
@@ -117,10 +122,10 @@ def validity_study(
         realised = np.abs(problem.splits.reference.values)
         transfer = measure_transfer(problem, steps, [config_seed], subsets="pairs", optimizer=optimizer, batch_size=batch_size, progress=False)
         gain = transfer.gain.sel(split="validation").isel(seed=0).values
-        for p, name in enumerate(PROBES):
-            matrix = matrices[name]
-            scores[c, o, p, 0] = rank_correlation(_upper((matrix + matrix.T) / 2), _upper(realised))
-            scores[c, o, p, 1] = rank_correlation(_directed(matrix), _directed(gain))
+        for label, matrix in matrices.items():
+            cell = scores.setdefault(label, np.full((count, len(OPTIMIZERS), len(TRUTHS)), np.nan))
+            cell[c, o, 0] = rank_correlation(_upper((matrix + matrix.T) / 2), _upper(realised))
+            cell[c, o, 1] = rank_correlation(_directed(matrix), _directed(gain))
     keys = ["n_tasks", "within", "anti", "noise", "complexity"]
     coords = {key: ("configuration", [cfg[key] for cfg in configurations]) for key in keys}
     coords.update(
@@ -128,8 +133,8 @@ def validity_study(
         has_outlier=("configuration", [bool(cfg["outliers"]) for cfg in configurations]),
     )
     ds = xr.Dataset(
-        {"spearman": (("configuration", "optimizer", "probe", "truth"), scores)},
-        coords={"configuration": np.arange(count), "optimizer": list(OPTIMIZERS), "probe": list(PROBES), "truth": list(TRUTHS), **coords},
+        {"spearman": (("configuration", "optimizer", "probe", "truth"), np.stack(list(scores.values()), axis=2))},
+        coords={"configuration": np.arange(count), "optimizer": list(OPTIMIZERS), "probe": list(scores), "truth": list(TRUTHS), **coords},
     )
     ds.attrs.update(steps=steps, every=every, batch_size=batch_size, n_samples=n_samples, seed=seed, optimizers={k: repr(v) for k, v in OPTIMIZERS.items()})
     return ds

@@ -2,8 +2,8 @@
 
 :func:`study_task_grouping` runs the whole experiment of the task-affinity notebook for one problem:
 
-1. one multi-task run records TAG's lookahead affinity and the gradient-cosine affinity on the
-   training batch every few steps;
+1. one multi-task run records every registered affinity probe (TAG's lookahead, the gradient-cosine
+   affinity, ...) every few steps, each on the batch its entry names;
 2. every subset of the tasks (every pair, for many tasks) is trained under each seed with the same
    budget: the measured transfer ``gain_{i→j}``;
 3. each affinity, averaged over training, gets a report card against the measured gain;
@@ -23,12 +23,12 @@ import numpy as np
 import torch
 import xarray as xr
 
-from workbench.probes.affinity import cosine_affinity, mean_affinity, tag_affinity
 from workbench.probes.grouping import affinity_scores, grouping_table, measured_scores, select_groups
-from workbench.probes.recorder import ProbeRecorder
+from workbench.probes.recorder import recorders_for
+from workbench.probes.registry import PROBES, task_matrix
 from workbench.probes.validation import report_card, with_seed_summary
+from workbench.studies.transfer import grouping_loss, measure_transfer, subset_label
 from workbench.train.loop import OptimizerFactory, train
-from workbench.train.transfer import grouping_loss, measure_transfer, subset_label
 
 __all__ = ["GroupingStudy", "study_task_grouping", "random_groupings"]
 
@@ -81,16 +81,21 @@ def study_task_grouping(
     batch_size: int = 64,
     max_groups: int = 3,
     random_count: int = 50,
+    held_out: int = 256,
     progress: bool = True,
 ) -> GroupingStudy:
-    """The grouping experiment on ``problem`` (see the module docstring); the multi-task run uses the first seed."""
+    """The grouping experiment on ``problem`` (see the module docstring); the multi-task run uses the first seed.
+
+    ``held_out`` samples of the validation split make the fixed batch of the probes recorded on one.
+    """
     splits = problem.splits
-    recorders = [ProbeRecorder(tag_affinity, every=probe_every, name="TAG affinity"), ProbeRecorder(cosine_affinity, every=probe_every, name="gradient-cosine affinity")]
+    fixed = splits.validation.head(held_out)
+    recorders = recorders_for(PROBES.names(family="affinity"), probe_every, (fixed.x, fixed.targets))
     torch.manual_seed(seeds[0])
     run = train(problem.make_model(splits.tasks), splits.train, steps, method="ew", optimizer=optimizer, batch_size=batch_size, seed=seeds[0], recorders=recorders, eval_every=steps, progress=progress)
     transfer = measure_transfer(problem, steps, seeds, optimizer=optimizer, batch_size=batch_size, progress=progress)
     gain = transfer.gain.sel(split="validation")
-    means = {name: mean_affinity(history) for name, history in run.probes.items()}
+    means = {name: task_matrix(history) for name, history in run.probes.items()}
     cards = {name: report_card(affinity, gain) for name, affinity in means.items()}
     cards["measured gain, other seeds"] = _seed_agreement(gain) if len(seeds) > 1 else None
     cards = {k: v for k, v in cards.items() if v is not None}

@@ -1,0 +1,151 @@
+"""The laws every registered merge obeys, run over the whole registry: a merge is tested the moment it is registered.
+
+Task models are tiny classifiers that share an encoder architecture and keep heads of their own (of different
+shapes: the heads are never merged); each merge gets the data its entry declares. (test_merge.py checks the presets
+against mergekit and the core against its definition; test_data_dependent_merge.py Fisher, RegMean and AdaMerging
+against theirs.)"""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from workbench.merge import MERGES, MergeData, make_merge
+from workbench.studies.merged_models import encoder_part
+from workbench.tasks import MultiTaskModel, classification_task
+
+CLASSES = {"a": 3, "b": 2, "c": 4}
+# Per merge: how many identical task models, with which options, give that model back. TALL and Consensus serve
+# θ_0 + m ⊙ Σ_t τ_t, which is the model itself for one task model only. Every registered merge must be listed.
+IDENTITY = {
+    "average": (3, {}),
+    "task_arithmetic": (3, {"lam": 1 / 3}),
+    "ties": (3, {"density": 1.0}),
+    "dare": (3, {"drop": 0.0, "lam": 1 / 3}),
+    "dare_ties": (3, {"drop": 0.0, "combine": "mean", "lam": 1.0}),
+    "tall": (1, {"lambdas": 0.3}),
+    "consensus": (1, {"k": 1, "lambdas": 0.3}),
+    "fisher": (3, {}),
+    "regmean": (3, {}),
+    "task_wise_adamerging": (3, {"steps": 0, "init": 1 / 3}),
+    "layer_wise_adamerging": (3, {"steps": 0, "init": 1 / 3}),
+}
+SMALL = {"n_examples": 16, "steps": 3}  # fewer examples and learning steps where a merge has such options
+
+
+def task_models(tasks=("a", "b", "c"), seed: int = 0, scale: float = 0.3, dtype=torch.float32):
+    """The base encoder's tensors and, per task, a single-task model whose encoder is the base's plus ``scale`` noise."""
+    torch.manual_seed(seed)
+    encoder = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 6), nn.Tanh()).to(dtype)
+    models = {}
+    for task in tasks:
+        model = MultiTaskModel(copy.deepcopy(encoder), [classification_task(task, CLASSES[task])], representation_dim=6).to(dtype)
+        with torch.no_grad():
+            for parameter in model.encoder.parameters():
+                parameter.add_(scale * torch.randn_like(parameter))
+        models[task] = model.eval()
+    return encoder_part(MultiTaskModel(encoder, [classification_task("a", 3)], representation_dim=6).state_dict()), models
+
+
+def data_for(merge, tasks, dtype=torch.float32) -> MergeData | None:
+    if merge.data_need == "none":
+        return None
+    generators = {task: torch.Generator().manual_seed(5 + list(CLASSES).index(task)) for task in tasks}  # a task's data whatever the order
+    inputs = {task: torch.randn(24, 5, generator=generators[task]).to(dtype) for task in tasks}
+    return MergeData(inputs, {task: torch.randint(0, CLASSES[task], (24,), generator=generators[task]) for task in tasks})
+
+
+def run(name, base, models, **options):
+    merge = make_merge(name, **{**{k: v for k, v in SMALL.items() if k in MERGES[name].options()}, **options})
+    return merge(base, models, data_for(merge, list(models), next(iter(base.values())).dtype))
+
+
+def served(merged, task):
+    return merged.for_task(task)
+
+
+def assert_weights(got, want, atol=1e-6):
+    assert list(got) == list(want)
+    for key in want:
+        assert got[key].dtype == want[key].dtype, key
+        torch.testing.assert_close(got[key], want[key], atol=atol, rtol=1e-5, msg=key)
+
+
+def test_every_registered_merge_has_its_identity_law():
+    assert set(IDENTITY) == set(MERGES), "declare in IDENTITY how a new merge gives identical task models back"
+
+
+@pytest.mark.parametrize("name", list(MERGES))
+def test_zero_task_vectors_give_the_base(name):
+    base, models = task_models(scale=0.0)
+    merged = run(name, base, models)
+    for task in models:
+        assert_weights(served(merged, task), base)
+
+
+@pytest.mark.parametrize("name", list(MERGES))
+def test_identical_task_models_give_that_model_back(name):
+    copies, options = IDENTITY[name]
+    base, models = task_models(seed=1)
+    tuned = encoder_part(models["a"].state_dict())
+    for model in models.values():  # every task model gets a's fine-tuned encoder and keeps its own head
+        model.load_state_dict(tuned, strict=False)
+    merged = run(name, base, {task: models[task] for task in list(CLASSES)[:copies]}, **options)
+    for task in list(CLASSES)[:copies]:
+        assert_weights(served(merged, task), tuned, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(MERGES))
+def test_keys_shapes_and_dtypes_are_the_bases_and_the_heads_stay_out(name):
+    base, models = task_models(seed=2, dtype=torch.float64)
+    merged = run(name, base, models)
+    for task in models:
+        weights = served(merged, task)
+        assert list(weights) == list(base) and all((w.shape, w.dtype) == (base[k].shape, base[k].dtype) for k, w in weights.items())
+        assert not any(key.startswith("heads.") for key in weights)
+
+
+@pytest.mark.parametrize("name", list(MERGES))
+def test_the_order_of_the_tasks_changes_nothing_or_the_merge_says_it_depends_on_it(name):
+    base, models = task_models(seed=3)
+    first = run(name, base, models)
+    again = run(name, base, models)
+    reversed_order = run(name, base, dict(reversed(models.items())))
+    for task in models:
+        assert_weights(served(again, task), served(first, task), atol=0)  # the same inputs and seed, the same numbers
+        if MERGES[name].traits.get("order_free", True):
+            assert_weights(served(reversed_order, task), served(first, task), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(MERGES))
+def test_a_non_finite_task_model_is_refused_naming_it(name):
+    base, models = task_models(seed=4)
+    with torch.no_grad():
+        models["b"].encoder[2].weight[1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"(NaN or infinite values.*'b': \['encoder.2.weight'\])|('encoder.2.weight' gave non-finite values .*\['b'\] hold NaN)"):
+        run(name, base, models)
+
+
+@pytest.mark.parametrize("name", list(MERGES))
+def test_missing_data_is_refused_naming_what_the_merge_reads(name):
+    base, models = task_models(seed=5)
+    merge = make_merge(name)
+    if merge.data_need == "none":
+        assert merge(base, {task: encoder_part(m.state_dict()) for task, m in models.items()}).weights is not None  # weights alone suffice
+        return
+    with pytest.raises(ValueError, match=f"merge {name!r} reads {merge.data_need} data of every task"):
+        merge(base, models)
+    with pytest.raises(ValueError, match=r"give \['a', 'b', 'c'\] as nn.Modules"):
+        merge(base, {task: m.state_dict() for task, m in models.items()}, data_for(merge, list(models)))
+    with pytest.raises(ValueError, match=r"the data has none for \['c'\]"):
+        merge(base, models, MergeData({task: torch.randn(4, 5) for task in ("a", "b")}))
+
+
+@pytest.mark.parametrize("name", list(MERGES))
+def test_an_unknown_option_is_refused_and_every_entry_states_what_it_is(name):
+    with pytest.raises(ValueError, match=f"merge {name!r} has no options \\['no_such_option'\\]"):
+        make_merge(name, no_such_option=1)
+    entry = MERGES[name]
+    assert entry.family in {"data-free", "localised", "data-dependent"} and entry.summary and entry.paper
+    assert make_merge(name).data_need in {"none", "unlabelled", "labelled", "gradients"}

@@ -1,0 +1,86 @@
+"""Every merge by name, each one call: ``make_merge("ties", density=0.1)(base, models, data)``.
+
+:data:`MERGES` lists each with its family, options and defaults (read from its function's signature,
+after the base, the task models and the data), its paper, and these traits:
+
+- ``data``: what it reads beyond the weights (see :mod:`workbench.merge.method`): ``"none"``,
+  ``"unlabelled"``, ``"labelled"`` or ``"gradients"`` (or a function of the options giving one);
+- ``test_time``: it adapts to the inputs it will serve, so a study gives it the test inputs;
+- ``kinds``: the task kinds it can merge (AdaMerging's entropy needs classification), all by default;
+- ``order_free``: whether the order of the task models leaves the result unchanged (``True`` by
+  default; DARE seeds each task's mask by its position, AdaMerging draws each task's batches in turn).
+
+Families: **data-free** (weight averaging, task arithmetic, TIES, DARE, DARE-TIES), **localised**
+(TALL masks: per-task retrieval and Consensus) and **data-dependent** (Fisher, RegMean, AdaMerging).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from workbench.merge.method import Merge, MergeData, Merged
+from workbench.registry import Entry, Registry
+from workbench.tasks import Task
+from workbench.weights.state_dicts import Source
+
+__all__ = ["MERGES", "make_merge", "merge", "merge_table", "applies_to"]
+
+_FIXED = ("base", "tasks", "data", "strict", "progress")
+_M = "workbench.merge"
+
+
+def _localised_need(options: Mapping[str, Any]) -> str:
+    """TALL's masks read labelled data to choose λ_t, none once λ_t are given."""
+    return "none" if options.get("lambdas") is not None else "labelled"
+
+
+def _entry(name: str, family: str, summary: str, build: str, paper: str, **traits: Any) -> Entry:
+    return Entry(name, family, summary, f"{_M}.{build}", paper=paper, fixed=_FIXED, traits={"data": "none", **traits})
+
+
+MERGES: Registry[Entry] = Registry("merge", [
+    _entry("average", "data-free", "the mean of the task models", "presets.average", "Wortsman et al. 2022, Model soups"),
+    _entry("task_arithmetic", "data-free", "θ_0 + λ Σ_t τ_t", "presets.task_arithmetic", "Ilharco et al. 2023, Editing models with task arithmetic"),
+    _entry("ties", "data-free", "trim, elect sign, disjoint mean", "presets.ties", "Yadav et al. 2023, TIES-Merging: resolving interference when merging models"),
+    _entry("dare", "data-free", "drop and rescale, then task arithmetic", "presets.dare",
+           "Yu et al. 2024, Language models are super Mario: absorbing abilities from homologous models as a free lunch", order_free=False),
+    _entry("dare_ties", "data-free", "drop and rescale, then sign election and the disjoint sum", "presets.dare_ties",
+           "Yu et al. 2024 (DARE) with Yadav et al. 2023 (TIES), as FusionBench runs them", order_free=False),
+    _entry("tall", "localised", "each task served by its TALL mask of the task-arithmetic model", "tall.tall",
+           "Wang et al. 2024, Localizing task information for improved model merging and compression", data=_localised_need),
+    _entry("consensus", "localised", "the coordinates at least k TALL masks keep", "tall.consensus",
+           "Wang et al. 2024, Localizing task information for improved model merging and compression", data=_localised_need),
+    _entry("fisher", "data-dependent", "each entry weighted by the task models' diagonal Fisher", "fisher.fisher",
+           "Matena & Raffel 2022, Merging models with Fisher-weighted averaging", data="gradients"),
+    _entry("regmean", "data-dependent", "each linear map fitted to every task's inputs in closed form", "regmean.regmean",
+           "Jin et al. 2023, Dataless knowledge fusion by merging weights of language models", data="unlabelled"),
+    _entry("task_wise_adamerging", "data-dependent", "one coefficient per task, learned by entropy minimisation", "adamerging.task_wise_adamerging",
+           "Yang et al. 2024, AdaMerging: adaptive model merging for multi-task learning", data="unlabelled", test_time=True,
+           kinds=("classification",), order_free=False),
+    _entry("layer_wise_adamerging", "data-dependent", "one coefficient per task and tensor, learned by entropy minimisation", "adamerging.layer_wise_adamerging",
+           "Yang et al. 2024, AdaMerging: adaptive model merging for multi-task learning", data="unlabelled", test_time=True,
+           kinds=("classification",), order_free=False),
+])
+
+
+def make_merge(name: str, **options: Any) -> Merge:
+    """The merge ``name`` with ``options``, to call as ``merge(base, models, data=None)``; errors list what exists."""
+    entry, resolved = MERGES.resolve(name, options)
+    return Merge(entry, resolved)
+
+
+def merge(base: Source, models: Mapping[str, Source], method: str = "task_arithmetic", data: MergeData | None = None, **options: Any) -> Merged:
+    """``make_merge(method, **options)(base, models, data)`` in one call."""
+    return make_merge(method, **options)(base, models, data)
+
+
+def applies_to(name: str, tasks: Sequence[Task]) -> bool:
+    """Whether the merge ``name`` can merge models of these tasks (its ``kinds`` trait)."""
+    kinds = MERGES.entry(name).traits.get("kinds")
+    return kinds is None or all(task.kind in kinds for task in tasks)
+
+
+def merge_table():
+    """A table (pandas DataFrame) of every merge: family, options with defaults, the data it reads, summary, paper."""
+    return MERGES.table(data=lambda entry: Merge(entry, MERGES.resolve(entry.name, {})[1]).data_need)

@@ -1,0 +1,25 @@
+"""Models under the contract: encoders (an MLP, a CNN, any transformers encoder) and the multi-task
+architectures built on them, one module per architecture family and one maker for all."""
+
+from workbench.models.backbone import Backbone
+from workbench.models.encoders import conv_encoder, mlp_encoder, representation_shape
+from workbench.models.mmoe import MMoEEncoder, TaskSlot
+from workbench.models.registry import ARCHITECTURES, architecture_table, make_architecture
+from workbench.models.transformers import TransformerEncoder, minilm_encoder, minilm_path, minilm_tokenizer, minilm_version
+
+__all__ = [
+    "ARCHITECTURES",
+    "Backbone",
+    "MMoEEncoder",
+    "TaskSlot",
+    "TransformerEncoder",
+    "architecture_table",
+    "conv_encoder",
+    "make_architecture",
+    "minilm_encoder",
+    "minilm_path",
+    "minilm_tokenizer",
+    "minilm_version",
+    "mlp_encoder",
+    "representation_shape",
+]

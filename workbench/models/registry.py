@@ -1,0 +1,41 @@
+"""Every multi-task architecture by name, built from a backbone by one maker.
+
+``make_architecture("mmoe", tasks, backbone, n_experts=8)`` builds a
+:class:`~workbench.tasks.MultiTaskModel` for the tasks on the :class:`~workbench.models.Backbone`;
+:data:`ARCHITECTURES` lists each with its family, options and defaults (read from its builder's
+signature, after the tasks and the backbone), and its paper.
+
+- **hard sharing**: ``hps``, one shared encoder and a linear head per task;
+- **mixture of experts**: ``mmoe``, a softmax gate per task over shared experts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from workbench.models.backbone import Backbone
+from workbench.registry import Entry, Registry
+from workbench.tasks import MultiTaskModel, Task
+
+__all__ = ["ARCHITECTURES", "make_architecture", "architecture_table"]
+
+_FIXED = ("tasks", "backbone")
+
+ARCHITECTURES: Registry[Entry] = Registry("architecture", [
+    Entry("hps", "hard sharing", "one shared encoder, a linear head per task", "workbench.models.hps.hard_sharing",
+          paper="Caruana 1997, Multitask learning", fixed=_FIXED),
+    Entry("mmoe", "mixture of experts", "a softmax gate per task over shared experts", "workbench.models.mmoe.mmoe",
+          paper="Ma et al. 2018, Modeling task relationships in multi-task learning with multi-gate mixture-of-experts", fixed=_FIXED),
+])
+
+
+def make_architecture(name: str, tasks: Sequence[Task], backbone: Backbone, **options: Any) -> MultiTaskModel:
+    """The architecture ``name`` for ``tasks`` on ``backbone``; errors list what exists (see :mod:`workbench.registry`)."""
+    entry, resolved = ARCHITECTURES.resolve(name, options)
+    return entry.target()(list(tasks), backbone, **resolved)
+
+
+def architecture_table():
+    """A table (pandas DataFrame) of every architecture: family, options with defaults, summary, paper."""
+    return ARCHITECTURES.table()

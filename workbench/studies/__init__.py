@@ -1,0 +1,55 @@
+"""The experiments behind the notebooks, one module each, built from the registries.
+
+- :mod:`~workbench.studies.problems`: each dataset by name with its backbone (:func:`load_problem`);
+- :mod:`~workbench.studies.methods`: training methods compared over seeds, Δm% (:func:`compare_methods`),
+  and :mod:`~workbench.studies.claims`, the published claims about them (:func:`check_claims`);
+- :mod:`~workbench.studies.transfer`: ground-truth transfer by training every subset (:func:`measure_transfer`);
+- :mod:`~workbench.studies.grouping`: every affinity probe against the measured transfer, groupings and their payoff;
+- :mod:`~workbench.studies.validity`: every pairwise probe against the truth over random synthetic problems;
+- :mod:`~workbench.studies.saliency`: saliency during training, against parameter conflict, attribution validity;
+- :mod:`~workbench.studies.fine_tuned` and :mod:`~workbench.studies.merging`: fine-tuned sets and every merge of them.
+"""
+
+from workbench.studies.claims import check_claims
+from workbench.studies.fine_tuned import FineTunedSet, Recipe, fine_tuned_checkpoints
+from workbench.studies.grouping import GroupingStudy, study_task_grouping
+from workbench.studies.merging import (
+    MergeSet, compare_merges, interference_correlations, lambda_curves, load_merge_set, pairwise_interference, published_ordering, swept_merges,
+    swept_scores,
+)
+from workbench.studies.methods import compare_methods, method_summary
+from workbench.studies.problems import DATASETS, Problem, load_problem
+from workbench.studies.saliency import attribution_validity_study, representation_vs_parameter, saliency_during_training
+from workbench.studies.transfer import grouping_loss, measure_transfer, pairwise_gain
+from workbench.studies.validity import probe_readings, validity_study
+
+__all__ = [
+    "DATASETS",
+    "FineTunedSet",
+    "GroupingStudy",
+    "MergeSet",
+    "Problem",
+    "Recipe",
+    "attribution_validity_study",
+    "check_claims",
+    "compare_merges",
+    "compare_methods",
+    "fine_tuned_checkpoints",
+    "grouping_loss",
+    "interference_correlations",
+    "lambda_curves",
+    "load_merge_set",
+    "load_problem",
+    "measure_transfer",
+    "method_summary",
+    "pairwise_gain",
+    "pairwise_interference",
+    "probe_readings",
+    "published_ordering",
+    "representation_vs_parameter",
+    "saliency_during_training",
+    "study_task_grouping",
+    "swept_merges",
+    "swept_scores",
+    "validity_study",
+]

@@ -1,0 +1,185 @@
+"""The experiments of the model-merging notebook: every registered merge of one set of fine-tuned models, scored.
+
+:func:`load_merge_set` builds (or reuses) the checkpoints of a :class:`~workbench.studies.fine_tuned.Recipe`
+and the individual fine-tuned models. Then:
+
+- :func:`lambda_curves`: the mean normalised score over λ of every data-free merge with a λ;
+- :func:`compare_merges`: every registered merge that applies to the tasks (λ of the swept ones
+  chosen on the validation split), each given the data it declares, scored on the test split
+  against the individual models;
+- :func:`pairwise_interference`: each pair of tasks merged alone by task arithmetic, its loss of
+  normalised score beside the pair's task-vector cosine and sign-conflict rate.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from torch import Tensor
+
+from workbench.merge import MERGES, Merge, MergeData, Merged, applies_to, make_merge
+from workbench.probes.task_vectors import task_vector_similarity
+from workbench.probes.validation import rank_correlation
+from workbench.studies.fine_tuned import FineTunedSet, Recipe, fine_tuned_checkpoints
+from workbench.studies.merged_models import encoder_part, individual_model, merged_model, normalised_scores
+from workbench.studies.problems import Problem, load_problem
+
+__all__ = [
+    "MergeSet", "load_merge_set", "swept_merges", "lambda_curves", "swept_scores", "compare_merges", "published_ordering",
+    "pairwise_interference", "interference_correlations", "LAMBDAS",
+]
+
+PUBLISHED_ORDER = ("task_arithmetic", "ties", "layer_wise_adamerging", "regmean")
+"""FusionBench's 8-task CLIP ordering: TA < TIES < layer-wise AdaMerging ≈ RegMean < individual (REFERENCES.md)."""
+
+LAMBDAS = tuple(np.round(np.arange(0.1, 1.01, 0.1), 2).tolist())
+
+
+@dataclass
+class MergeSet:
+    """A problem, its checkpoints, the base ``encoder.…`` tensors, each task's checkpoint and fine-tuned model.
+
+    ``encoders[task]`` are the ``encoder.…`` tensors of a task's checkpoint; ``individual[task]`` its
+    fine-tuned single-task model (the encoder and its head), what the merges take as task models.
+    """
+
+    problem: Problem
+    files: FineTunedSet
+    base: dict[str, Tensor]
+    states: dict[str, dict[str, Tensor]]
+    encoders: dict[str, dict[str, Tensor]]
+    individual: dict[str, Any]
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.states)
+
+    def model(self, encoder: dict[str, Tensor], tasks: list[str] | None = None):
+        """The merged ``encoder`` with the heads of ``tasks`` (all by default)."""
+        return merged_model(self.problem, encoder, {t: self.states[t] for t in (tasks or self.tasks)})
+
+    def served(self, merged: Merged):
+        """The model that serves every task: one merged model, or ``{task: model}`` for a merge that keeps parts per task."""
+        if merged.task_weights is not None:
+            return {task: self.model(merged.for_task(task), [task]) for task in self.tasks}
+        return self.model(merged.weights)
+
+    def scores(self, models: dict[str, Any], split: str = "test", tasks: list[str] | None = None) -> xr.Dataset:
+        chosen = tasks or self.tasks
+        problem = self.problem if tasks is None else replace(self.problem, splits=self.problem.splits.subset(chosen))
+        return normalised_scores(problem, models, {t: self.individual[t] for t in chosen}, split)
+
+    def data(self, merge: Merge) -> MergeData | None:
+        """The data ``merge`` reads: none; every task's training inputs (its test inputs for a merge that adapts
+        at test time); or the validation split's labelled examples."""
+        need = merge.data_need
+        splits = self.problem.splits
+        if need == "none":
+            return None
+        if need == "labelled":
+            return MergeData({t: splits.validation.x for t in self.tasks}, {t: splits.validation.targets[t] for t in self.tasks})
+        part = splits.test if merge.entry.traits.get("test_time") else splits.train
+        return MergeData({t: part.x for t in self.tasks})
+
+
+def load_merge_set(recipe: Recipe, cache: str = "data/checkpoints", progress: bool = True) -> MergeSet:
+    """The checkpoints of ``recipe`` (built once, see :func:`~workbench.studies.fine_tuned.fine_tuned_checkpoints`) and their models."""
+    files = fine_tuned_checkpoints(recipe, cache=cache, progress=progress)
+    problem = load_problem(recipe.dataset, seed=recipe.seed, tasks=list(recipe.tasks), **recipe.options)
+    states = {t: files.load(t) for t in recipe.tasks}
+    individual = {t: individual_model(problem, t, s) for t, s in states.items()}
+    return MergeSet(problem, files, encoder_part(files.load("base")), states, {t: encoder_part(s) for t, s in states.items()}, individual)
+
+
+def swept_merges() -> list[str]:
+    """The registered merges whose λ a study sweeps: every data-free merge with a ``lam`` option."""
+    return [name for name, entry in MERGES.items() if entry.traits["data"] == "none" and "lam" in entry.options()]
+
+
+def swept_scores(merges: MergeSet, method: str, lambdas, split: str = "validation") -> xr.DataArray:
+    """``normalised`` ``(model, task)`` of the swept ``method`` (one of :func:`swept_merges`) merged with each λ of ``lambdas`` (the ``model`` labels)."""
+    if method not in swept_merges():
+        raise ValueError(f"unknown swept method {method!r}; the swept methods are {swept_merges()}")
+    models = {lam: merges.model(make_merge(method, lam=lam)(merges.base, merges.individual).weights) for lam in lambdas}
+    return merges.scores(models, split).normalised
+
+
+def lambda_curves(merges: MergeSet, lambdas=LAMBDAS, split: str = "validation") -> xr.Dataset:
+    """``normalised`` ``(method, lam, task)`` of every swept merge at every λ, and its ``mean`` over tasks."""
+    methods = swept_merges()
+    curves = [swept_scores(merges, method, lambdas, split).rename(model="lam") for method in methods]
+    ds = xr.concat(curves, dim="method").assign_coords(method=methods).to_dataset(name="normalised")
+    return ds.assign(mean=ds.normalised.mean("task")).assign_coords(lam=list(lambdas))
+
+
+def _best_lambda(curves: xr.Dataset, method: str) -> float:
+    mean = curves["mean"].sel({"method": method})
+    return float(mean.lam[int(np.argmax(mean.values))])
+
+
+def compare_merges(
+    merges: MergeSet, curves: xr.Dataset, *, steps: int = 100, n_examples: int = 256, seed: int = 0, progress: bool = False,
+) -> tuple[xr.Dataset, dict[str, Merged]]:
+    """Every registered merge that applies to the tasks, scored on the test split; λ of the swept ones from ``curves``.
+
+    Each merge reads the data its entry declares (:meth:`MergeSet.data`) and gets the study's
+    ``steps`` (learned merges), ``n_examples`` (examples a data-dependent merge reads per task) and
+    ``seed`` where it has such an option. The pretrained encoder is scored beside them. Returns
+    :func:`~workbench.studies.merged_models.normalised_scores` over every merge (with
+    ``attrs["lambdas"]``) and each merge's result (its details: λ_t, coefficients, masks).
+    """
+    chosen = {name: _best_lambda(curves, name) for name in curves.method.values}
+    shared = {"steps": steps, "n_examples": n_examples, "seed": seed}
+    models: dict[str, Any] = {"pretrained": merges.model(merges.base)}
+    results: dict[str, Merged] = {}
+    for name, entry in MERGES.items():
+        if not applies_to(name, merges.problem.splits.tasks):
+            continue
+        options = {key: value for key, value in shared.items() if key in entry.options()} | ({"lam": chosen[name]} if name in chosen else {})
+        merge = make_merge(name, **options)
+        results[name] = merge(merges.base, merges.individual, merges.data(merge), progress=progress)
+        models[name] = merges.served(results[name])
+    scores = merges.scores(models, "test")
+    scores.attrs.update(lambdas=[f"{k}={v}" for k, v in chosen.items()])
+    return scores, results
+
+
+def published_ordering(scores: xr.Dataset) -> str:
+    """Whether the mean normalised scores follow TA < TIES < AdaMerging ≈ RegMean < individual, in words.
+
+    The strict steps are TA < TIES < AdaMerging (layer) and every method below 1; AdaMerging ≈ RegMean
+    is shown, not tested. Methods a set lacks (AdaMerging on regression tasks) are left out.
+    """
+    mean = scores.normalised.mean("task").to_series()
+    present = [m for m in PUBLISHED_ORDER if m in mean.index]
+    strict = [m for m in present if m != "regmean"]
+    holds = all(mean[a] < mean[b] for a, b in zip(strict, strict[1:])) and all(mean[m] < 1 for m in present)
+    measured = ", ".join(f"{m} {mean[m]:.3f}" for m in present)
+    return f"mean normalised scores: {measured} (individual models: 1). The published ordering TA < TIES < AdaMerging ≈ RegMean < individual {'holds' if holds else 'does not hold'} here"
+
+
+def pairwise_interference(merges: MergeSet, lam: float = 0.3, density: float = 0.2) -> xr.Dataset:
+    """For each pair of tasks: the mean normalised test score of the two merged alone by task arithmetic
+    (``lam``), and the pair's task-vector ``cosine`` and ``sign_conflict`` (after trimming to ``density``)."""
+    similarity = task_vector_similarity(merges.encoders, merges.base, density=density, progress=False)
+    arithmetic = make_merge("task_arithmetic", lam=lam)
+    rows = []
+    for a, b in itertools.combinations(merges.tasks, 2):
+        model = merges.model(arithmetic(merges.base, {t: merges.individual[t] for t in (a, b)}).weights, [a, b])
+        score = float(merges.scores({"pair": model}, "test", [a, b]).normalised.mean())
+        rows.append((f"{a}–{b}", score, float(similarity.cosine.sel(task=a, other_task=b)), float(similarity.sign_conflict.sel(task=a, other_task=b))))
+    labels, scores, cosines, conflicts = zip(*rows)
+    return xr.Dataset(
+        {"score": ("pair", list(scores)), "cosine": ("pair", list(cosines)), "sign_conflict": ("pair", list(conflicts))},
+        coords={"pair": list(labels)},
+        attrs={"lam": lam, "density": density},
+    )
+
+
+def interference_correlations(pairs: xr.Dataset) -> dict[str, float]:
+    """Spearman correlation of each pair's merged ``score`` with its ``cosine`` and its ``sign_conflict``."""
+    return {variable: rank_correlation(pairs[variable].values, pairs.score.values) for variable in ("cosine", "sign_conflict")}

@@ -46,7 +46,7 @@ import torch
 N_TASKS = 8
 LARGE_SHAPE, LARGE_TENSORS = (4096, 8192), 16
 METHODS = {
-    # name: (workbench preset and changes, mergekit method, mergekit parameters)
+    # name: (the workbench's registered preset and its options, mergekit method, mergekit parameters)
     "task_arithmetic": (("task_arithmetic", {}), "task_arithmetic", {"weight": 1.0, "lambda": 0.3}),
     "ties": (("ties", {"trim": "tensor"}), "ties", {"weight": 1.0, "density": 0.2}),
     "dare": (("dare", {"lam": 1.0}), "dare_linear", {"weight": 1.0, "density": 0.5}),
@@ -119,10 +119,10 @@ def measure(spec: dict) -> dict:
     """Build the set, run one merge (or copy) and report seconds and memory."""
     from mergekit.merge_methods.api import merge_state_dicts
 
-    from workbench.merge import merge, preset
+    from workbench.merge import merge_task_vectors, preset_options
 
     (name, changes), mk_method, mk_parameters = METHODS[spec["method"]]
-    options = preset(name, **changes)
+    options = preset_options(name, **changes)
     if spec["set"] == "minilm":
         base, tasks = minilm_set()
         destination = torch.zeros(sum(v.numel() for sd in tasks.values() for v in sd.values()))
@@ -134,7 +134,7 @@ def measure(spec: dict) -> dict:
                 start += v.numel()
 
         calls = {
-            "workbench": lambda: merge(tasks, base, options, progress=False),
+            "workbench": lambda: merge_task_vectors(base, tasks, options, progress=False),
             "mergekit": lambda: merge_state_dicts({"base": base, **tasks}, mk_method, base="base", parameters=mk_parameters),
             "copy": copy_all,
         }
@@ -150,7 +150,7 @@ def measure(spec: dict) -> dict:
                         pass
 
         calls = {
-            "workbench": lambda: merge({p.stem: p for p in task_paths}, base_path, options, out=out, progress=False),
+            "workbench": lambda: merge_task_vectors(base_path, {p.stem: p for p in task_paths}, options, out=out, progress=False),
             "mergekit": lambda: merge_state_dicts(
                 {"base": mapped_state_dict(base_path), **{p.stem: mapped_state_dict(p) for p in task_paths}},
                 mk_method, base="base", parameters=mk_parameters,
@@ -168,11 +168,11 @@ def mergekit_differences(method: str) -> int:
     """Entries of the MiniLM set's merge where the workbench and mergekit differ by more than 1e-5."""
     from mergekit.merge_methods.api import merge_state_dicts
 
-    from workbench.merge import merge, preset
+    from workbench.merge import make_merge
 
     (name, changes), mk_method, mk_parameters = METHODS[method]
     base, tasks = minilm_set()
-    ours = merge(tasks, base, preset(name, **changes), progress=False)
+    ours = make_merge(name, **changes)(base, tasks).weights
     theirs = merge_state_dicts({"base": base, **tasks}, mk_method, base="base", parameters=mk_parameters)
     return sum(int(((ours[k] - theirs[k]).abs() > 1e-5).sum()) for k in ours)
 

@@ -24,14 +24,14 @@ import torch
 from workbench.models import conv_encoder, representation_shape
 from workbench.models import mlp_encoder
 from workbench.tasks import MultiTaskModel, regression_task
-from workbench.train import METHODS, make_method
+from workbench.registry import REQUIRED
+from workbench.train import METHODS, comparable_methods, make_method
 from workbench.train.aggregated import Aggregated
 from workbench.train.scalarized import Scalarized
 
 from timing import median_seconds  # benchmarks/timing.py
 
 ENCODERS = ("mlp", "cnn", "minilm-top2")
-SKIP = {"constant"}  # needs weights given by hand
 
 
 def setup(encoder: str, n_tasks: int, seed: int = 0):
@@ -101,7 +101,8 @@ def main() -> None:
     parser.add_argument("--encoders", nargs="+", choices=ENCODERS, default=list(ENCODERS))
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message="You are solving a parameterized problem that is not DPP")
-    names = ["ew", "famo", "upgrad", "mgda", "nash_mtl", "gradnorm", "sam"] if args.quick else [n for n in METHODS if n not in SKIP]
+    buildable = [name for name, entry in METHODS.items() if REQUIRED not in entry.options().values()]  # constant needs its weights
+    names = comparable_methods(per_family=2) if args.quick else buildable
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median step, forward included")
     header = f"{'encoder':11} {'T':>2} {'method':14} {'ms':>9} {'× ew':>7} {'torchjd ms':>11} {'× torchjd':>10}"
     print(header)

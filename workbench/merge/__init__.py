@@ -9,6 +9,7 @@ tensor and can write its result as it goes. Weights IO and task vectors live in
 
 from workbench.merge.arithmetic import MergeOptions, merge_task_vectors, merge_tensor
 from workbench.merge.method import DATA_NEEDS, Merge, MergeData, Merged
+from workbench.merge.presets import preset_options
 from workbench.merge.registry import MERGES, applies_to, make_merge, merge, merge_table
 from workbench.merge.tall import choose_tall_lambdas, consensus_merge, retrieve, tall_masks
 
@@ -27,6 +28,7 @@ __all__ = [
     "merge_table",
     "merge_task_vectors",
     "merge_tensor",
+    "preset_options",
     "retrieve",
     "tall_masks",
 ]

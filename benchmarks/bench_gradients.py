@@ -189,7 +189,7 @@ def main() -> None:
                     calls[name] = (method(kind, name, model), (model, x, targets))
                 timings = median_seconds(
                     {name: (lambda fn=fn, args=args: fn(*args)) for name, (fn, args) in calls.items()}, repeats,
-                    warmup={"workbench": 2 * gradients.TRIALS},  # until the "auto" strategy has settled
+                    warmup={"workbench": gradients.LEARNING_CALLS},  # until the "auto" strategy has settled
                 )
                 engine_model, engine_x, engine_targets = calls["workbench"][1]
                 strategy = model_task_jacobian(engine_model, engine_x, engine_targets).strategy

@@ -127,8 +127,8 @@ def test_auto_strategy_alternates_then_keeps_the_faster(monkeypatch):
     model = text_model()
     ids = token_batch()
     targets = targets_for(model, 6)
-    first = [model_task_jacobian(model, ids, targets) for _ in range(2 * gradients.TRIALS)]
-    assert [j.strategy for j in first] == ["batched", "loop"] * gradients.TRIALS
+    first = [model_task_jacobian(model, ids, targets) for _ in range(gradients.LEARNING_CALLS)]
+    assert [j.strategy for j in first] == ["batched", "loop"] * (gradients.WARMUP + gradients.TRIALS)
     later = model_task_jacobian(model, ids, targets)
     assert later.strategy == "loop"
     torch.testing.assert_close(later.matrix(), first[0].matrix(), atol=1e-6, rtol=1e-6)
@@ -144,7 +144,7 @@ def test_auto_strategy_gives_up_batching_where_it_falls_back(no_batched_grad):
     ids, targets = token_batch(), targets_for(model, 6)
     with pytest.warns(RuntimeWarning, match="task by task"):
         assert model_task_jacobian(model, ids, targets).strategy == "loop"
-    assert [model_task_jacobian(model, ids, targets).strategy for _ in range(2 * gradients.TRIALS)] == ["loop"] * 2 * gradients.TRIALS
+    assert [model_task_jacobian(model, ids, targets).strategy for _ in range(gradients.LEARNING_CALLS)] == ["loop"] * gradients.LEARNING_CALLS
 
 
 def test_packaged_minilm_loads_offline_and_fits_the_contract(monkeypatch):

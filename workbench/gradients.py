@@ -18,7 +18,9 @@ Which second stage is faster depends on the encoder: a vmapped backward wins on 
 Python and autograd overhead dominate, and can lose to T plain backward passes through wide layers or
 attention. ``strategy="auto"`` (the default for models) learns it per encoder and input shape
 without extra work: its first calls alternate the two strategies, each timing the work it does
-anyway; later calls use the faster (by median time). Each result says which strategy computed it
+anyway; a strategy's first :data:`WARMUP` calls (one-time costs: vmap's set-up, allocator growth) are
+not counted, and once each has :data:`TRIALS` counted calls, later calls use the one with the lower
+median. Each result says which strategy computed it
 (:attr:`TaskJacobian.strategy`). The two agree to float rounding (about 1e-8 relative); pass a
 strategy explicitly for bitwise-reproducible runs.
 """
@@ -215,8 +217,12 @@ def model_task_jacobian(
     return TaskJacobian(model.task_names, blocks, first.losses, representation, used, own)
 
 
-TRIALS = 3
-"""Calls per strategy that ``strategy="auto"`` times before it keeps the faster."""
+WARMUP = 1
+"""Calls per strategy that ``strategy="auto"`` runs before it starts counting their times."""
+TRIALS = 5
+"""Counted calls per strategy that ``strategy="auto"`` times before it keeps the faster."""
+LEARNING_CALLS = 2 * (WARMUP + TRIALS)
+"""Calls after which ``strategy="auto"`` has chosen for an encoder and input shape."""
 
 _timings: weakref.WeakKeyDictionary[nn.Module, dict[tuple, dict[str, list[float]]]] = weakref.WeakKeyDictionary()
 """Seconds of the encoder VJPs per encoder, call signature and strategy."""
@@ -229,20 +235,21 @@ def _signature(x: Inputs, params: Sequence[tuple[str, Tensor]], n_tasks: int) ->
 
 
 def _learned_vjp(encoder: nn.Module, signature: tuple, z: Tensor, params, cotangents: Tensor) -> tuple[dict[str, Tensor], str]:
-    """The encoder VJPs by the strategy with the lower median time, once each has been timed ``TRIALS`` times.
+    """The encoder VJPs by the strategy with the lower median time, once each has been timed ``WARMUP + TRIALS`` times.
 
-    Until then the strategies take turns, the less-timed first; every call's own time is recorded.
+    Until then the strategies take turns, the less-timed first; every call's own time is recorded,
+    and the first ``WARMUP`` of each strategy are left out of its median.
     """
     timings = _timings.setdefault(encoder, {}).setdefault(signature, {"batched": [], "loop": []})
-    untried = [s for s in timings if len(timings[s]) < TRIALS]
+    untried = [s for s in timings if len(timings[s]) < WARMUP + TRIALS]
     if untried:
         strategy = min(untried, key=lambda s: len(timings[s]))
         seconds, (grads, used) = _timed(z.device, _vjp, z, params, cotangents, strategy)
         timings[used].append(seconds)
         if used != strategy:  # no batching rule: the batched strategy fell back to the loop, never try it again
-            timings[strategy] = [math.inf] * TRIALS
+            timings[strategy] = [math.inf] * (WARMUP + TRIALS)
         return grads, used
-    return _vjp(z, params, cotangents, min(timings, key=lambda s: statistics.median(timings[s])))
+    return _vjp(z, params, cotangents, min(timings, key=lambda s: statistics.median(timings[s][WARMUP:])))
 
 
 def _timed(device: torch.device, compute: Callable[..., tuple], *args) -> tuple[float, tuple]:

@@ -74,11 +74,11 @@ def to_device(x: Inputs, device: torch.device | str | None) -> Inputs:
 
 
 def _mse(output: Tensor, target: Tensor) -> Tensor:
-    return F.mse_loss(output.reshape(target.shape), target)
+    return F.mse_loss(output.reshape(target.shape), target.to(output.dtype))
 
 
 def _binary_logit_loss(output: Tensor, target: Tensor) -> Tensor:
-    return F.binary_cross_entropy_with_logits(output.reshape(target.shape), target.float())
+    return F.binary_cross_entropy_with_logits(output.reshape(target.shape), target.to(output.dtype))
 
 
 def _cross_entropy(output: Tensor, target: Tensor) -> Tensor:
@@ -86,10 +86,12 @@ def _cross_entropy(output: Tensor, target: Tensor) -> Tensor:
 
 
 def _accuracy(output: Tensor, target: Tensor) -> Tensor:
-    if output.shape[-1] == 1 or output.dim() == target.dim():
+    """The share of correct predictions: one logit per sample or per position (``> 0``), or classes along dim 1
+    (``(B, C)`` per sample, ``(B, C, H, W)`` per pixel)."""
+    if output.dim() == target.dim() or output.numel() == target.numel():
         predicted = (output.reshape(target.shape) > 0).to(target.dtype)
     else:
-        predicted = output.argmax(dim=-1).to(target.dtype)
+        predicted = output.argmax(dim=1).to(target.dtype)
     return (predicted == target).float().mean()
 
 
@@ -106,8 +108,11 @@ class Task:
     """One task of a multi-task problem.
 
     ``loss(output, target)`` and ``metric(output, target)`` map a head's output ``(B, out_features)``
-    and the targets ``(B,)`` to a scalar tensor. ``higher_is_better`` gives the metric's direction
-    (it sets the sign in Δm%).
+    and the targets ``(B,)`` to a scalar tensor. Targets may be dense, one map per sample: a head's
+    output ``(B, out_features, H, W)`` against a class per pixel ``(B, H, W)`` (semantic segmentation:
+    :func:`classification_task`'s cross-entropy and accuracy average over the pixels), or a map to
+    regress, ``(B, 1, H, W)`` against ``(B, H, W)`` (depth: :func:`regression_task`'s squared error
+    averages over the pixels). ``higher_is_better`` gives the metric's direction (it sets the sign in Δm%).
     """
 
     name: str
@@ -281,7 +286,8 @@ class MultiTaskModel(nn.Module):
 
 @dataclass
 class MultiTaskData:
-    """Inputs ``x`` (``(N, ...)`` or named tensors ``(N, ...)``) and ``targets[task]`` of shape ``(N,)`` for every task.
+    """Inputs ``x`` (``(N, ...)`` or named tensors ``(N, ...)``) and ``targets[task]`` for every task: ``(N,)``, or
+    dense ``(N, H, W)`` (a segmentation or depth map per sample; see :class:`Task`).
 
     ``meta`` holds per-sample labels that are not model inputs, as arrays of length ``N`` (the word
     of a lexicon sample, the source images of a composed digit); they follow the samples through

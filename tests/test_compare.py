@@ -74,3 +74,8 @@ def test_claims_get_honest_verdicts():
     assert verdicts["famo costs 1.08× ew per step"] == "same order" and verdicts["nash_mtl costs 6.11× ew per step"] == "differs"
     ordering = check_claims(fake).loc[[c for c in check_claims(fake).index if c.startswith("the published ordering")][0]]
     assert ordering.measured.startswith("Spearman ρ =")
+
+
+def test_a_comparison_without_a_published_claim_gets_an_empty_table():
+    table = check_claims(_fake({"ew": [1.0, 1.1], "gradnorm": [0.5, 0.4]}, {"ew": 0.01, "gradnorm": 0.012}))
+    assert table.empty and list(table.columns) == ["measured", "mean difference", "verdict"] and table.index.name == "claim"

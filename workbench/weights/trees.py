@@ -1,6 +1,6 @@
-"""Checkpoints as safetensors files: nested dicts and lists of tensors and plain values, never a pickle.
+"""Training-run snapshots as safetensors files: nested dicts and lists of tensors and plain values, never a pickle.
 
-A training checkpoint holds the model's and the optimizer's state dicts, a method's state, random
+A snapshot (what ``train(checkpoint=...)`` writes and resumes from) holds the model's and the optimizer's state dicts, a method's state, random
 number generator states and the history so far: a tree of dicts (any keys: an optimizer's state is
 keyed by integers), lists, tuples, tensors, NumPy arrays and JSON values. :func:`save_tree` stores
 every tensor in a safetensors file and the tree's shape, with the plain values, as JSON in the file's

@@ -13,7 +13,7 @@ from workbench.probes.recorder import ProbeRecorder, recorders_for
 from workbench.probes.registry import PROBES, Probe, make_probe, pairwise_probes, probe_table, task_matrix
 from workbench.probes.saliency import input_attribution, saliency_conflict, saliency_measures, task_saliency
 from workbench.probes.task_vectors import mask_overlap, task_vector_similarity
-from workbench.probes.untouched import untouched
+from workbench.probes.isolation import untouched
 from workbench.probes.validation import attribution_recovery, pairwise_rank_correlation, rank_correlation, rank_correlation_over_training, report_card
 
 __all__ = [

@@ -31,7 +31,7 @@ from torch import Tensor
 from workbench.gradients import Strategy, TaskJacobian, model_task_jacobian
 from workbench.probes.conflict import gramian_statistics
 from workbench.probes.lookahead import learning_rate, lookahead_parameters
-from workbench.probes.untouched import leaves_model_untouched
+from workbench.probes.isolation import leaves_model_untouched
 from workbench.tasks import Inputs
 
 __all__ = ["tag_affinity", "tag_affinity_loop", "cosine_affinity"]

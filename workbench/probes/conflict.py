@@ -17,7 +17,7 @@ import xarray as xr
 from torch import Tensor
 
 from workbench.gradients import Grouping, Strategy, TaskJacobian, model_task_jacobian
-from workbench.probes.untouched import leaves_model_untouched
+from workbench.probes.isolation import leaves_model_untouched
 
 __all__ = [
     "gramian_statistics",

@@ -34,7 +34,7 @@ import xarray as xr
 from torch import Tensor
 
 from workbench.gradients import representation_pass
-from workbench.probes.untouched import leaves_model_untouched
+from workbench.probes.isolation import leaves_model_untouched
 from workbench.tasks import Inputs
 
 __all__ = [

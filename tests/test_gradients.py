@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from tests.conftest import tiny_batch, tiny_model
-from workbench.gradients import model_task_jacobian, task_jacobian
+from workbench.gradients import STRATEGIES, model_task_jacobian, task_jacobian
 
 
 def naive_jacobian(model, batch):
@@ -19,11 +19,11 @@ def naive_jacobian(model, batch):
 
 
 @settings(deadline=None)
-@given(n_tasks=st.integers(1, 6), width=st.integers(1, 9), seed=st.integers(0, 10_000))
-def test_jacobian_matches_naive_loop(n_tasks, width, seed):
+@given(n_tasks=st.integers(1, 6), width=st.integers(1, 9), seed=st.integers(0, 10_000), strategy=st.sampled_from(["auto", *STRATEGIES]))
+def test_jacobian_matches_naive_loop(n_tasks, width, seed, strategy):
     model = tiny_model(n_tasks, hidden=(width, 4), seed=seed)
     batch = tiny_batch(model, seed=seed)
-    jacobian = model_task_jacobian(model, *batch)
+    jacobian = model_task_jacobian(model, *batch, strategy=strategy)
     expected = naive_jacobian(model, batch)
     torch.testing.assert_close(jacobian.matrix(), expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(jacobian.gramian(), expected @ expected.T, atol=1e-5, rtol=1e-5)
@@ -75,14 +75,19 @@ def test_bad_losses_are_refused_by_name(losses, message):
         task_jacobian(losses, [("a", nn.Parameter(torch.ones(1)))])
 
 
-def test_representation_grads_are_each_tasks_gradient_at_z(model, batch):
-    assert model_task_jacobian(model, *batch).representation_grads is None
-    jacobian = model_task_jacobian(model, *batch, keep_representation_grads=True)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_representation_and_task_grads_are_each_tasks_gradients(model, batch, strategy):
+    assert model_task_jacobian(model, *batch, strategy=strategy).representation_grads is None
+    jacobian = model_task_jacobian(model, *batch, keep_representation_grads=True, task_grads=True, strategy=strategy)
+    assert jacobian.strategy == strategy
     z = model.represent(batch[0]).detach().requires_grad_()
     for i, name in enumerate(model.task_names):
         loss = model.tasks[name].loss(model.heads[name](z), batch[1][name])
         (expected,) = torch.autograd.grad(loss, z)
         torch.testing.assert_close(jacobian.representation_grads[i], expected)
+        head = dict(model.task_parameters()[name])
+        for parameter, want in zip(head, torch.autograd.grad(model.losses(*batch)[name], list(head.values()))):
+            torch.testing.assert_close(jacobian.task_grads[parameter], want)
     assert jacobian.representation_grads.shape == (3, 11, 6)
 
 

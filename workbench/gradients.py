@@ -14,15 +14,18 @@ would push T batched cotangents through every head and add up T mostly-zero ``(T
 tensors at ``Z``; the split avoids that O(T²) work. From the blocks follow the T × P Jacobian, the
 T × T Gramian ``G = J Jᵀ``, and both per parameter tensor, per module and per block.
 
-Which second stage is faster depends on the encoder: a vmapped backward wins on small MLPs, where
-Python and autograd overhead dominate, and can lose to T plain backward passes through wide layers or
-attention. ``strategy="auto"`` (the default for models) learns it per encoder and input shape
-without extra work: its first calls alternate the two strategies, each timing the work it does
-anyway; a strategy's first :data:`WARMUP` calls (one-time costs: vmap's set-up, allocator growth) are
-not counted, and once each has :data:`TRIALS` counted calls, later calls use the one with the lower
-median. Each result says which strategy computed it
-(:attr:`TaskJacobian.strategy`). The two agree to float rounding (about 1e-8 relative); pass a
-strategy explicitly for bitwise-reproducible runs.
+Which way is faster depends on the encoder. A vmapped encoder backward (``"batched"``) wins on small
+MLPs at many tasks, where Python and autograd overhead dominate; T plain encoder backward passes
+(``"loop"``) can win through wide layers or attention; and for a few tasks on a small network the
+two-stage split itself costs more than it saves, where ``"direct"`` (one forward, then one backward
+of each task's loss through its head and the encoder, with ``Z`` among the differentiated tensors
+when its cotangents are kept) is fastest. ``strategy="auto"`` (the default for models) learns the
+fastest per encoder, input shape and request without extra work: its first calls take the
+strategies in turn, each timing the work it does anyway; a strategy's first :data:`WARMUP` calls
+(one-time costs: vmap's set-up, allocator growth) are not counted, and once each has :data:`TRIALS`
+counted calls, later calls use the one with the lowest median. Each result says which strategy
+computed it (:attr:`TaskJacobian.strategy`). The strategies agree to float rounding (about 1e-8
+relative); pass one explicitly for bitwise-reproducible runs.
 """
 
 from __future__ import annotations
@@ -42,10 +45,11 @@ from torch import Tensor, nn
 
 from workbench.tasks import Inputs, check_finite
 
-__all__ = ["TaskJacobian", "RepresentationPass", "representation_pass", "encoder_vjp", "task_jacobian", "model_task_jacobian", "layer_label"]
+__all__ = ["STRATEGIES", "TaskJacobian", "RepresentationPass", "representation_pass", "encoder_vjp", "task_jacobian", "model_task_jacobian", "layer_label"]
 
 Grouping = Literal["tensor", "module", "block"]
-Strategy = Literal["auto", "batched", "loop"]
+Strategy = Literal["auto", "batched", "loop", "direct"]
+STRATEGIES = ("batched", "loop", "direct")
 _INDEX = re.compile(r"\.\d+(?=\.|$)")
 
 
@@ -75,8 +79,9 @@ class TaskJacobian:
     where ``L_t`` does not depend on it). ``losses`` holds the loss values, shape ``(T,)``.
     ``representation_grads`` is ``∂L_t/∂Z`` of shape ``(T, *Z.shape)`` when the Jacobian came from a
     model's shared representation ``Z`` (the per-sample task saliency of Rep-MTL), else ``None``.
-    ``strategy`` says how the blocks were computed: ``"batched"`` (one vmapped backward) or ``"loop"``
-    (one backward per task). ``task_grads``, when asked for, maps each task-specific parameter (a
+    ``strategy`` says how the blocks were computed: ``"batched"`` (one vmapped encoder backward),
+    ``"loop"`` (one encoder backward per task) or ``"direct"`` (one backward per task through its head
+    and the encoder). ``task_grads``, when asked for, maps each task-specific parameter (a
     head's, or one an encoder holds for a task) by its name in the model to the gradient of its own
     task's loss, shape ``parameter.shape``.
     """
@@ -172,16 +177,11 @@ def representation_pass(model, x: Inputs, targets: Mapping[str, Tensor]) -> Repr
 
 
 def encoder_vjp(
-    model, x: Inputs, z: Tensor, params: Sequence[tuple[str, Tensor]], cotangents: Tensor, strategy: Strategy = "auto"
+    model, x: Inputs, z: Tensor, params: Sequence[tuple[str, Tensor]], cotangents: Tensor, strategy: Literal["batched", "loop"] = "batched"
 ) -> tuple[dict[str, Tensor], str]:
-    """The second stage: ``({name: (T, *p.shape)}, strategy used)``, the rows ``cotangents[t] · ∂Z/∂p``.
-
-    ``"auto"`` learns the faster strategy per encoder, input shape, parameters and T (see the module docstring).
-    """
-    if strategy not in ("auto", "batched", "loop"):
-        raise ValueError(f"strategy must be 'auto', 'batched' or 'loop', not {strategy!r}")
-    if strategy == "auto":
-        return _learned_vjp(model.encoder, _signature(x, params, cotangents.shape[0]), z, params, cotangents)
+    """The second stage: ``({name: (T, *p.shape)}, strategy used)``, the rows ``cotangents[t] · ∂Z/∂p``, batched or in a loop."""
+    if strategy not in ("batched", "loop"):
+        raise ValueError(f"the encoder's vector-Jacobian products are 'batched' or a 'loop', not {strategy!r}")
     return _vjp(z, params, cotangents, strategy)
 
 
@@ -198,17 +198,37 @@ def model_task_jacobian(
 
     ``x`` is the input batch and ``targets`` maps every task to its targets ``(B,)``. One encoder
     forward, one backward through the heads, and the encoder's T vector-Jacobian products, either
-    in one batched backward (``strategy="batched"``) or one backward per task (``"loop"``);
-    ``"auto"`` learns the faster of the two for this encoder, input shape and T over its first calls.
+    in one batched backward (``strategy="batched"``) or one backward per task (``"loop"``); or one
+    forward and one backward per task through its head and the encoder (``"direct"``). ``"auto"``
+    learns the fastest for this encoder, input shape and request over its first calls.
     ``keep_representation_grads`` keeps ``∂L_t/∂Z`` ``(T, *Z.shape)`` in the result (memory: T copies
     of ``Z``); ``task_grads`` adds the gradients of the task-specific parameters (heads, and those the
     encoder holds for one task) from the same passes, which is what a training step needs.
     """
-    first = representation_pass(model, x, targets)
+    if strategy not in ("auto", *STRATEGIES):
+        raise ValueError(f"strategy must be 'auto' or one of {list(STRATEGIES)}, not {strategy!r}")
+
     shared = model.shared_parameters()
+
+    def compute(chosen: str) -> TaskJacobian:
+        if chosen == "direct":
+            return _direct_jacobian(model, x, targets, shared, keep_representation_grads, task_grads)
+        return _two_stage_jacobian(model, x, targets, shared, keep_representation_grads, task_grads, chosen)
+
+    if strategy == "auto":
+        signature = _signature(x, shared, len(model.task_names), keep_representation_grads, task_grads)
+        return _learned(model.encoder, signature, compute)
+    return compute(strategy)
+
+
+def _two_stage_jacobian(
+    model, x: Inputs, targets: Mapping[str, Tensor], shared: Sequence[tuple[str, Tensor]], keep_representation_grads: bool, task_grads: bool, strategy: str
+) -> TaskJacobian:
+    """The representation pass, then the encoder's VJPs of the ``shared`` parameters by ``strategy`` (``"batched"`` or ``"loop"``)."""
+    first = representation_pass(model, x, targets)
     resident = model.encoder_task_parameters() if task_grads else {}
     extra = [(name, p) for params in resident.values() for name, p in params]
-    blocks, used = encoder_vjp(model, x, first.z, shared + extra, first.cotangents, strategy)
+    blocks, used = _vjp(first.z, [*shared, *extra], first.cotangents, strategy)
     own = None
     if task_grads:
         rows = {task: i for i, task in enumerate(model.task_names)}
@@ -217,42 +237,67 @@ def model_task_jacobian(
     return TaskJacobian(model.task_names, blocks, first.losses, representation, used, own)
 
 
+def _direct_jacobian(
+    model, x: Inputs, targets: Mapping[str, Tensor], shared: Sequence[tuple[str, Tensor]], keep_representation_grads: bool, task_grads: bool
+) -> TaskJacobian:
+    """One forward and, per task, one backward of its loss to the ``shared`` parameters, ``Z`` (when kept) and its own parameters."""
+    z = model.represent(x)
+    names = model.task_names
+    losses = model.losses_from_outputs(model.heads_forward(z), targets)
+    own = model.task_parameters() if task_grads else {}
+    rows, cotangents, task_gradients = [], [], {}
+    for task in names:
+        wanted = [p for _, p in shared] + ([z] if keep_representation_grads else []) + [p for _, p in own.get(task, [])]
+        grads = torch.autograd.grad(losses[task], wanted, retain_graph=True, allow_unused=True, materialize_grads=True)
+        rows.append(grads[: len(shared)])
+        if keep_representation_grads:
+            cotangents.append(grads[len(shared)])
+        task_gradients.update({name: g for (name, _), g in zip(own.get(task, []), grads[len(shared) + keep_representation_grads :])})
+    blocks = {name: torch.stack([row[i] for row in rows]) for i, (name, _) in enumerate(shared)}
+    representation = torch.stack(cotangents) if keep_representation_grads else None
+    return TaskJacobian(names, blocks, torch.stack([losses[n] for n in names]).detach(), representation, "direct", task_gradients if task_grads else None)
+
+
 WARMUP = 1
 """Calls per strategy that ``strategy="auto"`` runs before it starts counting their times."""
 TRIALS = 5
 """Counted calls per strategy that ``strategy="auto"`` times before it keeps the faster."""
-LEARNING_CALLS = 2 * (WARMUP + TRIALS)
+LEARNING_CALLS = len(STRATEGIES) * (WARMUP + TRIALS)
 """Calls after which ``strategy="auto"`` has chosen for an encoder and input shape."""
 
-_timings: weakref.WeakKeyDictionary[nn.Module, dict[tuple, dict[str, list[float]]]] = weakref.WeakKeyDictionary()
-"""Seconds of the encoder VJPs per encoder, call signature and strategy."""
+_timings: weakref.WeakKeyDictionary[nn.Module, dict[tuple, dict]] = weakref.WeakKeyDictionary()
+"""Per encoder and call signature: the seconds of each strategy's calls, and the ``"chosen"`` one once learned."""
 
 
-def _signature(x: Inputs, params: Sequence[tuple[str, Tensor]], n_tasks: int) -> tuple:
-    """What the relative speed of the strategies depends on: input shapes, device, trainable tensors, T."""
+def _signature(x: Inputs, params: Sequence[tuple[str, Tensor]], n_tasks: int, *flags: bool) -> tuple:
+    """What the relative speed of the strategies depends on: input shapes, device, trainable tensors, T, what is asked for."""
     tensors = [x] if isinstance(x, Tensor) else [x[k] for k in sorted(x)]
-    return (n_tasks, tuple((tuple(t.shape), t.dtype, str(t.device)) for t in tensors), tuple(n for n, _ in params))
+    return (n_tasks, tuple((tuple(t.shape), t.dtype, str(t.device)) for t in tensors), tuple(n for n, _ in params), flags)
 
 
-def _learned_vjp(encoder: nn.Module, signature: tuple, z: Tensor, params, cotangents: Tensor) -> tuple[dict[str, Tensor], str]:
-    """The encoder VJPs by the strategy with the lower median time, once each has been timed ``WARMUP + TRIALS`` times.
+def _learned(encoder: nn.Module, signature: tuple, compute: Callable[[str], TaskJacobian]) -> TaskJacobian:
+    """``compute(strategy)`` by the strategy with the lowest median time, once each has been timed ``WARMUP + TRIALS`` times.
 
     Until then the strategies take turns, the less-timed first; every call's own time is recorded,
     and the first ``WARMUP`` of each strategy are left out of its median.
     """
-    timings = _timings.setdefault(encoder, {}).setdefault(signature, {"batched": [], "loop": []})
-    untried = [s for s in timings if len(timings[s]) < WARMUP + TRIALS]
+    timings = _timings.setdefault(encoder, {}).setdefault(signature, {s: [] for s in STRATEGIES})
+    if "chosen" in timings:
+        return compute(timings["chosen"])
+    untried = [s for s in STRATEGIES if len(timings[s]) < WARMUP + TRIALS]
     if untried:
         strategy = min(untried, key=lambda s: len(timings[s]))
-        seconds, (grads, used) = _timed(z.device, _vjp, z, params, cotangents, strategy)
-        timings[used].append(seconds)
-        if used != strategy:  # no batching rule: the batched strategy fell back to the loop, never try it again
+        device = next(encoder.parameters(), torch.empty(0)).device
+        seconds, result = _timed(device, compute, strategy)
+        timings[result.strategy].append(seconds)
+        if result.strategy != strategy:  # no batching rule: the batched strategy fell back to the loop, never try it again
             timings[strategy] = [math.inf] * (WARMUP + TRIALS)
-        return grads, used
-    return _vjp(z, params, cotangents, min(timings, key=lambda s: statistics.median(timings[s][WARMUP:])))
+        return result
+    timings["chosen"] = min(STRATEGIES, key=lambda s: statistics.median(timings[s][WARMUP:]))
+    return compute(timings["chosen"])
 
 
-def _timed(device: torch.device, compute: Callable[..., tuple], *args) -> tuple[float, tuple]:
+def _timed(device: torch.device, compute: Callable, *args) -> tuple[float, object]:
     """``(seconds, compute(*args))``, waiting for the device's queued work at both ends."""
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     synchronize()

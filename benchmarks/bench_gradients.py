@@ -10,7 +10,7 @@ Every timing includes the forward pass. The unit column ``steps`` divides each t
 plain training step on the same model and batch (forward, backward of the summed losses, Adam step).
 Memory is the peak of the bytes held by tensors allocated during the call (torch's profiler,
 counted between operators), result included. The engine runs with ``strategy="auto"``: its warm-up
-call times both of its strategies and the row says which one it kept.
+calls time each of its strategies and the row says which one it kept.
 
 Run: ``make benchmark`` (or ``python benchmarks/bench_gradients.py [--quick] [--encoders small minilm-top2]``).
 """
@@ -150,9 +150,9 @@ def peak_memory_mib(fn, model, x, targets) -> float:
 
 
 def check_agreement(encoder: str, n_tasks: int) -> None:
-    """Every method's Gramian against the naive Jacobian's Gramian accumulated in float64, to 1e-3 in Frobenius norm.
+    """Every method's Gramian against the naive Jacobian's Gramian accumulated in float64, to 1e-2 in Frobenius norm.
 
-    (A float32 ``J @ J.T`` over MiniLM's 22 million parameters is itself off by about 1e-3.)
+    (A float32 ``J @ J.T`` over MiniLM's 22 million parameters is itself off by up to 5e-3, measured at T = 8.)
     """
     model, x, targets = setup(encoder, n_tasks)
     jacobian = naive_jacobian(model, x, targets).double()
@@ -160,7 +160,7 @@ def check_agreement(encoder: str, n_tasks: int) -> None:
     for name in methods("gramian", encoder)[:-1]:
         got = method("gramian", name, model)(model, x, targets).double()
         error = float(torch.linalg.norm(got - reference) / torch.linalg.norm(reference))
-        if error > 1e-3:
+        if error > 1e-2:
             raise AssertionError(f"{name} disagrees with the naive Gramian: relative error {error:.1e}")
 
 

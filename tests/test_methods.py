@@ -13,7 +13,6 @@ from torchjd.autojac import jac_to_grad, mtl_backward
 
 from tests.conftest import tiny_batch, tiny_model
 from tests.test_method_laws import assert_resumes, synthetic_data, train_tiny
-from workbench.gradients import model_task_jacobian
 from workbench.probes import ProbeRecorder, gradient_conflict
 from workbench.tasks import regression_task
 from workbench.train import METHODS, make_method, train

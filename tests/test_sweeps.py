@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import dask
-import numpy as np
 import pytest
 import xarray as xr
 import yaml

@@ -38,6 +38,8 @@ __all__ = [
     "lambda_curve_figure",
     "mask_overlap_figure",
     "merge_comparison_figure",
+    "merge_explorer",
+    "per_task_curves_figure",
     "task_vector_heatmap",
     "attribution_grid",
     "attribution_validity_figure",

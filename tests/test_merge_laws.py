@@ -61,10 +61,6 @@ def run(name, base, models, **options):
     return merge(base, models, data_for(merge, list(models), next(iter(base.values())).dtype))
 
 
-def served(merged, task):
-    return merged.for_task(task)
-
-
 def assert_weights(got, want, atol=1e-6):
     assert list(got) == list(want)
     for key in want:
@@ -81,7 +77,7 @@ def test_zero_task_vectors_give_the_base(name):
     base, models = task_models(scale=0.0)
     merged = run(name, base, models)
     for task in models:
-        assert_weights(served(merged, task), base)
+        assert_weights(merged.for_task(task), base)
 
 
 @pytest.mark.parametrize("name", list(MERGES))
@@ -93,7 +89,7 @@ def test_identical_task_models_give_that_model_back(name):
         model.load_state_dict(tuned, strict=False)
     merged = run(name, base, {task: models[task] for task in list(CLASSES)[:copies]}, **options)
     for task in list(CLASSES)[:copies]:
-        assert_weights(served(merged, task), tuned, atol=1e-5)
+        assert_weights(merged.for_task(task), tuned, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", list(MERGES))
@@ -101,7 +97,7 @@ def test_keys_shapes_and_dtypes_are_the_bases_and_the_heads_stay_out(name):
     base, models = task_models(seed=2, dtype=torch.float64)
     merged = run(name, base, models)
     for task in models:
-        weights = served(merged, task)
+        weights = merged.for_task(task)
         assert list(weights) == list(base) and all((w.shape, w.dtype) == (base[k].shape, base[k].dtype) for k, w in weights.items())
         assert not any(key.startswith("heads.") for key in weights)
 
@@ -113,9 +109,9 @@ def test_the_order_of_the_tasks_changes_nothing_or_the_merge_says_it_depends_on_
     again = run(name, base, models)
     reversed_order = run(name, base, dict(reversed(models.items())))
     for task in models:
-        assert_weights(served(again, task), served(first, task), atol=0)  # the same inputs and seed, the same numbers
+        assert_weights(again.for_task(task), first.for_task(task), atol=0)  # the same inputs and seed, the same numbers
         if MERGES[name].traits.get("order_free", True):
-            assert_weights(served(reversed_order, task), served(first, task), atol=1e-5)
+            assert_weights(reversed_order.for_task(task), first.for_task(task), atol=1e-5)
 
 
 @pytest.mark.parametrize("name", list(MERGES))

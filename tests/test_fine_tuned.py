@@ -99,13 +99,14 @@ def test_the_explorer_merges_live_and_falls_back_to_the_precomputed_curves_in_a_
         asked.append((method, lam))
         return swept_scores(merges, method, [lam]).isel(model=0)
 
-    monkeypatch.delenv("WORKBENCH_PROGRESS", raising=False)
+    monkeypatch.delenv("WORKBENCH_BATCH", raising=False)
+    monkeypatch.setenv("WORKBENCH_PROGRESS", "0")  # quiet is not a batch run: the explorer stays live
     explorer = viz.merge_explorer(score, curves, "digits")
     menu, slider = explorer.children[0].children
     slider.value = 0.8
     menu.value = "dare"
     assert asked == [("task_arithmetic", 0.3), ("task_arithmetic", 0.8), ("dare", 0.8)]
-    monkeypatch.setenv("WORKBENCH_PROGRESS", "0")
+    monkeypatch.setenv("WORKBENCH_BATCH", "1")
     figure = viz.merge_explorer(score, curves, "digits")
     assert len(figure.data) == 4 * 2 and [b.label for b in figure.layout.updatemenus[0].buttons] == swept_merges()
     assert len(asked) == 3  # nothing merged in a batch run

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import nbformat
 
 from workbench.files import atomic_write, remove_leftovers
-from workbench.progress import ENV_VARIABLE as PROGRESS_VARIABLE
+from workbench.progress import BATCH_VARIABLE
 from workbench.runner.export import export_html
 from workbench.runner.parameters import RESULTS_PARAMETER, check_parameters, notebook_parameters, title
 from workbench.runner.record import COMPLETE, FAILED, RUNNING, RunFiles, RunRecord, now, run_identity, write_record
@@ -161,8 +161,8 @@ def run_notebook(
         log.write(f"{record.started} {notebook.name} {json.dumps(record.parameters, default=repr)}\n")
         log.flush()
         try:
-            # the kernel inherits WORKBENCH_PROGRESS=0: no widget frames frozen in the report
-            with atomic_write(files.notebook, suffix=".ipynb") as executed, kernel_environment({PROGRESS_VARIABLE: "0"}):
+            # the kernel inherits WORKBENCH_BATCH=1: no progress bars or widgets frozen in the report, plotly.js embedded
+            with atomic_write(files.notebook, suffix=".ipynb") as executed, kernel_environment({BATCH_VARIABLE: "1"}):
                 try:
                     papermill.execute_notebook(
                         str(notebook), str(executed), parameters=injected, kernel_name=ensure_kernel(),

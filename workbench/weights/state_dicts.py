@@ -19,13 +19,12 @@ Rules for a set of checkpoints (the base first, then the fine-tuned ones), appli
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 import pickle
-import struct
 import sys
 import weakref
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,17 +35,13 @@ import torch
 from torch import Tensor, nn
 
 from workbench.files import atomic_write
+from workbench.weights.safetensors_format import encode_header, read_header
 
 __all__ = ["Weights", "MemoryWeights", "SafetensorsWeights", "Selection", "Source", "TensorPlan", "open_weights", "open_task_weights", "plan", "equal_buffer", "write_safetensors", "write_state_dict"]
 
 Source = Union[str, os.PathLike, Mapping[str, Tensor], nn.Module]
 
 _PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt"}
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
-}
-_DTYPE_CODES = {dtype: code for code, dtype in _SAFETENSORS_DTYPES.items()}
 
 
 class Weights:
@@ -141,15 +136,10 @@ class SafetensorsWeights(Weights):
     """A safetensors file read with positioned reads (``os.preadv``) into the caller's tensors; only the header is held."""
 
     def __init__(self, path: Path):
-        header, self._data_start = _safetensors_header(path)
-        header.pop("__metadata__", None)
-        specs, self._offsets = {}, {}
-        for key, entry in header.items():
-            if entry["dtype"] not in _SAFETENSORS_DTYPES:
-                raise ValueError(f"{path}: tensor {key!r} has dtype {entry['dtype']}, which the merge does not handle")
-            specs[key] = (tuple(entry["shape"]), _SAFETENSORS_DTYPES[entry["dtype"]])
-            self._offsets[key] = entry["data_offsets"][0]
-        super().__init__(str(path), specs)
+        header = read_header(path)
+        self._data_start = header.data_start
+        self._offsets = {key: entry.start for key, entry in header.tensors.items()}
+        super().__init__(str(path), {key: (entry.shape, entry.dtype) for key, entry in header.tensors.items()})
         if sys.byteorder != "little":
             raise RuntimeError("safetensors files are little-endian; reading them on a big-endian machine is not supported")
         self._path = path
@@ -186,36 +176,17 @@ class SafetensorsWeights(Weights):
         return picked.view(dtype).reshape(index.shape)
 
 
-def _safetensors_header(path: Path) -> tuple[dict, int]:
-    """The parsed JSON header and the byte offset where the tensor data starts."""
-    with open(path, "rb") as file:
-        prefix = file.read(8)
-        if len(prefix) < 8:
-            raise ValueError(f"{path} is not a safetensors file (shorter than its header)")
-        (length,) = struct.unpack("<Q", prefix)
-        try:
-            return json.loads(file.read(length)), 8 + length
-        except (UnicodeDecodeError, json.JSONDecodeError, MemoryError, OverflowError) as error:
-            raise ValueError(f"{path} is not a safetensors file (its header is not JSON)") from error
-
-
 def _from_pickle(path: Path) -> Weights:
+    """A pickle checkpoint loaded with ``weights_only=True``, memory-mapped when it is a zip archive (as ``torch.save`` writes)."""
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # an old (non-zip) pickle cannot be memory-mapped
-        loaded = _load_weights_only(path)
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as error:
         raise _refusal(path, error) from error
+    except Exception as error:  # torch reports a damaged file as RuntimeError, OSError, EOFError ... naming no file
+        raise ValueError(f"{path} cannot be read as a PyTorch checkpoint (truncated or damaged?): {type(error).__name__}: {error}") from error
     if not isinstance(loaded, Mapping):
         raise ValueError(f"{path} holds a {type(loaded).__name__}, not a state dict (a mapping of names to tensors)")
     return MemoryWeights(str(path), loaded)
-
-
-def _load_weights_only(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise _refusal(path, error) from error
 
 
 def _refusal(path: Path, error: Exception) -> ValueError:
@@ -315,17 +286,9 @@ def write_safetensors(path: str | os.PathLike, plans: Sequence[TensorPlan], tens
     The header is written first from the plans, so no tensor waits for the others. The file appears
     under ``path`` only once complete (an interrupted write leaves nothing that looks finished).
     """
-    offsets, position = {}, 0
-    for p in plans:
-        size = int(torch.Size(p.shape).numel()) * p.dtype.itemsize
-        offsets[p.name] = {"dtype": _DTYPE_CODES[p.dtype], "shape": list(p.shape), "data_offsets": [position, position + size]}
-        position += size
-    header = {"__metadata__": dict(metadata)} if metadata else {}
-    header.update(offsets)
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
+    header = encode_header([(p.name, p.shape, p.dtype) for p in plans], metadata)
     with atomic_write(path, suffix=".safetensors") as temporary, open(temporary, "wb") as file:
-        file.write(struct.pack("<Q", len(encoded)) + encoded)
+        file.write(header)
         for p, tensor in zip(plans, tensors, strict=True):
             if tuple(tensor.shape) != p.shape or tensor.dtype != p.dtype:
                 raise ValueError(f"tensor {p.name!r} is {list(tensor.shape)} {tensor.dtype}, the header says {list(p.shape)} {p.dtype}")

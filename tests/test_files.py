@@ -45,3 +45,49 @@ def test_remove_leftovers_without_names_cleans_a_whole_tree(tmp_path):
     assert remove_leftovers(tmp_path) == stale[:1]
     assert sorted(remove_leftovers(tmp_path, recursive=True)) == stale[1:]
     assert all(p.exists() for p in kept)
+
+
+def test_a_leftover_of_a_live_writer_is_kept(tmp_path):
+    with atomic_write(tmp_path / "m.safetensors", suffix=".safetensors") as temporary:
+        temporary.write_text("being written")
+        assert remove_leftovers(tmp_path) == [] and temporary.exists()
+        with atomic_write(tmp_path / "m.safetensors") as other:  # a second write of the same target leaves the first alone
+            other.write_text("the other one")
+        assert temporary.exists()
+    assert (tmp_path / "m.safetensors").read_text() == "being written"
+
+
+def test_a_killed_merge_leaves_a_leftover_that_the_next_merge_into_the_folder_removes(tmp_path):
+    script = (
+        "import os, sys, torch\n"
+        "from workbench.weights.state_dicts import write_state_dict\n"
+        "def killed():\n"
+        "    yield torch.ones(1000)\n"
+        "    os._exit(9)\n"
+        "class Tensors(dict):\n"
+        "    def values(self): return killed()\n"
+        "write_state_dict(sys.argv[1], Tensors(a=torch.ones(1000), b=torch.ones(10)))\n"
+    )
+    out = tmp_path / "merged.safetensors"
+    assert subprocess.run([sys.executable, "-c", script, str(out)]).returncode == 9
+    leftover = [p for p in tmp_path.iterdir()]
+    assert len(leftover) == 1 and leftover[0].name.startswith(".merged.safetensors.partial-") and leftover[0].stat().st_size > 0
+    import torch
+
+    from workbench.merge import MergeOptions, merge_task_vectors
+
+    models = {"t": {"w": torch.ones(3)}}
+    merge_task_vectors({"w": torch.zeros(3)}, models, MergeOptions(), out=out, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["merged.safetensors"]
+
+
+def test_an_atomic_write_reaches_the_disk_before_its_rename_and_the_folder_after(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(b))) or real_replace(a, b))
+    target = tmp_path / "report.html"
+    with atomic_write(target) as temporary:
+        temporary.write_text("complete")
+    assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
+    assert ".report.html.partial-" in events[0][1] and events[1][1] == str(target) and events[2][1] == str(tmp_path)

@@ -458,3 +458,48 @@ def test_dare_drops_the_asked_fraction():
     merged = merge_tensor(base, tasks, MergeOptions(drop=0.3, seed=5))
     dropped = float((merged == base).float().mean())
     assert abs(dropped - 0.3) < 5 * (0.3 * 0.7 / 200_000) ** 0.5
+
+
+def test_a_half_precision_merge_that_overflows_its_dtype_is_refused_naming_it(tmp_path):
+    base = {"w": torch.zeros(4, dtype=torch.float16)}
+    tasks = {f"t{i}": {"w": torch.full((4,), 40000.0, dtype=torch.float16)} for i in range(2)}
+    out = tmp_path / "merged.safetensors"
+    for target in (None, out):
+        with pytest.raises(ValueError, match=r"tensor 'w' gave values beyond the range of torch.float16 .*largest magnitude 8e\+04"):
+            core(tasks, base, MergeOptions(lam=1.0), out=target)
+    assert not out.exists()
+    written = load_file(str(core(tasks, base, MergeOptions(lam=1.0), out=out, out_dtype=torch.float32)))
+    assert torch.equal(written["w"], torch.full((4,), 80000.0))
+
+
+def test_a_non_finite_tensor_taken_from_the_base_is_refused_naming_it(tmp_path):
+    base, tasks = random_models(n_tasks=2)
+    base["head.weight"][0, 0, 0] = float("inf")
+    tasks["t1"] = {k: v for k, v in tasks["t1"].items() if k != "head.weight"}
+    out = tmp_path / "merged.safetensors"
+    with pytest.raises(ValueError, match=r"tensor 'head.weight', taken unchanged from base, holds NaN or infinite"):
+        core(tasks, base, TA, strict=False, out=out)
+    assert not out.exists()
+
+
+def test_model_wide_trimming_of_a_truncated_checkpoint_names_the_file(tmp_path):
+    base, tasks = random_models(n_tasks=2)
+    paths = {}
+    for name, sd in {"base": base, **tasks}.items():
+        paths[name] = tmp_path / f"{name}.safetensors"
+        save_file(sd, str(paths[name]))
+    paths["t1"].write_bytes(paths["t1"].read_bytes()[:-40])
+    with pytest.raises(ValueError, match=r"t1.safetensors ends inside tensor"):
+        core({"t0": paths["t0"], "t1": paths["t1"]}, paths["base"], TIES, out=tmp_path / "merged.safetensors")
+    assert not (tmp_path / "merged.safetensors").exists()
+
+
+def test_a_truncated_pickle_names_the_file(tmp_path):
+    base, _ = random_models()
+    path = tmp_path / "model.pt"
+    torch.save(base, path)
+    whole = path.read_bytes()
+    for cut in (len(whole) // 2, len(whole) - 30, 100):
+        path.write_bytes(whole[:cut])
+        with pytest.raises(ValueError, match=r"model.pt cannot be read as a PyTorch checkpoint"):
+            open_weights(path)

@@ -185,6 +185,12 @@ def _merge_key(
         if not bool(torch.isfinite(merged).all()):
             raise _non_finite(name, ([base] if base is not None else []) + list(tasks), start, stop)
         result[start:stop] = merged
+        if not bool(torch.isfinite(result[start:stop]).all()):  # finite in the work dtype, beyond the range of the output's
+            raise ValueError(
+                f"merging tensor {name!r} gave values beyond the range of {result.dtype} at entries {start}..{stop - 1} "
+                f"(largest magnitude {merged.abs().max().item():.4g}, finite in {merged.dtype}); "
+                f"nothing was written: write the merge in a wider dtype (out_dtype=torch.float32)"
+            )
     return result.reshape(shape)
 
 
@@ -193,6 +199,14 @@ def _non_finite(name: str, checkpoints: Sequence[Weights], start: int, stop: int
     culprits = [c.name for c in checkpoints if c.spec(name)[1].is_floating_point and not bool(torch.isfinite(c.read(name, start, stop)).all())]
     where = f"{culprits} hold NaN or infinite entries there" if culprits else "every input is finite there, so the merge overflowed"
     return ValueError(f"merging tensor {name!r} gave non-finite values at entries {start}..{stop - 1}: {where}; nothing was written")
+
+
+def _copied(name: str, base: Weights) -> Tensor:
+    """Tensor ``name`` of the base, taken unchanged into the merge; refused when it holds NaN or infinite values."""
+    tensor = base[name]
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"tensor {name!r}, taken unchanged from {base.name}, holds NaN or infinite values; nothing was written")
+    return tensor
 
 
 def merge_tensor(
@@ -247,7 +261,7 @@ def merge_task_vectors(
     def tensors() -> Iterator[Tensor]:
         for p, out_plan in zip(progress_bar(plans, "merge", enabled=progress, leave=False), out_plans):
             if p.action == "copy":
-                yield base_checkpoint[p.name]
+                yield _copied(p.name, base_checkpoint)
             elif p.action == "buffer":
                 yield equal_buffer(p.name, ([base_checkpoint] if base_checkpoint else []) + checkpoints)
             else:

@@ -53,3 +53,11 @@ def test_not_a_safetensors_file_is_named(tmp_path):
     path.write_bytes(b"\x04\x00\x00\x00\x00\x00\x00\x00nope")
     with pytest.raises(ValueError, match="not a safetensors file"):
         open_weights(path)
+
+
+def test_a_file_truncated_after_it_was_opened_names_itself_when_gathered(tmp_path):
+    path = saved(tmp_path, {"w": torch.ones(1000)})
+    checkpoint = open_weights(path)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"model.safetensors ends inside tensor 'w'"):
+        checkpoint.gather("w", torch.tensor([0, 999]))

@@ -170,6 +170,8 @@ class SafetensorsWeights(Weights):
         dtype = self._specs[key][1]
         size = dtype.itemsize
         with mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ) as mapped:
+            if len(mapped) < self.byte_offset(key, self.numel(key)):
+                raise ValueError(f"{self.name} ends inside tensor {key!r}: the file was truncated after it was opened")
             data = np.frombuffer(mapped, dtype=np.uint8, count=self.numel(key) * size, offset=self.byte_offset(key))
             picked = torch.from_numpy(data[index.reshape(-1, 1).numpy() * size + np.arange(size)])  # fancy indexing copies
             del data  # the map closes only once no array views it

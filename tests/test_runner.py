@@ -1,16 +1,21 @@
+import fcntl
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import tomllib
+from dataclasses import asdict
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
 
-from tests.notebooks import SAVES_METRICS, write_notebook
-from workbench import results, runner
-from workbench.runner.record import read_record
+from tests.notebooks import SAVES_METRICS, SAVES_THEN_STOPS, write_notebook
+from workbench import cli, results, runner
+from workbench.runner.record import RunFiles, RunRecord, read_record, write_record
 
 NOTEBOOK = Path("notebooks/01_gradient_conflict.ipynb")
 
@@ -22,7 +27,9 @@ def test_every_notebook_has_parameters_with_quick_and_seed_and_no_outputs():
         parameters = runner.notebook_parameters(path)
         assert {"quick", "seed"} <= set(parameters), path
         assert parameters["quick"].default is False, path
-        nb = nbformat.read(path, as_version=4)
+        # what git commits: the index version, which the nbstripout filter keeps clean of what Lab autosaves in the working copy
+        staged = subprocess.run(["git", "show", f":{path.as_posix()}"], capture_output=True, text=True, encoding="utf-8")
+        nb = nbformat.reads(staged.stdout, as_version=4) if staged.returncode == 0 else nbformat.read(path, as_version=4)
         first_code = next(c for c in nb.cells if c.cell_type == "code")
         assert "parameters" in first_code.metadata.get("tags", []), f"{path}: the first code cell must be the parameters"
         assert nb.metadata.kernelspec.name == runner.KERNEL_NAME
@@ -78,20 +85,160 @@ def test_run_all_refuses_a_parameter_no_notebook_has(tmp_path):
         runner.run_all("notebooks", tmp_path, {"nonsense": 1})
 
 
-def test_a_failed_run_keeps_the_previous_report(tmp_path):
-    notebook = write_notebook(tmp_path / "nb" / "09_fails.ipynb", "assert not fail, 'asked to fail'")
+def _contents(folder: Path, leaving_out: tuple[str, ...] = ()) -> dict[str, bytes]:
+    """Every file under ``folder`` by relative path, with its bytes, but those whose path starts with one of ``leaving_out``."""
+    files = (p for p in sorted(folder.rglob("*")) if p.is_file())
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in files if not p.relative_to(folder).as_posix().startswith(leaving_out)}
+
+
+def _injected(notebook: Path) -> str:
+    return next(c.source for c in nbformat.read(notebook, as_version=4).cells if "injected-parameters" in c.metadata.get("tags", []))
+
+
+@pytest.mark.slow
+def test_a_failed_run_keeps_the_previous_report_and_its_partial_results_apart(tmp_path):
+    notebook = write_notebook(tmp_path / "nb" / "09_stops.ipynb", SAVES_THEN_STOPS)
     out = tmp_path / "out"
-    report = runner.run_notebook(notebook, {}, out, progress=False)
-    good = report.notebook.read_text()
+    runner.run_notebook(notebook, {}, out, progress=False)
+    previous = _contents(out)
     with pytest.raises(Exception, match="asked to fail"):
-        runner.run_notebook(notebook, {"fail": True}, out, progress=False)
-    assert report.notebook.read_text() == good and report.html.exists()
-    assert "asked to fail" in (out / "09_fails.failed.ipynb").read_text()
-    assert "asked to fail" in (out / "09_fails.failed.html").read_text()
-    record = read_record(out / "09_fails.run.json")
-    assert record.status == "failed" and record.error == "AssertionError: asked to fail"
-    assert record.parameters == {"fail": True} and record.report == "09_fails.failed.html"
-    assert "AssertionError: asked to fail" in (out / "09_fails.log").read_text()
+        runner.run_notebook(notebook, {"seed": 1, "fail": True}, out, progress=False)
+    assert _contents(out, leaving_out=("09_stops.failed", "09_stops.attempt.json")) == previous, "the previous run's files changed"
+    assert [p.name for p in (out / "09_stops.failed").iterdir()] == ["seed1.txt"]
+    assert "asked to fail" in (out / "09_stops.failed.ipynb").read_text() and "asked to fail" in (out / "09_stops.failed.html").read_text()
+    assert _injected(out / "09_stops.failed.ipynb") == '# Parameters\nseed = 1\nfail = True\nresults_dir = "09_stops.failed"\n'
+    assert "AssertionError: asked to fail" in (out / "09_stops.failed.log").read_text()
+    attempt = read_record(out / "09_stops.attempt.json")
+    assert attempt.status == "failed" and attempt.error == "AssertionError: asked to fail"
+    assert attempt.parameters == {"seed": 1, "fail": True} and attempt.report == "09_stops.failed.html"
+    index = runner.write_index(out).read_text()
+    assert '<a href="09_stops.html">' in index and '<a href="09_stops.failed.html">' in index, "the index lists the last good run and the failure"
+    assert 'class="complete"' in index and 'class="failed"' in index and '<a href="09_stops.failed/seed1.txt">' in index
+
+    runner.run_notebook(notebook, {"seed": 2}, out, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["09_stops", "09_stops.html", "09_stops.ipynb", "09_stops.log", "09_stops.run.json", "index.html"]
+    assert [p.name for p in (out / "09_stops").iterdir()] == ["seed2.txt"]
+
+
+@pytest.mark.slow
+def test_a_killed_run_leaves_the_previous_report_whole_and_the_next_run_cleans_up(tmp_path):
+    notebook = write_notebook(tmp_path / "nb" / "09_stops.ipynb", SAVES_THEN_STOPS)
+    out = tmp_path / "out"
+    runner.run_notebook(notebook, {}, out, progress=False)
+    previous = _contents(out)
+    hold = tmp_path / "hold"
+    hold.write_text("")
+    code = f"from workbench import runner; runner.run_notebook({str(notebook)!r}, {{'seed': 1}}, {str(out)!r}, progress=False)"
+    killed = subprocess.Popen(
+        [sys.executable, "-c", code], env={**os.environ, "HOLD_FILE": str(hold)}, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not hold.with_suffix(".pid").exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert hold.with_suffix(".pid").exists(), killed.communicate(timeout=60)[0] if killed.poll() is not None else "never started"
+    os.killpg(killed.pid, signal.SIGKILL)
+    os.kill(int(hold.with_suffix(".pid").read_text()), signal.SIGKILL)  # the kernel runs in a session of its own
+    killed.communicate(timeout=60)
+
+    assert _contents(out, leaving_out=(".09_stops.staging-", "09_stops.attempt.json", "09_stops.lock")) == previous
+    assert read_record(out / "09_stops.attempt.json").status == "running"
+    assert (out / "09_stops.lock").read_text() == str(killed.pid), "the lock names the run that held it"
+    [staging] = out.glob(".09_stops.staging-*")
+    assert [p.name for p in (staging / "09_stops").iterdir()] == ["seed1.txt"]
+    index = runner.write_index(out).read_text()
+    assert '<a href="09_stops.html">' in index and 'class="complete"' in index and 'class="unfinished"' in index
+
+    hold.unlink()
+    runner.run_notebook(notebook, {"seed": 2}, out, progress=False)  # takes over the lock its dead holder left
+    assert sorted(p.name for p in out.iterdir()) == ["09_stops", "09_stops.html", "09_stops.ipynb", "09_stops.log", "09_stops.run.json", "index.html"]
+    assert [p.name for p in (out / "09_stops").iterdir()] == ["seed2.txt"]
+
+
+def test_a_second_run_into_the_same_folder_refuses_to_start(tmp_path):
+    notebook = write_notebook(tmp_path / "nb" / "09_small.ipynb", SAVES_METRICS)
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / "09_small.lock"
+    with lock.open("w") as held:
+        held.write(str(os.getpid()))
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ValueError, match="already running") as refused:
+            runner.run_notebook(notebook, {}, out, progress=False)
+    assert str(lock) in str(refused.value) and f"pid {os.getpid()}" in str(refused.value)
+    assert [p.name for p in out.iterdir()] == ["09_small.lock"] and lock.read_text() == str(os.getpid())
+
+
+@pytest.mark.parametrize("call", ["run_notebook", "run_report", "run_all", "cli"])
+def test_results_dir_is_refused_before_anything_is_written(tmp_path, capsys, call):
+    notebook = write_notebook(tmp_path / "nb" / "09_small.ipynb", SAVES_METRICS)
+    elsewhere, out = tmp_path / "elsewhere", tmp_path / "out"
+    if call == "cli":
+        assert cli.main(["run", str(notebook), "-p", "results_dir", str(elsewhere), "-o", str(out)]) == 2
+        assert "'results_dir' is set by the runner" in capsys.readouterr().err
+    else:
+        with pytest.raises(ValueError, match="'results_dir' is set by the runner"):
+            if call == "run_all":
+                runner.run_all(notebook.parent, out, {"results_dir": str(elsewhere)}, progress=False)
+            else:
+                getattr(runner, call)(notebook, {"results_dir": str(elsewhere)}, out, progress=False)
+    assert not out.exists() and not elsewhere.exists()
+
+
+def test_a_malformed_record_is_left_out_of_the_index_with_a_warning(tmp_path):
+    good = RunRecord("good.ipynb", "the good run", {}, "0" * 64, "complete", "2026-01-01T00:00:00+00:00", 1.0)
+    write_record(RunFiles(tmp_path / "good", "good"), good)
+    fields = asdict(good)
+    malformed = {
+        "started": json.dumps({**fields, "started": 5}),
+        "missing": json.dumps({name: value for name, value in fields.items() if name != "identity"}),
+        "duration": json.dumps({**fields, "duration": "long"}),
+        "status": json.dumps({**fields, "status": "done"}),
+        "list": "[1, 2]",
+        "text": "not json",
+    }
+    paths = []
+    for name, text in malformed.items():
+        paths.append(tmp_path / name / f"{name}.run.json")
+        paths[-1].parent.mkdir()
+        paths[-1].write_text(text)
+    with pytest.warns(UserWarning) as warned:
+        index = runner.write_index(tmp_path).read_text()
+    assert sorted(str(w.message).split(": ")[0] for w in warned) == sorted(map(str, paths))
+    assert "the good run" in index and index.count("<tr>") == 2  # the header and the good run
+    with pytest.warns(UserWarning, match="'started' must be a str, got 5"):
+        assert read_record(tmp_path / "started" / "started.run.json") is None
+
+
+@pytest.mark.parametrize("command", [["run", str(NOTEBOOK)], ["reports"]])
+@pytest.mark.parametrize("below", ["", "reports"])
+def test_cli_refuses_an_output_folder_that_is_a_file(tmp_path, capsys, command, below):
+    file = tmp_path / "README.md"
+    file.write_text("# readme\n")
+    assert cli.main([*command, "-o", str(file / below)]) == 2
+    printed = capsys.readouterr().err
+    assert printed.startswith("workbench: ") and printed.count("\n") == 1 and f"{file} is not a folder" in printed
+    assert [p.name for p in tmp_path.iterdir()] == ["README.md"] and file.read_text() == "# readme\n"
+
+
+def test_cli_names_a_notebook_that_is_not_json(tmp_path, capsys):
+    notebook = tmp_path / "09_broken.ipynb"
+    notebook.write_text("{not json")
+    for command in (["run", str(notebook), "-o", str(tmp_path / "out")], ["params", str(notebook)]):
+        assert cli.main(command) == 2
+        printed = capsys.readouterr().err
+        assert printed.startswith(f"workbench: {notebook} is not a notebook") and printed.count("\n") == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["09_broken.ipynb"]
+
+
+def test_cli_reports_an_os_error_in_one_line(tmp_path, capsys, monkeypatch):
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "out"))
+
+    monkeypatch.setattr(runner, "run_report", denied)
+    assert cli.main(["run", str(NOTEBOOK), "-o", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"workbench: [Errno 13] Permission denied: '{tmp_path / 'out'}'\n"
 
 
 def test_run_all_writes_every_report_and_the_index(tmp_path, monkeypatch):
@@ -156,7 +303,7 @@ def test_a_report_names_no_path_of_the_machine(default_and_other_run):
     assert injected.source == '# Parameters\nresults_dir = "09_small"\n'
     for path in [report, out / "09_small.html", out / "09_small.log", out / "09_small.run.json"]:
         text = path.read_text()
-        assert str(root) not in text and str(Path.cwd()) not in text, path
+        assert str(root) not in text and str(Path.cwd()) not in text and ".staging-" not in text, path
 
 
 def test_files_are_written_with_the_umask_and_leftovers_are_removed(default_and_other_run):

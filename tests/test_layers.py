@@ -12,7 +12,7 @@ PACKAGE = ROOT / "workbench"
 
 # Lowest first; a module may import from its own layer and every layer below it.
 LAYERS = [
-    ("utilities", {"workbench.version", "workbench.extras", "workbench.files", "workbench.progress", "workbench.registry"}),
+    ("utilities", {"workbench.version", "workbench.extras", "workbench.files", "workbench.progress", "workbench.registry", "workbench.paths"}),
     ("contract", {"workbench.tasks"}),
     ("foundations", {"workbench.data", "workbench.models", "workbench.weights", "workbench.gradients", "workbench.results"}),
     ("algorithms", {"workbench.probes", "workbench.train", "workbench.merge"}),

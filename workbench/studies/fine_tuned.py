@@ -4,7 +4,7 @@ A :class:`Recipe` says how they are made: the dataset and its tasks, how many mu
 pretrain the model from scratch (the MultiDigits CNN; ``0`` keeps the weights as loaded, MiniLM's)
 and how many steps then fine-tune a copy on each task alone, with its optimizer settings and seed.
 :func:`fine_tuned_checkpoints` builds them once (a :class:`FineTunedSet`) and caches them under
-``data/checkpoints/DATASET-KEY/``, ``KEY`` a hash of the recipe and the workbench's version: a
+``checkpoints/DATASET-KEY/`` of the data folder (``data/`` of the checkout, or ``$WORKBENCH_DATA``), ``KEY`` a hash of the recipe and the workbench's version: a
 changed recipe gets a folder of its own, so a stale checkpoint is never reused. The folder counts as
 complete only once its ``manifest.json`` is written, last; a build killed midway is started again.
 
@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from workbench.files import atomic_write
+from workbench.paths import data_dir
 from workbench.studies.problems import load_problem
 from workbench.train.loop import train
 from workbench.version import __version__
@@ -81,9 +82,11 @@ def _save(tensors: dict[str, Tensor], path: Path, recipe: Recipe) -> None:
     write_state_dict(path, tensors, {"recipe": json.dumps(asdict(recipe), sort_keys=True, default=list)})
 
 
-def fine_tuned_checkpoints(recipe: Recipe, cache: str | Path = "data/checkpoints", progress: bool = True) -> FineTunedSet:
-    """The pretrained and fine-tuned checkpoints of ``recipe``, built unless the cache holds them."""
-    folder = Path(cache) / f"{recipe.dataset}-{recipe.key()}"
+def fine_tuned_checkpoints(recipe: Recipe, cache: str | Path | None = None, progress: bool = True) -> FineTunedSet:
+    """The pretrained and fine-tuned checkpoints of ``recipe``, built unless the cache holds them.
+
+    ``cache`` is by default the data folder's ``checkpoints/`` (:func:`workbench.paths.data_dir`), whatever the working folder."""
+    folder = Path(data_dir("checkpoints") if cache is None else cache) / f"{recipe.dataset}-{recipe.key()}"
     files = FineTunedSet(folder, recipe, folder / "base.safetensors", {t: folder / f"{t}.safetensors" for t in recipe.tasks})
     if (folder / MANIFEST).exists():
         return files

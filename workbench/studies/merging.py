@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,8 +87,9 @@ class MergeSet:
         return MergeData({t: part.x for t in self.tasks})
 
 
-def load_merge_set(recipe: Recipe, cache: str = "data/checkpoints", progress: bool = True) -> MergeSet:
-    """The checkpoints of ``recipe`` (built once, see :func:`~workbench.studies.fine_tuned.fine_tuned_checkpoints`) and their models."""
+def load_merge_set(recipe: Recipe, cache: str | Path | None = None, progress: bool = True) -> MergeSet:
+    """The checkpoints of ``recipe`` (built once in ``cache``, by default the data folder's ``checkpoints/``, see
+    :func:`~workbench.studies.fine_tuned.fine_tuned_checkpoints`) and their models."""
     files = fine_tuned_checkpoints(recipe, cache=cache, progress=progress)
     problem = load_problem(recipe.dataset, seed=recipe.seed, tasks=list(recipe.tasks), **recipe.options)
     states = {t: files.load(t) for t in recipe.tasks}

@@ -18,7 +18,13 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/workbench kernel
 	touch $@
 
+# In a git checkout, notebooks pass through nbstripout when staged (.gitattributes), so that what JupyterLab
+# saves (outputs, execution counts, widget state) never reaches a commit; the cell ids are kept as committed.
+NBSTRIPOUT := "$(abspath $(PY))" -m nbstripout --keep-id --extra-keys cell.metadata.jp-MarkdownHeadingCollapsed
+
 install: $(VENV)/.installed
+	@if [ "$$(git rev-parse --show-toplevel 2>/dev/null)" = "$(CURDIR)" ]; then \
+	  git config filter.nbstripout.clean '$(NBSTRIPOUT)' && git config filter.nbstripout.smudge cat; fi
 
 # The report test opens HTML in headless Chromium; Debian's package is installed when missing.
 chromium:

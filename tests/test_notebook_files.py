@@ -3,8 +3,8 @@ and the folders an interactive run writes to."""
 
 import ast
 import json
-import shutil
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,7 +19,7 @@ LANGUAGE_KEYS = {"codemirror_mode", "file_extension", "mimetype", "name", "nbcon
 
 
 def git(*args: str, **options) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, encoding="utf-8", **options)
+    return subprocess.run(["git", *args], check=False, cwd=ROOT, capture_output=True, text=True, encoding="utf-8", **options)
 
 
 def in_git_checkout() -> bool:

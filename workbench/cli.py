@@ -1,4 +1,10 @@
-"""The ``workbench`` command: run notebooks into reports, run sweeps, list parameters, install the kernel."""
+"""The ``workbench`` command: run notebooks into reports, run sweeps, list parameters, install the kernel.
+
+It exits with status 0 when everything ran, 1 when a notebook failed (a run, or a sweep's run), and
+2 when it refused to start (an unknown parameter, a bad sweep file, an output folder that is a file,
+a run of the same notebook into the same folder under way) or the system refused a file; a refusal
+is one line on stderr, ``workbench: ...``, and is checked before anything is written.
+"""
 
 from __future__ import annotations
 
@@ -67,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{parameter.name} = {parameter.default!r}  ({parameter.kind.__name__})")
         elif args.command == "kernel":
             print(f"kernel {runner.ensure_kernel()!r} is ready")
-    except (ValueError, FileNotFoundError) as error:
-        print(f"workbench: {error}", file=sys.stderr)
-        return 2
     except PapermillExecutionError as error:
         print(f"workbench: a cell failed ({error.ename}: {error.evalue}); the previous report is untouched", file=sys.stderr)
         return 1
+    except (ValueError, OSError) as error:  # a refused value or folder; an OSError (a full disk, a permission) as a last resort
+        print(f"workbench: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -42,10 +42,16 @@ class Parameter:
 
 
 def _read(path: str | os.PathLike) -> tuple[Path, nbformat.NotebookNode]:
+    """The notebook at ``path``; raises ``FileNotFoundError`` or ``ValueError`` naming the file when there is none or it is not one."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no notebook at {path}")
-    return path, nbformat.read(path, as_version=4)
+    try:
+        return path, nbformat.read(path, as_version=4)
+    except OSError:
+        raise
+    except Exception as error:  # noqa: BLE001 - nbformat raises many kinds (JSON, schema, conversion errors) for a file that is not a notebook
+        raise ValueError(f"{path} is not a notebook: {error}") from error
 
 
 def _parameters_cell(nb: nbformat.NotebookNode, path: Path) -> nbformat.NotebookNode:
@@ -97,11 +103,15 @@ def check_parameters(path: str | os.PathLike, values: Mapping[str, Any]) -> dict
     """``values`` checked against the notebook's parameters; raises ``ValueError`` naming them all on a mismatch.
 
     A value given as a string for a string parameter stays a string even if it looks like a number.
+    ``results_dir`` is refused: the runner sets it, so that a run's results lie beside its report.
     """
     declared = notebook_parameters(path)
     listing = ", ".join(f"{p.name}={p.default!r}" for p in declared.values())
     checked, problems = {}, []
     for name, value in values.items():
+        if name == RESULTS_PARAMETER:
+            problems.append(f"'{RESULTS_PARAMETER}' is set by the runner: a run's results go in the folder NAME beside its report NAME.html")
+            continue
         if name not in declared:
             problems.append(f"unknown parameter {name!r}")
             continue

@@ -40,6 +40,7 @@ MANIFEST = "sweep.json"
 
 _KEYS = ("name", "notebooks", "parameters", "grid", "runs")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_LONGEST_NAME = 100  # a folder's name; most file systems take 255 bytes
 _SHOWN_PROBLEMS = 12
 
 
@@ -119,6 +120,8 @@ def _name(path: Path, spec: dict) -> str:
     name = spec.get("name", path.stem)
     if not isinstance(name, str) or not _NAME.match(name):
         raise _fail(path, f"the sweep's name {name!r} must be letters, digits and ._- (it names the sweep's folder)")
+    if len(name) > _LONGEST_NAME:
+        raise _fail(path, f"the sweep's name {name!r} is {len(name)} characters long; at most {_LONGEST_NAME} (it names the sweep's folder)")
     return name
 
 

@@ -17,6 +17,19 @@ assert not fail, 'asked to fail'
 results.save(xr.Dataset({'value': ('step', [seed * scale, seed * scale + 1])}), Path(results_dir) / 'metrics.nc')
 """
 
+# Saves seedN.txt, then, with HOLD_FILE present, writes its kernel's pid to HOLD_FILE.pid and waits to be killed; then fails if asked to.
+SAVES_THEN_STOPS = """\
+import os, time
+from pathlib import Path
+Path(results_dir).mkdir(parents=True, exist_ok=True)
+Path(results_dir, f'seed{seed}.txt').write_text(str(seed))
+hold = Path(os.environ.get('HOLD_FILE', '/nonexistent'))
+if hold.exists():
+    hold.with_suffix('.pid').write_text(str(os.getpid()))
+    time.sleep(600)
+assert not fail, 'asked to fail'
+"""
+
 
 def write_notebook(path: Path, source: str, parameters: str = PARAMETERS) -> Path:
     """A notebook at ``path``: a markdown title, the ``parameters`` cell, then one code cell with ``source``."""

@@ -31,7 +31,13 @@ def _run_folders(out: Path, sweep: str, notebook: str) -> dict[str, Path]:
 
 
 def _leftovers(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob(".*") if ".partial-" in p.name]
+    return [p for p in folder.rglob(".*") if ".partial-" in p.name or ".staging-" in p.name]
+
+
+def _status(folder: Path, notebook: str) -> str:
+    """The status of the run's current attempt when it has one (running or failed), else of its last complete run."""
+    attempt = folder / f"{notebook}.attempt.json"
+    return read_record(attempt if attempt.exists() else folder / f"{notebook}.run.json").status
 
 
 @pytest.fixture(scope="module")
@@ -128,11 +134,12 @@ def test_a_failing_run_is_recorded_and_the_others_complete(tmp_path, monkeypatch
     assert "3 runs" in printed and "2 ran and completed, 0 already complete (skipped), 1 failed" in printed
     assert "failed: 09_small/seed=2,fail=true: AssertionError: asked to fail" in printed
     folders = _run_folders(tmp_path / "out", "fails", "09_small")
-    statuses = {name: read_record(folder / "09_small.run.json").status for name, folder in folders.items()}
+    statuses = {name: _status(folder, "09_small") for name, folder in folders.items()}
     assert statuses == {"seed=0,fail=false": "complete", "seed=1,fail=false": "complete", "seed=2,fail=true": "failed"}
     failed = folders["seed=2,fail=true"]
     assert "asked to fail" in (failed / "09_small.failed.ipynb").read_text() and (failed / "09_small.failed.html").exists()
-    assert not (failed / "09_small.ipynb").exists() and "AssertionError: asked to fail" in (failed / "09_small.log").read_text()
+    assert not (failed / "09_small.ipynb").exists() and not (failed / "09_small.run.json").exists()
+    assert "AssertionError: asked to fail" in (failed / "09_small.failed.log").read_text()
     assert 'class="failed"' in (tmp_path / "out" / "index.html").read_text()
 
     again = runner.run_sweep(path, tmp_path / "out", workers=2, progress=False)
@@ -146,7 +153,7 @@ from pathlib import Path
 import xarray as xr
 from workbench import results
 from workbench.files import atomic_write
-attempts = Path('attempts.txt')  # the kernel runs in the run's folder
+attempts = Path('..', 'attempts.txt')  # the kernel runs in a staging folder inside the run's folder
 attempt = int(attempts.read_text()) + 1 if attempts.exists() else 1
 attempts.write_text(str(attempt))
 if attempt <= kills:
@@ -172,10 +179,10 @@ def test_a_killed_worker_is_retried_then_reported_and_no_result_is_half_written(
     path = _sweep_file(tmp_path / "twice.yaml", notebook, grid={"seed": [2]}, parameters={"kills": 2})
     reported = runner.run_sweep(path, tmp_path / "out", scheduler=scheduler, progress=False)
     twice = _run_folders(tmp_path / "out", "twice", "09_killer")["seed=2"]
-    record = read_record(twice / "09_killer.run.json")
+    record = read_record(twice / "09_killer.attempt.json")
     assert (twice / "attempts.txt").read_text() == "2" and record.status == "failed" and "KilledWorker" in record.error
     assert [run.label for run, _ in reported.failed] == ["09_killer/seed=2"]
-    assert [p.name for p in (twice / "09_killer").iterdir() if not p.name.startswith(".")] == [], "a half-written result"
+    assert not (twice / "09_killer").exists() and not (twice / "09_killer.run.json").exists(), "a half-written result"
     assert _leftovers(twice) != [] and not (twice / "09_killer.ipynb").exists()  # the next run removes the leftovers
     with pytest.raises(ValueError, match="no complete run"):
         load_sweep(tmp_path / "out" / "sweeps" / "twice")
@@ -219,7 +226,7 @@ def test_a_killed_sweep_leaves_nothing_that_looks_complete(tmp_path):
     sweep.communicate(timeout=60)
 
     held = out / "sweeps" / "holds" / "09_holds" / "seed=0"
-    assert read_record(held / "09_holds.run.json").status == "running"
+    assert read_record(held / "09_holds.attempt.json").status == "running" and not (held / "09_holds.run.json").exists()
     assert not (held / "09_holds.ipynb").exists() and not (held / "09_holds" / "metrics.nc").exists()
     assert _leftovers(out) != []
     with pytest.raises(ValueError, match="no complete run"):
@@ -243,6 +250,7 @@ def test_a_killed_sweep_leaves_nothing_that_looks_complete(tmp_path):
         ({"grids": {"seed": [0]}}, r"unknown keys \['grids'\]"),
         ({"runs": [{"seed": 1}, {"seed": 1}]}, r"run 2 of 09_small.ipynb \(seed=1\) is the same run as run 1"),
         ({"parameters": {"seed": 1}, "grid": {"seed": [2]}}, r"\['seed'\] are set both in 'parameters' and in the swept values"),
+        ({"name": "x" * 300}, r"the sweep's name 'x{300}' is 300 characters long; at most 100"),
     ],
 )
 def test_a_bad_sweep_file_is_refused_before_anything_runs(tmp_path, spec, message):
@@ -260,4 +268,13 @@ def test_the_cli_refuses_a_bad_sweep_file_with_exit_status_2(tmp_path, capsys):
     assert cli.main(["sweep", str(path), "-o", str(tmp_path / "out")]) == 2
     printed = capsys.readouterr().err
     assert "run 1 of 09_small.ipynb (scale='big')" in printed and "parameter 'scale' takes a float" in printed
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_cli_refuses_a_sweep_name_too_long_for_a_folder(tmp_path, capsys):
+    write_notebook(tmp_path / "nb" / "09_small.ipynb", SAVES_METRICS)
+    path = _sweep_file(tmp_path / "long.yaml", tmp_path / "nb" / "09_small.ipynb", name="x" * 300, grid={"seed": [0]})
+    assert cli.main(["sweep", str(path), "-o", str(tmp_path / "out")]) == 2
+    printed = capsys.readouterr().err
+    assert printed.startswith(f"workbench: {path}: the sweep's name") and printed.count("\n") == 1
     assert not (tmp_path / "out").exists()

@@ -3,7 +3,10 @@
 One module per job:
 
 - ``parameters``: a notebook's ``parameters`` cell, and values checked against it;
-- ``record``: what a run leaves in its folder (report, results, log, record) and its identity;
+- ``record``: what a run leaves in its folder (report, results, log, records of the last complete
+  run and of the current attempt) and its identity;
+- ``staging``: a run's files written apart and published whole, and the lock that allows one run of
+  a notebook into a folder at a time;
 - ``execute``: one papermill run into a folder;
 - ``export``: executed notebook to self-contained HTML;
 - ``reports``: where ``workbench run`` / ``workbench reports`` put a notebook's report;
@@ -19,6 +22,7 @@ from workbench.runner.index import write_index
 from workbench.runner.parameters import Parameter, check_parameters, notebook_parameters, parse_cli_value
 from workbench.runner.record import RunRecord, read_record
 from workbench.runner.reports import report_folder, run_all, run_report
+from workbench.runner.staging import RunInProgress
 from workbench.runner.sweep import SweepSummary, run_sweep
 from workbench.runner.sweepfile import Sweep, read_sweep
 
@@ -26,6 +30,7 @@ __all__ = [
     "KERNEL_NAME",
     "Parameter",
     "Report",
+    "RunInProgress",
     "RunRecord",
     "Sweep",
     "SweepSummary",

@@ -1,7 +1,10 @@
 """Execute one notebook with papermill into a folder: the executed notebook, its HTML report, a log and a record.
 
-The kernel runs in the report's folder, and ``results_dir`` is injected relative to it (``NAME``),
-so a report names no path of the machine it ran on and still finds its results when reopened.
+The kernel runs in the run's staging folder, a hidden folder inside the report's folder, and
+``results_dir`` is injected relative to it (``NAME``). The executed notebook, HTML and log are
+written there too, and all of them are published at once when the run succeeds, or under their
+``NAME.failed`` names when it fails (see :mod:`workbench.runner.staging`). So a report names no
+path of the machine it ran on, and finds its results, ``NAME/`` beside it, when reopened.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -21,13 +25,14 @@ from typing import Any, TextIO
 
 import nbformat
 
-from workbench.files import atomic_write, remove_leftovers
+from workbench.files import remove_leftovers
 from workbench.progress import BATCH_VARIABLE
 from workbench.runner.export import export_html
 from workbench.runner.parameters import RESULTS_PARAMETER, check_parameters, notebook_parameters, title
 from workbench.runner.record import COMPLETE, FAILED, RUNNING, RunFiles, RunRecord, now, run_identity, write_record
+from workbench.runner.staging import holding_lock, publish, remove_staged, staging_folder
 
-__all__ = ["KERNEL_NAME", "Report", "ensure_kernel", "kernel_environment", "run_notebook"]
+__all__ = ["KERNEL_NAME", "Report", "check_output_folder", "ensure_kernel", "kernel_environment", "run_notebook"]
 
 KERNEL_NAME = "workbench"
 
@@ -104,23 +109,79 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}".rstrip(": ")
 
 
-def _without_machine_paths(executed: Path, notebook: Path, report: Path) -> nbformat.NotebookNode:
-    """Papermill's output notebook with the input and output paths in its metadata reduced to file names."""
+def check_output_folder(folder: str | os.PathLike) -> None:
+    """Raise ``ValueError`` unless ``folder`` is a folder or can be made one: it, or its nearest parent that exists, is a folder."""
+    folder = Path(folder)
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not existing.is_dir():
+        held = "" if existing == folder else f", so it cannot hold {folder}"
+        raise ValueError(f"{existing} is not a folder{held}")
+
+
+def _injected(notebook: Path, checked: Mapping[str, Any], files: RunFiles) -> dict[str, Any]:
+    """The parameters given to papermill: the checked values and, if the notebook declares it, ``results_dir``
+    (``NAME``, relative to the kernel's working directory)."""
+    if RESULTS_PARAMETER not in notebook_parameters(notebook):
+        return dict(checked)
+    return {**checked, RESULTS_PARAMETER: files.results_dir.name}
+
+
+def _as_published(executed: Path, notebook: Path, target: RunFiles) -> None:
+    """Papermill's output notebook with the input and output paths in its metadata reduced to file names, as published at ``target``."""
     nb = nbformat.read(executed, as_version=4)
-    nb.metadata.setdefault("papermill", {}).update(input_path=notebook.name, output_path=report.name)
-    return nb
+    nb.metadata.setdefault("papermill", {}).update(input_path=notebook.name, output_path=target.notebook.name)
+    nbformat.write(nb, executed)
 
 
-def _keep_failed(executed: Path, notebook: Path, files: RunFiles, log: TextIO) -> None:
-    """Keep papermill's partly executed notebook as ``NAME.failed.ipynb`` and ``.html``; a problem doing so goes to the log."""
-    if not executed.stat().st_size:  # the kernel did not start: nothing was executed
+def _keep_failed(staging: RunFiles, notebook: Path, failed: RunFiles, log: TextIO) -> None:
+    """Make the staged, partly executed notebook readable (and its HTML) as ``failed``'s; a problem doing so goes to the log."""
+    if not staging.notebook.exists() or not staging.notebook.stat().st_size:  # the kernel did not start: nothing was executed
         return
     try:
-        with atomic_write(files.failed_notebook, suffix=".ipynb") as failed:
-            nbformat.write(_without_machine_paths(executed, notebook, files.failed_notebook), failed)
-        export_html(files.failed_notebook, files.failed_html)
+        _as_published(staging.notebook, notebook, failed)
+        export_html(staging.notebook, staging.html)
     except Exception as error:  # noqa: BLE001 - the run's own error is the one to report
         log.write(f"\ncould not keep the partly executed notebook: {type(error).__name__}: {error}\n")
+
+
+def _execute_staged(notebook: Path, checked: Mapping[str, Any], files: RunFiles, staging: RunFiles, record: RunRecord,
+                    progress: bool, start: float) -> float:
+    """Execute the notebook with its results, notebook, HTML and log in ``staging``; returns the duration.
+
+    On failure the error is logged and the partly executed notebook kept, readable, in ``staging``, then raised.
+    """
+    import papermill
+
+    injected = _injected(notebook, checked, files)
+    with staging.log.open("w", encoding="utf-8") as log:
+        log.write(f"{record.started} {notebook.name} {json.dumps(record.parameters, default=repr)}\n")
+        log.flush()
+        try:
+            # the kernel inherits WORKBENCH_BATCH=1: no progress bars or widgets frozen in the report, plotly.js embedded
+            with kernel_environment({BATCH_VARIABLE: "1"}):
+                papermill.execute_notebook(
+                    str(notebook), str(staging.notebook), parameters=injected, kernel_name=ensure_kernel(),
+                    progress_bar=progress, stdout_file=log, stderr_file=log,
+                    resources={"metadata": {"path": str(staging.folder)}},  # the kernel's working directory
+                )
+            _as_published(staging.notebook, notebook, files)
+            export_html(staging.notebook, staging.html)
+        except BaseException as error:
+            _keep_failed(staging, notebook, files.failed, log)
+            log.write(f"\nfailed after {time.monotonic() - start:.1f} s\n{''.join(traceback.format_exception(error))}")
+            raise
+        duration = time.monotonic() - start
+        log.write(f"\ncomplete in {duration:.1f} s\n")
+    return duration
+
+
+def _remove_earlier(files: RunFiles) -> None:
+    """Remove the leftovers of killed runs (staging folders, temporary files) and the files of an earlier failed attempt."""
+    remove_staged(files)
+    remove_leftovers(files.folder, files.written)
+    shutil.rmtree(files.failed.results_dir, ignore_errors=True)
+    for path in (files.failed.notebook, files.failed.html, files.failed.log):
+        path.unlink(missing_ok=True)
 
 
 def run_notebook(
@@ -132,56 +193,39 @@ def run_notebook(
 ) -> Report:
     """Execute ``notebook`` with ``parameters`` into ``output_dir``; raises what made it fail, after recording it.
 
-    Writes ``NAME.ipynb`` and ``NAME.html``, the notebook's results in ``NAME/``, the kernel's output in
-    ``NAME.log`` and the record ``NAME.run.json`` (``sweep`` names the sweep it belongs to). The
-    parameters are checked before anything is written. A failed run leaves the previous report in
-    place, keeps the partly executed notebook as ``NAME.failed.ipynb`` and ``NAME.failed.html`` and
-    records the error. Leftovers of this run's killed writes and of its earlier failure are removed first.
+    A complete run replaces ``NAME.ipynb``, ``NAME.html``, the results in ``NAME/`` and the kernel's
+    output in ``NAME.log`` all at once, then writes the record ``NAME.run.json`` (``sweep`` names the
+    sweep it belongs to). The attempt is recorded in ``NAME.attempt.json`` meanwhile. A failed run
+    leaves the previous report, results and record in place; its partly executed notebook, partial
+    results and log become ``NAME.failed.ipynb``, ``.html``, ``NAME.failed/`` and ``NAME.failed.log``,
+    and its attempt's record says what failed. The parameters and the folder are checked before
+    anything is written; a run of the same notebook into the same folder under way refuses this one
+    (``RunInProgress``, a ``ValueError``). Leftovers of this notebook's killed runs and the files of
+    its earlier failure are removed first.
     """
-    import papermill
-
     notebook = Path(notebook).resolve()
     checked = check_parameters(notebook, parameters or {})
+    check_output_folder(output_dir)
     files = RunFiles(Path(output_dir).resolve(), notebook.stem)
     files.folder.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(files.folder, files.written)
-    remove_leftovers(files.results_dir, recursive=True)
-    files.failed_notebook.unlink(missing_ok=True)  # from an earlier failure
-    files.failed_html.unlink(missing_ok=True)
-    injected = dict(checked)
-    if RESULTS_PARAMETER in notebook_parameters(notebook):
-        injected.setdefault(RESULTS_PARAMETER, files.results_dir.name)
-    record = RunRecord(
-        notebook=notebook.name, title=title(notebook), identity=run_identity(notebook, checked), status=RUNNING,
-        parameters={k: v for k, v in checked.items() if k != RESULTS_PARAMETER}, started=now(), sweep=sweep,
-    )
-    write_record(files, record)
-    start = time.monotonic()
-    with files.log.open("w", encoding="utf-8") as log:
-        log.write(f"{record.started} {notebook.name} {json.dumps(record.parameters, default=repr)}\n")
-        log.flush()
-        try:
-            # the kernel inherits WORKBENCH_BATCH=1: no progress bars or widgets frozen in the report, plotly.js embedded
-            with atomic_write(files.notebook, suffix=".ipynb") as executed, kernel_environment({BATCH_VARIABLE: "1"}):
-                try:
-                    papermill.execute_notebook(
-                        str(notebook), str(executed), parameters=injected, kernel_name=ensure_kernel(),
-                        progress_bar=progress, stdout_file=log, stderr_file=log,
-                        resources={"metadata": {"path": str(files.folder)}},  # the kernel's working directory
-                    )
-                except BaseException:
-                    _keep_failed(executed, notebook, files, log)
-                    raise
-                nbformat.write(_without_machine_paths(executed, notebook, files.notebook), executed)
-            export_html(files.notebook, files.html)
-        except BaseException as error:
-            duration = time.monotonic() - start
-            report = files.failed_html.name if files.failed_html.exists() else None
-            write_record(files, dataclasses.replace(record, status=FAILED, duration=duration, error=_describe(error), report=report))
-            log.write(f"\nfailed after {duration:.1f} s\n{''.join(traceback.format_exception(error))}")
-            raise
-        duration = time.monotonic() - start
-        log.write(f"\ncomplete in {duration:.1f} s\n")
-    # the record says complete only once every other file is in place
-    write_record(files, dataclasses.replace(record, status=COMPLETE, duration=duration, report=files.html.name))
+    with holding_lock(files):
+        _remove_earlier(files)
+        record = RunRecord(
+            notebook=notebook.name, title=title(notebook), identity=run_identity(notebook, checked), status=RUNNING,
+            parameters=checked, started=now(), sweep=sweep,
+        )
+        write_record(files, record)
+        start = time.monotonic()
+        with staging_folder(files) as staging:
+            try:
+                duration = _execute_staged(notebook, checked, files, staging, record, progress, start)
+            except BaseException as error:
+                publish(staging, files.failed)
+                report = files.failed.html.name if files.failed.html.exists() else None
+                failed = dataclasses.replace(record, status=FAILED, duration=time.monotonic() - start, error=_describe(error), report=report)
+                write_record(files, failed)
+                raise
+            publish(staging, files)
+            # the record says complete only once every other file is in place
+            write_record(files, dataclasses.replace(record, status=COMPLETE, duration=duration, report=files.html.name))
     return Report(files.notebook, files.html, files.results_dir, checked)

@@ -3,7 +3,8 @@
 A run with the notebook's default parameters is *the* report of that notebook: ``OUTPUT/NAME.html``
 (with ``NAME.ipynb`` and its results in ``NAME/``). A run with other values gets a folder of its
 own, ``OUTPUT/runs/NAME/<the values>/``, so it never overwrites the default report. Both update
-``OUTPUT/index.html``.
+``OUTPUT/index.html``. The values (``results_dir`` is the runner's) and the output folder are
+checked before anything is written.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from workbench.runner.execute import Report, run_notebook
+from workbench.runner.execute import Report, check_output_folder, run_notebook
 from workbench.runner.index import write_index
 from workbench.runner.parameters import check_parameters, non_default, notebook_parameters
 from workbench.runner.record import folder_name
@@ -37,6 +38,7 @@ def run_report(
 ) -> Report:
     """Run ``notebook`` into its :func:`report_folder` and update ``OUTPUT/index.html`` (also when the run fails)."""
     folder = report_folder(notebook, parameters or {}, output_dir)
+    check_output_folder(folder)
     try:
         return run_notebook(notebook, parameters, folder, progress)
     finally:
@@ -64,6 +66,8 @@ def run_all(
         raise ValueError(f"no notebook in {notebooks_dir} has the parameters {sorted(unknown)}")
     own = {path: {k: v for k, v in (parameters or {}).items() if k in declared} for path, declared in declared_by.items()}
     folders = {path: report_folder(path, own[path], output_dir) for path in notebooks}  # every value checked first
+    for folder in folders.values():
+        check_output_folder(folder)
     try:
         return [run_notebook(path, own[path], folders[path], progress) for path in notebooks]
     finally:

@@ -9,10 +9,11 @@ an existing Dask cluster (a SLURM or Kubernetes deployment, say) whose workers s
 Without the ``distributed`` extra, or with ``workers=1``, the runs go one after another in this
 process; the runs, folders and records are the same either way.
 
-A run whose record is complete and carries the run's identity (the notebook's cells and the
-parameters) is skipped; failed and unfinished runs run again. A failing run is recorded as failed
-and the sweep goes on. A worker that dies mid-run (killed, out of memory) has its run retried on
-another worker, up to Dask's ``distributed.scheduler.allowed-failures`` times, then recorded failed.
+A run whose complete record (``NAME.run.json``) carries the run's identity (the notebook's cells and
+the parameters) is skipped; failed and unfinished runs run again. A failing run is recorded as a
+failed attempt (``NAME.attempt.json``) and the sweep goes on. A worker that dies mid-run (killed,
+out of memory) has its run retried on another worker, up to Dask's
+``distributed.scheduler.allowed-failures`` times, then recorded failed.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from pathlib import Path
 
 from workbench.files import atomic_write, remove_leftovers
 from workbench.progress import progress as progress_bar
-from workbench.runner.execute import ensure_kernel, kernel_environment, run_notebook
+from workbench.runner.execute import check_output_folder, ensure_kernel, kernel_environment, run_notebook
 from workbench.runner.index import write_index
 from workbench.runner.parameters import title
 from workbench.runner.record import COMPLETE, FAILED, RUNNING, RunRecord, now, read_record, write_record
+from workbench.runner.staging import RunInProgress
 from workbench.runner.sweepfile import MANIFEST, Sweep, SweepRun, read_sweep
 
 __all__ = ["SweepSummary", "run_sweep", "run_in_sweep"]
@@ -60,8 +62,13 @@ class SweepSummary:
             f"sweep {self.sweep.name}: {len(self.sweep.runs)} runs in {self.sweep.folder}: "
             f"{completed} ran and completed, {self.skipped} already complete (skipped), {len(self.failed)} failed"
         ]
-        lines += [f"  failed: {run.label}: {record.error} (log: {run.files.log})" for run, record in self.failed]
+        lines += [f"  failed: {run.label}: {record.error}{_log_of(run)}" for run, record in self.failed]
         return "\n".join(lines)
+
+
+def _log_of(run: SweepRun) -> str:
+    """`` (log: PATH)`` for a failed run whose log was kept, else nothing (a run lost with its worker, say)."""
+    return f" (log: {run.files.failed.log})" if run.files.failed.log.exists() else ""
 
 
 def _cores() -> int:
@@ -95,23 +102,29 @@ def _thread_context() -> contextvars.Context:
 
 
 def run_in_sweep(run: SweepRun, sweep_name: str) -> RunRecord:
-    """Execute one run of a sweep and return its record; a failing notebook is recorded, not raised.
+    """Execute one run of a sweep and return its record (a failed attempt's for a failure, which is recorded, not raised).
 
-    This is the task a Dask worker executes: it needs only the run and the shared files.
+    A run of the same notebook into the same folder already under way (another sweep's) keeps its
+    records; this run's refusal is returned as a failed record, written nowhere. This is the task a
+    Dask worker executes: it needs only the run and the shared files.
     """
     try:
         _thread_context().run(run_notebook, run.notebook, run.parameters, run.folder, progress=False, sweep=sweep_name)
-    except Exception:  # noqa: BLE001 - the failure is in the run's record, log and failed notebook
-        pass
-    record = read_record(run.files.record)
+    except RunInProgress as error:
+        return RunRecord(run.notebook.name, title(run.notebook), run.parameters, run.identity, FAILED, now(), error=str(error), sweep=sweep_name)
+    except Exception:  # noqa: BLE001 - the failure is in the attempt's record, log and failed notebook
+        path = run.files.attempt
+    else:
+        path = run.files.record
+    record = read_record(path)
     if record is None:
-        raise RuntimeError(f"{run.label}: the run left no record in {run.folder}")
+        raise RuntimeError(f"{run.label}: the run left no record at {path}")
     return record
 
 
 def _record_lost(run: SweepRun, sweep_name: str, error: BaseException) -> RunRecord:
     """Record as failed a run whose task raised (its worker died too often, say) and return that record."""
-    earlier = read_record(run.files.record)
+    earlier = read_record(run.files.attempt)
     if earlier is None or earlier.status != RUNNING:
         earlier = RunRecord(run.notebook.name, title(run.notebook), run.parameters, run.identity, RUNNING, now(), sweep=sweep_name)
     record = dataclasses.replace(earlier, status=FAILED, error=f"{type(error).__name__}: {error}", report=None)
@@ -167,8 +180,8 @@ def run_sweep(
 
     ``scheduler`` is the address of an existing Dask scheduler (``tcp://host:8786``); ``workers`` the
     number of LocalCluster workers (default: one per core, at most one per run; 1 runs in this
-    process). Every run is checked before anything starts. Leftovers of killed writes anywhere in
-    the sweep's folder are removed first.
+    process). Every run and the output folder are checked before anything starts. Leftovers of
+    killed writes anywhere in the sweep's folder are removed first.
     """
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
@@ -176,6 +189,7 @@ def run_sweep(
         raise ValueError("--scheduler needs Dask: pip install 'workbench[distributed]'")
     if not isinstance(sweep, Sweep):
         sweep = read_sweep(sweep, output_dir)
+    check_output_folder(output_dir)
     sweep.folder.mkdir(parents=True, exist_ok=True)
     remove_leftovers(sweep.folder, recursive=True)
     _write_manifest(sweep)

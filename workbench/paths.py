@@ -1,7 +1,7 @@
 """Where the workbench keeps what it caches (fine-tuned checkpoints, ...), the same whatever folder a kernel runs in.
 
 The data folder is ``$WORKBENCH_DATA`` when set (an absolute path: JupyterLab's kernel runs in
-``notebooks/``, the runner's in each report's folder, so a relative one would name a different folder
+``notebooks/``, the runner's in a staging folder inside each report's folder, so a relative one would name a different folder
 in each), else ``data/`` of the project when the package lives in its source checkout (a
 ``pyproject.toml`` of the ``workbench`` project beside the package), else the user's cache folder,
 ``$XDG_CACHE_HOME/workbench`` or ``~/.cache/workbench``.

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import nbformat
@@ -42,3 +46,21 @@ def write_notebook(path: Path, source: str, parameters: str = PARAMETERS) -> Pat
     metadata = {"kernelspec": {"name": "workbench", "display_name": "w", "language": "python"}}
     nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata=metadata), path)
     return path
+
+
+def kill_while_held(command: list[str], hold: Path, env: dict[str, str] | None = None) -> int:
+    """Start ``command`` with ``HOLD_FILE=hold`` (``hold`` created); once its kernel writes ``hold.pid`` (the notebook waits
+    there), kill the command's session and the kernel (which runs in a session of its own) with SIGKILL; returns the command's pid."""
+    hold.write_text("")
+    started = subprocess.Popen(
+        command, env={**os.environ, **(env or {}), "HOLD_FILE": str(hold)}, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    pid_file, deadline = hold.with_suffix(".pid"), time.monotonic() + 300
+    while not pid_file.exists() and started.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert pid_file.exists(), started.communicate(timeout=60)[0] if started.poll() is not None else "never started"
+    os.killpg(started.pid, signal.SIGKILL)
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    started.communicate(timeout=60)
+    return started.pid

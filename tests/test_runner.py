@@ -1,10 +1,8 @@
 import fcntl
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import tomllib
 from dataclasses import asdict
 from pathlib import Path
@@ -13,7 +11,7 @@ import nbformat
 import pytest
 import yaml
 
-from tests.notebooks import SAVES_METRICS, SAVES_THEN_STOPS, write_notebook
+from tests.notebooks import SAVES_METRICS, SAVES_THEN_STOPS, kill_while_held, write_notebook
 from workbench import cli, results, runner
 from workbench.runner.record import RunFiles, RunRecord, read_record, write_record
 
@@ -121,24 +119,13 @@ def test_a_killed_run_leaves_the_previous_report_whole_and_the_next_run_cleans_u
     out = tmp_path / "out"
     runner.run_notebook(notebook, {}, out, progress=False)
     previous = _contents(out)
-    hold = tmp_path / "hold"
-    hold.write_text("")
     code = f"from workbench import runner; runner.run_notebook({str(notebook)!r}, {{'seed': 1}}, {str(out)!r}, progress=False)"
-    killed = subprocess.Popen(
-        [sys.executable, "-c", code], env={**os.environ, "HOLD_FILE": str(hold)}, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    deadline = time.monotonic() + 300
-    while not hold.with_suffix(".pid").exists() and killed.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert hold.with_suffix(".pid").exists(), killed.communicate(timeout=60)[0] if killed.poll() is not None else "never started"
-    os.killpg(killed.pid, signal.SIGKILL)
-    os.kill(int(hold.with_suffix(".pid").read_text()), signal.SIGKILL)  # the kernel runs in a session of its own
-    killed.communicate(timeout=60)
+    hold = tmp_path / "hold"
+    killed = kill_while_held([sys.executable, "-c", code], hold)
 
     assert _contents(out, leaving_out=(".09_stops.staging-", "09_stops.attempt.json", "09_stops.lock")) == previous
     assert read_record(out / "09_stops.attempt.json").status == "running"
-    assert (out / "09_stops.lock").read_text() == str(killed.pid), "the lock names the run that held it"
+    assert (out / "09_stops.lock").read_text() == str(killed), "the lock names the run that held it"
     [staging] = out.glob(".09_stops.staging-*")
     assert [p.name for p in (staging / "09_stops").iterdir()] == ["seed1.txt"]
     index = runner.write_index(out).read_text()

@@ -2,10 +2,7 @@
 
 import os
 import re
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dask
@@ -13,7 +10,7 @@ import pytest
 import xarray as xr
 import yaml
 
-from tests.notebooks import SAVES_METRICS, write_notebook
+from tests.notebooks import SAVES_METRICS, kill_while_held, write_notebook
 from workbench import cli, load_sweep, results, runner
 from workbench.runner.record import read_record
 
@@ -209,21 +206,10 @@ results.save(xr.Dataset({'value': ('step', [seed])}), Path(results_dir) / 'metri
 def test_a_killed_sweep_leaves_nothing_that_looks_complete(tmp_path):
     notebook = write_notebook(tmp_path / "nb" / "09_holds.ipynb", HOLDS, "seed = 0\nresults_dir = 'out'")
     path = _sweep_file(tmp_path / "holds.yaml", notebook, grid={"seed": [0, 1]})
-    hold = tmp_path / "hold"
-    hold.write_text("")
     out = tmp_path / "out"
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "workbench.cli", "sweep", str(path), "-o", str(out), "--workers", "1"],
-        env={**os.environ, "HOLD_FILE": str(hold), "WORKBENCH_PROGRESS": "0"}, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    deadline = time.monotonic() + 300
-    while not hold.with_suffix(".pid").exists() and sweep.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert hold.with_suffix(".pid").exists(), sweep.communicate(timeout=60)[0] if sweep.poll() is not None else "never started"
-    os.killpg(sweep.pid, signal.SIGKILL)
-    os.kill(int(hold.with_suffix(".pid").read_text()), signal.SIGKILL)  # the kernel runs in a session of its own
-    sweep.communicate(timeout=60)
+    command = [sys.executable, "-m", "workbench.cli", "sweep", str(path), "-o", str(out), "--workers", "1"]
+    hold = tmp_path / "hold"
+    kill_while_held(command, hold, {"WORKBENCH_PROGRESS": "0"})
 
     held = out / "sweeps" / "holds" / "09_holds" / "seed=0"
     assert read_record(held / "09_holds.attempt.json").status == "running" and not (held / "09_holds.run.json").exists()

@@ -16,7 +16,7 @@ and their attention mask, as a tokenizer returns them); :func:`num_samples`, :fu
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
@@ -32,6 +32,8 @@ __all__ = [
     "take_rows",
     "to_device",
     "check_finite",
+    "epoch_batch_index",
+    "steps_per_epoch",
     "Task",
     "MultiTaskModel",
     "MultiTaskData",
@@ -261,27 +263,62 @@ class MultiTaskModel(nn.Module):
         """One forward pass: ``{task: scalar loss}`` on the batch ``(x, targets)``."""
         return self.losses_from_outputs(self(x), targets)
 
-    @torch.no_grad()
     def evaluate(self, x: Inputs, targets: Mapping[str, Tensor], batch_size: int = 1024) -> dict[str, tuple[float, float]]:
-        """``{task: (loss, metric)}`` on ``(x, targets)`` without gradients (eval mode, restored after).
-
-        The forward runs ``batch_size`` samples at a time on the model's device; loss and metric are
-        computed once on all outputs, so they equal a single pass over the whole set.
-        """
+        """``{task: (loss, metric)}`` on ``(x, targets)``, ``batch_size`` samples at a time (see :meth:`evaluate_batches`)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        n = num_samples(x)
+        chunks = (torch.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size))
+        return self.evaluate_batches((take_rows(x, index), {name: y[index] for name, y in targets.items()}) for index in chunks)
+
+    @torch.no_grad()
+    def evaluate_batches(self, batches: Iterable[tuple[Inputs, Mapping[str, Tensor]]]) -> dict[str, tuple[float, float]]:
+        """``{task: (loss, metric)}`` over every batch ``(x (B, ...), {task: (B, ...)})``, without gradients (eval mode, restored after).
+
+        Each batch is moved to the model's device and forwarded; the heads' outputs and the targets are
+        kept (the inputs are not), and loss and metric are computed once on all of them, so they equal a
+        single pass over the whole set for any metric, and a streamed set scores as the same set in memory.
+        """
         was_training = self.training
         self.eval()
         try:
             device = self.device
-            n = num_samples(x)
-            chunks = [self(to_device(take_rows(x, torch.arange(start, min(start + batch_size, n))), device)) for start in range(0, n, batch_size)]
-            outputs = {name: torch.cat([chunk[name] for chunk in chunks]) for name in self.tasks}
-            targets = {name: targets[name].to(device) for name in self.tasks if name in targets}
+            outputs: dict[str, list[Tensor]] = {name: [] for name in self.tasks}
+            kept: dict[str, list[Tensor]] = {name: [] for name in self.tasks}
+            for x, targets in batches:
+                batch = self(to_device(x, device))
+                for name in self.tasks:
+                    outputs[name].append(batch[name])
+                    if name in targets:
+                        kept[name].append(targets[name].to(device))
+            if not any(outputs.values()):
+                raise ValueError("nothing to evaluate: no batches")
+            outputs = {name: torch.cat(chunks) for name, chunks in outputs.items()}
+            targets = {name: torch.cat(chunks) for name, chunks in kept.items() if chunks}
             losses = self.losses_from_outputs(outputs, targets)
             return {n: (losses[n].item(), t.metric(outputs[n], targets[n]).item()) for n, t in self.tasks.items()}
         finally:
             self.train(was_training)
+
+
+def epoch_batch_index(n: int, step: int, batch_size: int, seed: int = 0) -> Tensor:
+    """The sample indices ``(B,)`` of training step ``step``'s batch over ``n`` samples.
+
+    Each epoch shuffles the samples anew, seeded by ``seed`` and the epoch, and cuts them into full
+    batches (all samples when fewer than one batch). The batch depends on the step alone, so a run
+    resumed at any step sees the same batches as an unbroken one, whatever holds the samples.
+    """
+    per_epoch = steps_per_epoch(n, batch_size)
+    epoch, position = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return order[position * batch_size : (position + 1) * batch_size]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Full batches per pass over ``n`` samples (one when there are fewer samples than a batch)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    return max(n // batch_size, 1)
 
 
 @dataclass
@@ -364,22 +401,20 @@ class MultiTaskData:
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Full batches per pass over the data (one when there are fewer samples than a batch)."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        return max(len(self) // batch_size, 1)
+        return steps_per_epoch(len(self), batch_size)
 
     def batch(self, step: int, batch_size: int, seed: int = 0) -> tuple[Inputs, dict[str, Tensor]]:
-        """The batch ``(x (B, ...), {task: (B,)})`` that training step ``step`` uses.
-
-        Each epoch shuffles the samples anew, seeded by ``seed`` and the epoch, and cuts them into
-        full batches (all samples when fewer than one batch). The batch depends on the step alone,
-        so a run resumed at any step sees the same batches as an unbroken one.
-        """
-        per_epoch = self.steps_per_epoch(batch_size)
-        epoch, position = divmod(step, per_epoch)
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        index = order[position * batch_size : (position + 1) * batch_size]
+        """The batch ``(x (B, ...), {task: (B,)})`` that training step ``step`` uses (see :func:`epoch_batch_index`)."""
+        index = epoch_batch_index(len(self), step, batch_size, seed)
         return take_rows(self.x, index), {n: y[index] for n, y in self.targets.items()}
+
+    def batches(self, batch_size: int) -> Iterator[tuple[Inputs, dict[str, Tensor]]]:
+        """The samples in order, ``batch_size`` at a time (the last batch may be smaller): for evaluation."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        for start in range(0, len(self), batch_size):
+            index = torch.arange(start, min(start + batch_size, len(self)))
+            yield take_rows(self.x, index), {n: y[index] for n, y in self.targets.items()}
 
 
 @dataclass

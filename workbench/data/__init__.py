@@ -2,17 +2,20 @@
 
 - :func:`make_synthetic`: tasks with a planted relationship between their true weight vectors;
 - :func:`make_multidigits`: two digits on one canvas (scikit-learn's 8 × 8 digits), MultiMNIST-style;
-- :func:`make_lexicon`: English words with human valence ratings and frequencies, as MiniLM tokens.
+- :func:`make_lexicon`: English words with human valence ratings and frequencies, as MiniLM tokens;
+- :class:`StreamedData`: a problem's samples streamed from a ``torch`` ``Dataset`` (or ``DataLoader``), batch by batch.
 """
 
 from workbench.data.lexicon import LEXICON_TASK_SETS, LEXICON_TASKS, make_lexicon
 from workbench.data.multidigits import MULTIDIGITS_TASKS, make_multidigits
+from workbench.data.streamed import StreamedData
 from workbench.data.synthetic import SyntheticTasks, block_similarity, make_synthetic
 
 __all__ = [
     "LEXICON_TASKS",
     "LEXICON_TASK_SETS",
     "MULTIDIGITS_TASKS",
+    "StreamedData",
     "SyntheticTasks",
     "block_similarity",
     "make_lexicon",

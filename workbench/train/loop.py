@@ -25,6 +25,7 @@ import torch
 import xarray as xr
 from torch import nn
 
+from workbench.data.streamed import StreamedData
 from workbench.weights.trees import load_tree, save_tree
 from workbench.probes.recorder import ProbeRecorder
 from workbench.progress import progress as progress_bar
@@ -92,11 +93,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def train(
     model: MultiTaskModel,
-    data: MultiTaskData,
+    data: MultiTaskData | StreamedData,
     steps: int,
     *,
     method: str | Method = "sum",
-    eval_data: MultiTaskData | None = None,
+    eval_data: MultiTaskData | StreamedData | None = None,
     batch_size: int = 64,
     optimizer: OptimizerFactory = partial(torch.optim.Adam, lr=1e-3),
     recorders: Sequence[ProbeRecorder] = (),
@@ -113,7 +114,9 @@ def train(
 
     ``optimizer`` builds any torch optimiser from the trainable parameters (and the method's own,
     as uncertainty weighting's): ``functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)``.
-    ``eval_data`` defaults to ``data``; it is evaluated ``eval_batch_size`` samples at a time at step
+    ``data`` and ``eval_data`` are samples in memory or streamed from a ``Dataset`` (a
+    :class:`~workbench.data.StreamedData`: the same samples give the same run). ``eval_data``
+    defaults to ``data``; it is evaluated ``eval_batch_size`` samples at a time at step
     0, every ``eval_every`` steps (default: ten times per run) and after the last step.
     ``device`` (``"cuda"``, ``"cpu"``; default: where the model is) receives the model and the
     method; the data stay where they are and each batch is moved when it is used. With
@@ -146,7 +149,7 @@ def train(
     per_epoch = data.steps_per_epoch(batch_size)
 
     def evaluate(step: int) -> None:
-        scores = model.evaluate(eval_data.x, eval_data.targets, batch_size=eval_batch_size)
+        scores = model.evaluate_batches(eval_data.batches(eval_batch_size))
         history.eval_steps.append(step)
         history.eval_loss.append([scores[n][0] for n in names])
         history.eval_metric.append([scores[n][1] for n in names])
@@ -229,10 +232,10 @@ def _resume(path: Path, model, opt, method: Method, history: _History, recorders
 
 def single_task_baselines(
     model_factory: Callable[[Sequence[Task]], MultiTaskModel],
-    data: MultiTaskData,
+    data: MultiTaskData | StreamedData,
     steps: int,
     *,
-    eval_data: MultiTaskData | None = None,
+    eval_data: MultiTaskData | StreamedData | None = None,
     seed: int = 0,
     **train_options,
 ) -> xr.Dataset:

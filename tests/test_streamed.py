@@ -1,0 +1,104 @@
+"""Data streamed from a torch Dataset: the same batches, runs and scores as the same samples in memory; bad items named."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from workbench.data import StreamedData, make_synthetic
+from workbench.models import mlp_encoder
+from workbench.probes import ProbeRecorder, gradient_conflict
+from workbench.tasks import MultiTaskModel
+from workbench.train import train
+
+
+class Items(Dataset):
+    """The samples of a MultiTaskData as (x, {task: target}) items, read one at a time (as from files)."""
+
+    def __init__(self, data, broken=None):
+        self.data, self.broken = data, broken or {}
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        if index in self.broken:
+            return self.broken[index]
+        return self.data.x[index], {name: y[index] for name, y in self.data.targets.items()}
+
+
+def _problem():
+    return make_synthetic(n_tasks=3, n_samples=200, n_features=6, groups=[[0, 1]], classification=[2], seed=3)
+
+
+def _model(tasks, seed=0):
+    torch.manual_seed(seed)
+    return MultiTaskModel(mlp_encoder(6, (16,)), tasks, representation_dim=16)
+
+
+def test_a_steps_batch_is_the_one_in_memory_also_when_read_out_of_order():
+    data = _problem().data
+    streamed = StreamedData(Items(data), data.tasks)
+    for step in [0, 1, 2, 13, 14, 3, 3, 40]:  # 13 is past the first epoch; 3 twice is a resumed run
+        x, targets = streamed.batch(step, 16, seed=5)
+        expected_x, expected_targets = data.batch(step, 16, seed=5)
+        assert torch.equal(x, expected_x) and all(torch.equal(targets[n], expected_targets[n]) for n in data.task_names)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_run_on_a_dataset_equals_the_run_in_memory(workers):
+    data = _problem().data
+    options = dict(steps=30, batch_size=16, seed=1, eval_every=10, eval_batch_size=48, progress=False, method="mgda")
+    in_memory = train(_model(data.tasks), data, recorders=[ProbeRecorder(gradient_conflict, every=10)], **options)
+    streamed = StreamedData(DataLoader(Items(data), num_workers=workers), data.tasks, data.attrs)
+    from_dataset = train(_model(data.tasks), streamed, recorders=[ProbeRecorder(gradient_conflict, every=10)], **options)
+    for variable in ("train_loss", "weights", "loss", "metric"):
+        np.testing.assert_array_equal(from_dataset.history[variable].values, in_memory.history[variable].values, err_msg=variable)
+    np.testing.assert_array_equal(from_dataset.probes["gradient_conflict"].cosine.values, in_memory.probes["gradient_conflict"].cosine.values)
+    assert from_dataset.history.attrs["data"] == in_memory.history.attrs["data"]
+
+
+def test_streamed_evaluation_equals_the_whole_set_in_memory():
+    data = _problem().data
+    model = _model(data.tasks)
+    whole = model.evaluate(data.x, data.targets, batch_size=len(data))
+    for batch_size in (7, 64, 1000):
+        streamed = model.evaluate_batches(StreamedData(Items(data), data.tasks).batches(batch_size))
+        assert streamed == model.evaluate_batches(data.batches(batch_size))  # the same batches: the same numbers
+        for task, scores in whole.items():  # other batch sizes: the same up to the rounding of the forward passes
+            np.testing.assert_allclose(streamed[task], scores, rtol=1e-6)
+
+
+def test_single_task_baselines_stream_each_task():
+    from workbench.train import single_task_baselines
+
+    data = _problem().data
+    streamed = StreamedData(Items(data), data.tasks)
+    baselines = single_task_baselines(lambda tasks: _model(tasks), streamed, 10, batch_size=16, progress=False)
+    expected = single_task_baselines(lambda tasks: _model(tasks), data, 10, batch_size=16, progress=False)
+    np.testing.assert_array_equal(baselines.metric.values, expected.metric.values)
+
+
+@pytest.mark.parametrize("broken, message", [
+    ("not a pair", r"sample 17: an item must be a pair \(x, \{task: target\}\), got a str"),
+    ((torch.zeros(6), {"t0": 1.0, "t1": 2.0}), r"sample 17 has no target for tasks \['t2'\]"),
+    ((torch.zeros(5), {"t0": 1.0, "t1": 2.0, "t2": 1.0}), r"sample 17: its input is \(\(5,\), torch.float32\)"),
+    ((torch.zeros(6), {"t0": torch.zeros(2), "t1": 2.0, "t2": 1.0}), r"sample 17: task 't0' has target \(\(2,\), torch.float32\)"),
+])
+def test_a_bad_item_is_named_by_its_index_and_task(broken, message):
+    data = _problem().data
+    streamed = StreamedData(Items(data, {17: broken}), data.tasks)
+    with pytest.raises(ValueError, match=message):
+        list(streamed.batches(50))
+
+
+def test_bad_datasets_and_tasks_are_refused():
+    data = _problem().data
+    with pytest.raises(ValueError, match="holds no samples"):
+        StreamedData(Items(data.head(0)), data.tasks)
+    with pytest.raises(ValueError, match=r"sample 0 has no target for tasks \['t2'\]"):
+        StreamedData(Items(data.subset(["t0", "t1"])), data.tasks)
+    with pytest.raises(TypeError, match="not a map-style Dataset"):
+        StreamedData(iter([]), data.tasks)
+    with pytest.raises(KeyError, match="unknown tasks"):
+        StreamedData(Items(data), data.tasks).subset(["t9"])

@@ -102,3 +102,70 @@ def test_bad_datasets_and_tasks_are_refused():
         StreamedData(iter([]), data.tasks)
     with pytest.raises(KeyError, match="unknown tasks"):
         StreamedData(Items(data), data.tasks).subset(["t9"])
+
+
+def _digits(n=60):
+    from workbench.data import make_multidigits
+
+    return make_multidigits(("left", "parity", "sum"), n_train=n, n_validation=10, n_test=10, seed=2).train
+
+
+def test_an_image_folder_reads_back_the_written_split_and_trains_as_it_does_in_memory(tmp_path):
+    from workbench.data import image_folder_data, write_image_folder
+    from workbench.models import conv_encoder, representation_shape
+
+    data = _digits()
+    folder = write_image_folder(data, tmp_path / "digits")
+    assert sorted(p.name for p in folder.iterdir())[:2] == ["000000.png", "000001.png"] and (folder / "labels.csv").exists()
+    streamed = image_folder_data(folder, data.tasks, num_workers=2)
+    quantised = data.with_inputs((data.x * 255).round() / 255)
+    x, targets = streamed.batch(3, 16, seed=4)
+    expected_x, expected_targets = quantised.batch(3, 16, seed=4)
+    torch.testing.assert_close(x, expected_x, atol=1e-7, rtol=0)
+    assert all(torch.equal(targets[n], expected_targets[n]) and targets[n].dtype == expected_targets[n].dtype for n in data.task_names)
+
+    def run(source):
+        torch.manual_seed(0)
+        net = conv_encoder(1, (8, 8))
+        model = MultiTaskModel(net, data.tasks, representation_dim=representation_shape(net, data.x[:1]))
+        return train(model, source, 12, batch_size=16, eval_every=6, progress=False).history
+
+    np.testing.assert_allclose(run(streamed).metric.values, run(quantised).metric.values, rtol=1e-5)
+
+
+@pytest.mark.parametrize("row, message", [
+    ("../outside.png,1,0,0.5", "file '../outside.png' lies outside"),
+    ("/etc/passwd,1,0,0.5", "file '/etc/passwd' lies outside"),
+    ("000000.png,12,0,0.5", r"task 'left' has label '12', not a class in 0..9"),
+    ("000000.png,1,0.5,0.5", r"task 'parity' has label '0.5', not a class in 0..1"),
+    ("000000.png,1,0,nan", r"task 'sum' has label 'nan', not a finite number"),
+    ("000000.png,1,x,0.5", r"task 'parity' has label 'x', not a number"),
+])
+def test_a_bad_row_of_the_labels_table_is_named_by_its_line(tmp_path, row, message):
+    from workbench.data import ImageFolder, write_image_folder
+
+    data = _digits(4)
+    folder = write_image_folder(data, tmp_path / "digits")
+    table = folder / "labels.csv"
+    table.write_text(table.read_text() + row + "\n")
+    with pytest.raises(ValueError, match=r"labels.csv, line 6: " + message):
+        ImageFolder(folder, data.tasks)
+
+
+def test_an_image_folder_refuses_a_missing_column_or_file_and_is_never_written_over(tmp_path):
+    from workbench.data import ImageFolder, write_image_folder
+
+    data = _digits(4)
+    folder = write_image_folder(data, tmp_path / "digits")
+    with pytest.raises(FileExistsError, match="exists already"):
+        write_image_folder(data, folder)
+    (folder / "000001.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"line 3: no image at .*000001.png"):
+        ImageFolder(folder, data.tasks)
+    table = folder / "labels.csv"
+    table.write_text(table.read_text().replace("parity", "odd"))
+    with pytest.raises(ValueError, match=r"no column for \['parity'\]"):
+        ImageFolder(folder, data.tasks)
+    with pytest.raises(ValueError, match=r"an image folder holds images"):
+        write_image_folder(_problem().data, tmp_path / "vectors")
+    assert not (tmp_path / "vectors").exists()

@@ -169,3 +169,32 @@ def test_an_image_folder_refuses_a_missing_column_or_file_and_is_never_written_o
     with pytest.raises(ValueError, match=r"an image folder holds images"):
         write_image_folder(_problem().data, tmp_path / "vectors")
     assert not (tmp_path / "vectors").exists()
+
+
+def test_a_hugging_face_table_trains_as_the_same_rows_in_memory():
+    import datasets
+
+    from workbench.data import table_data
+
+    data = _problem().data
+    columns = {"features": data.x.tolist(), **{f"label_{n}": y.tolist() for n, y in data.targets.items()}}
+    table = datasets.Dataset.from_dict(columns)
+    streamed = table_data(table, data.tasks, inputs="features", targets={n: f"label_{n}" for n in data.task_names})
+    options = dict(steps=20, batch_size=16, seed=2, eval_every=10, progress=False)
+    from_table = train(_model(data.tasks), streamed, **options).history
+    in_memory = train(_model(data.tasks), data, **options).history
+    np.testing.assert_array_equal(from_table.train_loss.values, in_memory.train_loss.values)
+    np.testing.assert_array_equal(from_table.metric.values, in_memory.metric.values)
+
+
+def test_a_table_of_named_inputs_and_its_bad_columns():
+    from workbench.data import table_data
+
+    data = _problem().data
+    rows = [{"a": data.x[i, :3].tolist(), "b": data.x[i, 3:].tolist(), **{n: float(y[i]) for n, y in data.targets.items()}} for i in range(len(data))]
+    x, targets = table_data(rows, data.tasks, inputs=["a", "b"]).batch(0, 8)
+    assert x["a"].shape == (8, 3) and x["b"].shape == (8, 3) and targets["t2"].shape == (8,)
+    with pytest.raises(ValueError, match=r"the table has no columns \['c'\]"):
+        table_data(rows, data.tasks, inputs=["a", "c"])
+    with pytest.raises(ValueError, match=r"tasks without a column \['t1', 't2'\]"):
+        table_data(rows, data.tasks, inputs="a", targets={"t0": "t0"})

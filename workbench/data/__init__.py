@@ -4,13 +4,15 @@
 - :func:`make_multidigits`: two digits on one canvas (scikit-learn's 8 × 8 digits), MultiMNIST-style;
 - :func:`make_lexicon`: English words with human valence ratings and frequencies, as MiniLM tokens;
 - :class:`StreamedData`: a problem's samples streamed from a ``torch`` ``Dataset`` (or ``DataLoader``), batch by batch;
-- :func:`image_folder_data`: a folder of images and their labels table, streamed from disk (:func:`write_image_folder` writes one).
+- :func:`image_folder_data`: a folder of images and their labels table, streamed from disk (:func:`write_image_folder` writes one);
+- :func:`table_data`: a table's rows (a Hugging Face ``datasets.Dataset``, or any sequence of mappings), streamed.
 """
 
 from workbench.data.image_folder import ImageFolder, image_folder_data, write_image_folder
 from workbench.data.lexicon import LEXICON_TASK_SETS, LEXICON_TASKS, make_lexicon
 from workbench.data.multidigits import MULTIDIGITS_TASKS, make_multidigits
 from workbench.data.streamed import StreamedData
+from workbench.data.table import TableRows, table_data
 from workbench.data.synthetic import SyntheticTasks, block_similarity, make_synthetic
 
 __all__ = [
@@ -20,10 +22,12 @@ __all__ = [
     "MULTIDIGITS_TASKS",
     "StreamedData",
     "SyntheticTasks",
+    "TableRows",
     "block_similarity",
     "image_folder_data",
     "make_lexicon",
     "make_multidigits",
     "make_synthetic",
+    "table_data",
     "write_image_folder",
 ]

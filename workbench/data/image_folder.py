@@ -34,8 +34,13 @@ __all__ = ["ImageFolder", "image_folder_data", "write_image_folder", "LABELS_FIL
 LABELS_FILE = "labels.csv"
 
 
-def _label(task: Task, text: str, where: str) -> Tensor:
-    """One label parsed for ``task``: an int64 class index, a float32 0/1, or a float32 number."""
+def _dtype(task: Task) -> torch.dtype:
+    """How ``task``'s labels are held: int64 class indices for several classes, else float32 (0/1, or a number)."""
+    return torch.int64 if task.kind == "classification" and task.out_features > 1 else torch.float32
+
+
+def _label(task: Task, text: str, where: str) -> float | int:
+    """One label parsed and checked for ``task``: a class index, 0 or 1, or a finite number."""
     try:
         value = float(text)
     except ValueError:
@@ -43,11 +48,11 @@ def _label(task: Task, text: str, where: str) -> Tensor:
     if task.kind == "regression":
         if not np.isfinite(value):
             raise ValueError(f"{where}: task {task.name!r} has label {text!r}, not a finite number")
-        return torch.tensor(value, dtype=torch.float32)
+        return value
     classes = max(task.out_features, 2)
     if value != int(value) or not 0 <= value < classes:
         raise ValueError(f"{where}: task {task.name!r} has label {text!r}, not a class in 0..{classes - 1}")
-    return torch.tensor(int(value)) if task.out_features > 1 else torch.tensor(value, dtype=torch.float32)
+    return int(value)
 
 
 class ImageFolder(Dataset):
@@ -65,7 +70,7 @@ class ImageFolder(Dataset):
             raise FileNotFoundError(f"no labels table at {table}")
         self.tasks = list(tasks)
         self.files: list[str] = []  # relative to the folder
-        labels_read: list[dict[str, Tensor]] = []
+        columns: dict[str, list] = {task.name: [] for task in self.tasks}
         with open(table, newline="", encoding="utf-8") as file:
             rows = csv.DictReader(file)
             missing = [column for column in ["file", *(t.name for t in self.tasks)] if column not in (rows.fieldnames or [])]
@@ -74,10 +79,11 @@ class ImageFolder(Dataset):
             for line, row in enumerate(rows, start=2):
                 where = f"{table}, line {line}"
                 self.files.append(self._image_path(row["file"], where))
-                labels_read.append({task.name: _label(task, row[task.name], where) for task in self.tasks})
+                for task in self.tasks:
+                    columns[task.name].append(_label(task, row[task.name], where))
         if not self.files:
             raise ValueError(f"{table} lists no images")
-        self.labels = {task.name: torch.stack([row[task.name] for row in labels_read]) for task in self.tasks}  # (N,) per task
+        self.labels = {task.name: torch.tensor(columns[task.name], dtype=_dtype(task)) for task in self.tasks}  # (N,) per task
 
     def _image_path(self, name: str, where: str) -> str:
         """The image file named in the table, checked: a relative path that stays inside the folder and exists."""
@@ -95,7 +101,8 @@ class ImageFolder(Dataset):
         from PIL import Image
 
         with Image.open(self.folder / self.files[index]) as image:
-            pixels = np.asarray(image.convert("L" if image.mode in ("L", "1", "I;16", "I") else "RGB"), dtype=np.float32) / 255.0
+            mode = "L" if image.mode in ("L", "1", "I;16", "I") else "RGB"
+            pixels = np.asarray(image if image.mode == mode else image.convert(mode), dtype=np.float32) / 255.0
         image = torch.from_numpy(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1).copy())
         return image, {task: labels[index] for task, labels in self.labels.items()}
 

@@ -49,6 +49,7 @@ benchmark: install
 	$(PY) benchmarks/bench_saliency.py
 	$(PY) benchmarks/bench_sweeps.py
 	$(PY) benchmarks/bench_merge.py
+	$(PY) benchmarks/bench_data.py
 
 clean:
 	rm -rf $(VENV) reports/*.ipynb reports/*.html reports/*.nc reports/*.log reports/*.run.json reports/*/

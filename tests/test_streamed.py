@@ -1,5 +1,7 @@
 """Data streamed from a torch Dataset: the same batches, runs and scores as the same samples in memory; bad items named."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -198,3 +200,27 @@ def test_a_table_of_named_inputs_and_its_bad_columns():
         table_data(rows, data.tasks, inputs=["a", "c"])
     with pytest.raises(ValueError, match=r"tasks without a column \['t1', 't2'\]"):
         table_data(rows, data.tasks, inputs="a", targets={"t0": "t0"})
+
+
+def _streamed_problem():
+    """The synthetic problem of the notebooks, small, and the same problem with every split streamed from a Dataset."""
+    from workbench.studies import load_problem
+    from workbench.tasks import MultiTaskSplits
+
+    problem = load_problem("synthetic", n_tasks=3, n_samples=300, n_features=6, groups=[[0, 1]], hidden=(16,), seed=1)
+    parts = [getattr(problem.splits, split) for split in ("train", "validation", "test")]
+    streamed = MultiTaskSplits(*(StreamedData(Items(part), part.tasks, part.attrs) for part in parts), problem.splits.reference)
+    return problem, dataclasses.replace(problem, splits=streamed)
+
+
+def test_studies_on_streamed_splits_equal_those_in_memory():
+    from workbench.studies import compare_methods, measure_transfer
+
+    in_memory, streamed = _streamed_problem()
+    options = dict(methods=["ew", "pcgrad"], seeds=[0], steps=12, batch_size=16, progress=False)
+    a, b = compare_methods(in_memory, **options), compare_methods(streamed, **options)
+    for variable in ("metric", "single_task", "delta_m", "curve"):
+        np.testing.assert_array_equal(a[variable].values, b[variable].values, err_msg=variable)
+    options = dict(steps=10, seeds=[0], batch_size=16, progress=False)
+    a, b = measure_transfer(in_memory, **options), measure_transfer(streamed, **options)
+    np.testing.assert_array_equal(a.metric.values, b.metric.values)

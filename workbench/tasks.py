@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 __all__ = [
+    "EVALUATION_BATCH",
     "Inputs",
     "num_samples",
     "take_rows",
@@ -45,6 +46,9 @@ __all__ = [
 TaskKind = Literal["regression", "classification"]
 Inputs = Union[Tensor, Mapping[str, Tensor]]
 """A batch of inputs: one tensor ``(B, ...)`` or named tensors that share the first dim ``B``."""
+
+EVALUATION_BATCH = 1024
+"""Samples per forward pass when a set is evaluated, unless told otherwise."""
 
 
 def num_samples(x: Inputs) -> int:
@@ -263,7 +267,7 @@ class MultiTaskModel(nn.Module):
         """One forward pass: ``{task: scalar loss}`` on the batch ``(x, targets)``."""
         return self.losses_from_outputs(self(x), targets)
 
-    def evaluate(self, x: Inputs, targets: Mapping[str, Tensor], batch_size: int = 1024) -> dict[str, tuple[float, float]]:
+    def evaluate(self, x: Inputs, targets: Mapping[str, Tensor], batch_size: int = EVALUATION_BATCH) -> dict[str, tuple[float, float]]:
         """``{task: (loss, metric)}`` on ``(x, targets)``, ``batch_size`` samples at a time (see :meth:`evaluate_batches`)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")

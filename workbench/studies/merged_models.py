@@ -16,6 +16,8 @@ import numpy as np
 import xarray as xr
 from torch import Tensor
 
+from workbench.tasks import EVALUATION_BATCH
+
 __all__ = ["ENCODER", "encoder_part", "merged_model", "individual_model", "normalised_scores"]
 
 ENCODER = "encoder."
@@ -60,8 +62,8 @@ def normalised_scores(problem, models: Mapping[str, object], individual: Mapping
 
     def scores(model) -> list[float]:
         if isinstance(model, Mapping):
-            return [model[t].evaluate(part.x, part.targets)[t][1] for t in tasks]
-        measured = model.evaluate(part.x, part.targets)
+            return [model[t].evaluate_batches(part.batches(EVALUATION_BATCH))[t][1] for t in tasks]
+        measured = model.evaluate_batches(part.batches(EVALUATION_BATCH))
         return [measured[t][1] for t in tasks]
 
     own = np.array(scores(individual))

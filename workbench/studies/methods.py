@@ -14,6 +14,7 @@ import xarray as xr
 
 from workbench.probes.recorder import ProbeRecorder
 from workbench.progress import progress as progress_bar
+from workbench.tasks import EVALUATION_BATCH
 from workbench.train.loop import OptimizerFactory, train
 from workbench.train.metrics import delta_m
 from workbench.train.registry import make_method
@@ -35,7 +36,7 @@ def _final_metrics(model, splits) -> np.ndarray:
     rows = []
     for split in SPLITS:
         part = getattr(splits, split).subset(model.task_names)
-        scores = model.evaluate(part.x, part.targets)
+        scores = model.evaluate_batches(part.batches(EVALUATION_BATCH))
         rows.append([scores[t][1] for t in model.task_names])
     return np.array(rows)
 

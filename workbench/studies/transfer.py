@@ -22,6 +22,7 @@ import torch
 import xarray as xr
 
 from workbench.progress import progress as progress_bar
+from workbench.tasks import EVALUATION_BATCH
 from workbench.train.loop import OptimizerFactory, train
 
 __all__ = ["ALL_SUBSETS_UP_TO", "subset_label", "measure_transfer", "pairwise_gain", "grouping_loss"]
@@ -81,7 +82,7 @@ def measure_transfer(
         )
         for index, split in enumerate(("validation", "test")):
             part = getattr(splits, split).subset(members)
-            scores = run.model.evaluate(part.x, part.targets)
+            scores = run.model.evaluate_batches(part.batches(EVALUATION_BATCH))
             for name in members:
                 loss[index, g, s, tasks.index(name)], metric[index, g, s, tasks.index(name)] = scores[name]
     labels = [subset_label(g) for g in groups]

@@ -29,7 +29,7 @@ from workbench.data.streamed import StreamedData
 from workbench.weights.trees import load_tree, save_tree
 from workbench.probes.recorder import ProbeRecorder
 from workbench.progress import progress as progress_bar
-from workbench.tasks import MultiTaskData, MultiTaskModel, Task, to_device
+from workbench.tasks import EVALUATION_BATCH, MultiTaskData, MultiTaskModel, Task, to_device
 from workbench.train.method import Method
 from workbench.train.registry import make_method
 
@@ -102,7 +102,7 @@ def train(
     optimizer: OptimizerFactory = partial(torch.optim.Adam, lr=1e-3),
     recorders: Sequence[ProbeRecorder] = (),
     eval_every: int | None = None,
-    eval_batch_size: int = 1024,
+    eval_batch_size: int = EVALUATION_BATCH,
     seed: int = 0,
     device: torch.device | str | None = None,
     checkpoint: str | os.PathLike | None = None,

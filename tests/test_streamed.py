@@ -224,3 +224,14 @@ def test_studies_on_streamed_splits_equal_those_in_memory():
     options = dict(steps=10, seeds=[0], batch_size=16, progress=False)
     a, b = measure_transfer(in_memory, **options), measure_transfer(streamed, **options)
     np.testing.assert_array_equal(a.metric.values, b.metric.values)
+
+
+def test_the_workers_reading_ahead_stop_when_the_run_ends():
+    import multiprocessing
+
+    data = _problem().data
+    streamed = StreamedData(Items(data), data.tasks, num_workers=2)
+    train(_model(data.tasks), streamed, 5, batch_size=16, eval_data=data, progress=False)
+    assert multiprocessing.active_children() == []
+    streamed.batch(3, 16)
+    assert multiprocessing.active_children() == []

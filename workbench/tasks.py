@@ -436,6 +436,13 @@ class MultiTaskData:
         index = epoch_batch_index(len(self), step, batch_size, seed)
         return take_rows(self.x, index), {n: y[index] for n, y in self.targets.items()}
 
+    def stream(self, start: int, batch_size: int, seed: int = 0) -> Iterator[tuple[Inputs, dict[str, Tensor]]]:
+        """The batches of steps ``start``, ``start + 1``, ... (endless), as :meth:`batch` gives them."""
+        step = start
+        while True:
+            yield self.batch(step, batch_size, seed)
+            step += 1
+
     def batches(self, batch_size: int) -> Iterator[tuple[Inputs, dict[str, Tensor]]]:
         """The samples in order, ``batch_size`` at a time (the last batch may be smaller): for evaluation."""
         if batch_size < 1:

@@ -11,8 +11,8 @@ sample index.
 
 A step's batch holds the samples :func:`~workbench.tasks.epoch_batch_index` picks, as for data in
 memory, so a run on a dataset equals the run on the same samples in memory, and a resumed run sees
-the same batches. The batches of consecutive steps are read ahead by the workers; asking for another
-step (a resumed run) starts reading there.
+the same batches. ``stream(start, ...)`` yields the batches of consecutive steps, read ahead by the
+workers, which stop when the stream is closed (the training loop closes it when the run ends).
 """
 
 from __future__ import annotations
@@ -117,7 +117,6 @@ class StreamedData:
         self.dataset, self.tasks, self.attrs = dataset, list(tasks), dict(attrs or {})
         self.num_workers, self.pin_memory = num_workers or 0, bool(pin_memory)
         self._collate = _Collate(names, self._first_structure(names))
-        self._stream: tuple[tuple[int, int, int], Iterator] | None = None  # (next step, batch size, seed), the reading iterator
 
     def _first_structure(self, names: list[str]) -> tuple[Any, dict[str, Any]]:
         """The structure of the first item, which every other item must share."""
@@ -196,7 +195,6 @@ class StreamedData:
         self.dataset, self.tasks, self.attrs = dataset, list(tasks), dict(attrs or {})
         self.num_workers, self.pin_memory = num_workers or 0, bool(pin_memory)
         self._collate = _Collate(names, self._first_structure(names))
-        self._stream: tuple[tuple[int, int, int], Iterator] | None = None  # (next step, batch size, seed), the reading iterator
 
     def _first_structure(self, names: list[str]) -> tuple[Any, dict[str, Any]]:
         probe = _Collate(names, (None, {}))
@@ -228,14 +226,17 @@ class StreamedData:
     def _loader(self, **sampling) -> DataLoader:
         return DataLoader(_Indexed(self.dataset), num_workers=self.num_workers, pin_memory=self.pin_memory, collate_fn=self._collate, **sampling)
 
+    def stream(self, start: int, batch_size: int, seed: int = 0) -> Iterator[tuple[Inputs, dict[str, Tensor]]]:
+        """The batches of steps ``start``, ``start + 1``, ... (endless), read ahead by the workers; closing it stops them."""
+        yield from self._loader(batch_sampler=_StepBatches(len(self), batch_size, seed, start))
+
     def batch(self, step: int, batch_size: int, seed: int = 0) -> tuple[Inputs, dict[str, Tensor]]:
         """The batch ``(x (B, ...), {task: (B, ...)})`` of training step ``step``: the samples it picks in memory too."""
-        key = (step, batch_size, seed)
-        if self._stream is None or self._stream[0] != key:
-            self._stream = (key, iter(self._loader(batch_sampler=_StepBatches(len(self), batch_size, seed, step))))
-        batch = next(self._stream[1])
-        self._stream = ((step + 1, batch_size, seed), self._stream[1])
-        return batch
+        batches = self.stream(step, batch_size, seed)
+        try:
+            return next(batches)
+        finally:
+            batches.close()
 
     def batches(self, batch_size: int) -> Iterator[tuple[Inputs, dict[str, Tensor]]]:
         """The samples in order, ``batch_size`` at a time (the last batch may be smaller): for evaluation."""

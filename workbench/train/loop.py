@@ -12,6 +12,7 @@ unbroken run gives. ``single_task_baselines`` trains one model per task with the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -155,28 +156,29 @@ def train(
         history.eval_metric.append([scores[n][1] for n in names])
 
     model.train()
-    for step in progress_bar(range(start, steps), "training", enabled=progress, initial=start, total=steps):
-        if step % eval_every == 0:
-            evaluate(step)
-        x, targets = data.batch(step, batch_size, seed)
-        x, targets = to_device(x, device), {name: y.to(device) for name, y in targets.items()}
-        began = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        outcome = method.backward(model, x, targets)
-        seconds = time.perf_counter() - began
-        for recorder in recorders:
-            recorder.maybe_record(step, model, (x, targets), outcome.jacobian, opt)
-        began = time.perf_counter()
-        opt.step()
-        method.after_step(model, x, targets)
-        if (step + 1) % per_epoch == 0:
-            method.end_epoch()
-        history.step_seconds[step] = seconds + time.perf_counter() - began
-        history.train_loss[step] = outcome.losses.cpu().numpy()
-        if outcome.weights is not None:
-            history.weights[step] = outcome.weights.detach().cpu().numpy()
-        if checkpoint is not None and (step + 1) % checkpoint_every == 0:
-            _save(Path(checkpoint), step + 1, model, opt, method, history, recorders, config)
+    with contextlib.closing(data.stream(start, batch_size, seed)) as batches:  # read ahead where the data stream from disk
+        for step in progress_bar(range(start, steps), "training", enabled=progress, initial=start, total=steps):
+            if step % eval_every == 0:
+                evaluate(step)
+            x, targets = next(batches)
+            x, targets = to_device(x, device), {name: y.to(device) for name, y in targets.items()}
+            began = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            outcome = method.backward(model, x, targets)
+            seconds = time.perf_counter() - began
+            for recorder in recorders:
+                recorder.maybe_record(step, model, (x, targets), outcome.jacobian, opt)
+            began = time.perf_counter()
+            opt.step()
+            method.after_step(model, x, targets)
+            if (step + 1) % per_epoch == 0:
+                method.end_epoch()
+            history.step_seconds[step] = seconds + time.perf_counter() - began
+            history.train_loss[step] = outcome.losses.cpu().numpy()
+            if outcome.weights is not None:
+                history.weights[step] = outcome.weights.detach().cpu().numpy()
+            if checkpoint is not None and (step + 1) % checkpoint_every == 0:
+                _save(Path(checkpoint), step + 1, model, opt, method, history, recorders, config)
     if not history.eval_steps or history.eval_steps[-1] != steps:
         evaluate(steps)
 

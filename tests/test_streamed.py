@@ -235,3 +235,15 @@ def test_the_workers_reading_ahead_stop_when_the_run_ends():
     assert multiprocessing.active_children() == []
     streamed.batch(3, 16)
     assert multiprocessing.active_children() == []
+
+
+def test_an_image_linked_from_outside_the_folder_is_refused(tmp_path):
+    from workbench.data import ImageFolder, write_image_folder
+
+    data = _digits(4)
+    folder = write_image_folder(data, tmp_path / "digits")
+    (tmp_path / "secret.png").write_bytes((folder / "000000.png").read_bytes())
+    (folder / "000000.png").unlink()
+    (folder / "000000.png").symlink_to(tmp_path / "secret.png")
+    with pytest.raises(ValueError, match=r"line 2: file '000000.png' lies outside"):
+        ImageFolder(folder, data.tasks)

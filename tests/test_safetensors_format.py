@@ -66,6 +66,7 @@ CASES = {
     "an entry without a dtype": ({"w": {"shape": [2], "data_offsets": [0, 8]}}, 8),
     "an unknown dtype": ({"w": {"dtype": "X9", "shape": [2], "data_offsets": [0, 8]}}, 8),
     "a lower-case dtype": ({"w": {"dtype": "f32", "shape": [2], "data_offsets": [0, 8]}}, 8),
+    "a dtype that is a list": ({"w": {"dtype": ["F32"], "shape": [2], "data_offsets": [0, 8]}}, 8),
     "metadata of strings": ({"__metadata__": {"a": "b"}, "w": f32([2], 0, 8)}, 8),
     "metadata with a number": ({"__metadata__": {"a": 1}, "w": f32([2], 0, 8)}, 8),
     "null metadata": ({"__metadata__": None, "w": f32([2], 0, 8)}, 8),
@@ -157,7 +158,7 @@ def crafted_files(draw):
     elif fault == "field" and n:
         del header[f"t{draw(st.integers(0, n - 1))}"][draw(st.sampled_from(["dtype", "shape", "data_offsets"]))]
     elif fault == "dtype" and n:
-        header[f"t{draw(st.integers(0, n - 1))}"]["dtype"] = draw(st.sampled_from(["X9", "f32", "F32", 3]))
+        header[f"t{draw(st.integers(0, n - 1))}"]["dtype"] = draw(st.sampled_from(["X9", "f32", "F32", 3, ["F32"], None]))
     elif fault == "shape" and n:
         header[f"t{draw(st.integers(0, n - 1))}"]["shape"].append(draw(st.sampled_from([-1, 1.5, True, 1, "2"])))
     elif fault == "metadata":

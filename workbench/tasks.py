@@ -34,6 +34,7 @@ __all__ = [
     "to_device",
     "check_finite",
     "epoch_batch_index",
+    "in_batches",
     "steps_per_epoch",
     "Task",
     "MultiTaskModel",
@@ -269,11 +270,7 @@ class MultiTaskModel(nn.Module):
 
     def evaluate(self, x: Inputs, targets: Mapping[str, Tensor], batch_size: int = EVALUATION_BATCH) -> dict[str, tuple[float, float]]:
         """``{task: (loss, metric)}`` on ``(x, targets)``, ``batch_size`` samples at a time (see :meth:`evaluate_batches`)."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        n = num_samples(x)
-        chunks = (torch.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size))
-        return self.evaluate_batches((take_rows(x, index), {name: y[index] for name, y in targets.items()}) for index in chunks)
+        return self.evaluate_batches(in_batches(x, targets, batch_size))
 
     @torch.no_grad()
     def evaluate_batches(self, batches: Iterable[tuple[Inputs, Mapping[str, Tensor]]]) -> dict[str, tuple[float, float]]:
@@ -327,6 +324,16 @@ class _Gathered:
     def tensor(self) -> Tensor:
         """Every batch added, in order, as one tensor."""
         return torch.cat(self._joined + self._pending)
+
+
+def in_batches(x: Inputs, targets: Mapping[str, Tensor], batch_size: int) -> Iterator[tuple[Inputs, dict[str, Tensor]]]:
+    """The samples of ``(x, targets)`` in order, ``batch_size`` at a time (the last batch may be smaller)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    n = num_samples(x)
+    for start in range(0, n, batch_size):
+        index = torch.arange(start, min(start + batch_size, n))
+        yield take_rows(x, index), {name: y[index] for name, y in targets.items()}
 
 
 def epoch_batch_index(n: int, step: int, batch_size: int, seed: int = 0) -> Tensor:
@@ -445,11 +452,7 @@ class MultiTaskData:
 
     def batches(self, batch_size: int) -> Iterator[tuple[Inputs, dict[str, Tensor]]]:
         """The samples in order, ``batch_size`` at a time (the last batch may be smaller): for evaluation."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        for start in range(0, len(self), batch_size):
-            index = torch.arange(start, min(start + batch_size, len(self)))
-            yield take_rows(self.x, index), {n: y[index] for n, y in self.targets.items()}
+        return in_batches(self.x, self.targets, batch_size)
 
 
 @dataclass

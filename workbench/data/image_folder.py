@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -117,7 +118,8 @@ def image_folder_data(folder: str | os.PathLike, tasks: Sequence[Task], labels: 
 def write_image_folder(data: MultiTaskData, folder: str | os.PathLike) -> Path:
     """Write ``data`` (images ``(N, 1 or 3, H, W)`` in [0, 1], one label per sample and task) as an image folder.
 
-    The folder must not exist; it appears whole or not at all (written beside it, then renamed).
+    The folder must not exist; it appears whole or not at all (written in a hidden folder beside it, then renamed;
+    a killed write leaves that hidden ``.NAME.partial-*`` folder behind).
     """
     require("PIL", "digits")
     from PIL import Image
@@ -131,9 +133,8 @@ def write_image_folder(data: MultiTaskData, folder: str | os.PathLike) -> Path:
     dense = [name for name, y in data.targets.items() if y.dim() != 1]
     if dense:
         raise ValueError(f"an image folder holds one label per image; tasks {dense} have dense targets")
-    partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
     try:
         pixels = (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
         names = [f"{i:06d}.png" for i in range(len(data))]

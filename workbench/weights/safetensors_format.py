@@ -81,7 +81,7 @@ def _entry(path: Path, name: str, entry: object) -> TensorEntry:
     if missing:
         raise ValueError(f"{where}: its header entry lacks {missing}")
     code, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if code in _PACKED:
+    if isinstance(code, str) and code in _PACKED:
         raise ValueError(f"{where} has dtype {code}, packed below a byte per entry, which the workbench does not read")
     if not isinstance(code, str) or code not in DTYPES:
         raise ValueError(f"{where} has dtype {code!r}, which is not a safetensors dtype (known: {sorted(DTYPES)})")

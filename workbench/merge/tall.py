@@ -136,10 +136,6 @@ def _summed_masks(
     return summed, masks, xr.Dataset({"score": scores, "lambda": ("task", scores.attrs.pop("chosen"))})
 
 
-def _needs_labels(options: Mapping) -> str:
-    return "none" if options.get("lambdas") is not None else "labelled"
-
-
 def tall(
     base: Weights,
     tasks: Mapping[str, TaskModel],

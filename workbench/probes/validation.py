@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import xarray as xr
-from scipy.stats import spearmanr
 
 from workbench.probes.conflict import upper_pairs
 
@@ -25,6 +24,8 @@ def pairwise_rank_correlation(truth: xr.DataArray, measured: xr.DataArray) -> fl
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman correlation of two equally long arrays, NaN pairs left out; NaN when fewer than three
     pairs remain or either side is constant (where a rank correlation says nothing)."""
+    from scipy.stats import spearmanr  # imported here: scipy.stats costs half a second, and the training loop imports the probes
+
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     keep = ~(np.isnan(a) | np.isnan(b))
     if keep.sum() < 3 or np.ptp(a[keep]) == 0 or np.ptp(b[keep]) == 0:
@@ -98,6 +99,8 @@ def attribution_recovery(attribution: xr.DataArray, weights: xr.DataArray) -> xr
     ``importance`` itself ``(task, feature)``. A read feature with a tiny weight is hardly read: the
     recall counts it all the same.
     """
+    from scipy.stats import spearmanr  # see rank_correlation
+
     importance = np.abs(attribution.values).mean(1)
     truth = np.abs(weights.sel(task=attribution.task).values)
     rows = {"spearman": [], "support_recall": []}

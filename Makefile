@@ -52,4 +52,4 @@ benchmark: install
 	$(PY) benchmarks/bench_data.py
 
 clean:
-	rm -rf $(VENV) reports/*.ipynb reports/*.html reports/*.nc reports/*.log reports/*.run.json reports/*/
+	rm -rf $(VENV) reports/*.ipynb reports/*.html reports/*.nc reports/*.log reports/*.run.json reports/*.attempt.json reports/*.lock reports/.*.staging-* reports/*/

@@ -71,3 +71,11 @@ def test_the_merge_studies_cache_in_the_data_folder_by_default(tmp_path, monkeyp
     monkeypatch.chdir(ROOT / "notebooks")
     assert fine_tuned.fine_tuned_checkpoints(recipe, progress=False).folder == folder
     assert inspect.signature(merging.load_merge_set).parameters["cache"].default is None
+
+
+def test_a_relative_cache_home_is_ignored(tmp_path, monkeypatch):
+    installed = tmp_path / "site-packages" / "workbench"
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(paths, "PACKAGE", installed)
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    assert paths.data_dir() == Path.home() / ".cache" / "workbench"

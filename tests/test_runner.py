@@ -324,3 +324,20 @@ def test_cli_reports_a_failing_cell_and_exits_1(tmp_path):
     )
     assert done.returncode == 1
     assert "AssertionError: asked to fail" in done.stderr and "previous report is untouched" in done.stderr
+
+
+def test_publishing_flushes_each_staged_file_before_it_takes_its_name_and_the_folder_after(tmp_path, monkeypatch):
+    from workbench.runner.record import RunFiles
+    from workbench.runner.staging import publish
+
+    target, staging = RunFiles(tmp_path, "09_x"), RunFiles(tmp_path / ".09_x.staging-test", "09_x")
+    staging.results_dir.mkdir(parents=True)
+    for path in (staging.notebook, staging.html, staging.log):
+        path.write_text("complete")
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(b))) or real_replace(a, b))
+    publish(staging, target)
+    for staged, published in ((staging.notebook, target.notebook), (staging.html, target.html), (staging.log, target.log)):
+        assert events.index(("fsync", str(staged))) < events.index(("replace", str(published)))
+    assert events[-1] == ("fsync", str(tmp_path)) and target.log.read_text() == "complete"

@@ -21,7 +21,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "remove_leftovers", "fsync_folder"]
+__all__ = ["atomic_write", "remove_leftovers", "fsync_file", "fsync_folder"]
 
 _MARKER = ".partial-"
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
@@ -39,7 +39,8 @@ def _create_temporary(path: Path, suffix: str) -> Path:
         return temporary
 
 
-def _fsync(path: Path) -> None:
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a file's data to disk (before it is renamed into place, say)."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -50,7 +51,7 @@ def _fsync(path: Path) -> None:
 def fsync_folder(folder: str | os.PathLike) -> None:
     """Flush a folder's entries (a rename into it, say) to disk; a no-op where folders cannot be opened (Windows)."""
     if os.name == "posix":
-        _fsync(Path(folder))
+        fsync_file(Path(folder))
 
 
 @contextlib.contextmanager
@@ -66,7 +67,7 @@ def atomic_write(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path
     temporary = _create_temporary(path, suffix)
     try:
         yield temporary
-        _fsync(temporary)
+        fsync_file(temporary)
         os.replace(temporary, path)
         fsync_folder(path.parent)
     finally:

@@ -42,5 +42,6 @@ def data_dir(*parts: str | os.PathLike) -> Path:
     elif (checkout := _checkout()) is not None:
         base = checkout / "data"
     else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "workbench"
+        cache = Path(os.environ.get("XDG_CACHE_HOME", ""))
+        base = (cache if cache.is_absolute() else Path.home() / ".cache") / "workbench"  # a relative XDG_CACHE_HOME is ignored, as the spec says
     return base.joinpath(*parts)

@@ -27,6 +27,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from workbench.files import fsync_file, fsync_folder
 from workbench.runner.record import RunFiles
 
 __all__ = ["RunInProgress", "holding_lock", "publish", "remove_staged", "staging_folder", "staging_folders"]
@@ -119,4 +120,6 @@ def publish(staging: RunFiles, target: RunFiles) -> None:
         os.rename(staging.results_dir, target.results_dir)
     for source, destination in ((staging.notebook, target.notebook), (staging.html, target.html), (staging.log, target.log)):
         if source.exists():
+            fsync_file(source)  # the notebook and the log were written in place: flushed before they take their names
             os.replace(source, destination)
+    fsync_folder(target.folder)

@@ -264,3 +264,25 @@ def test_the_cli_refuses_a_sweep_name_too_long_for_a_folder(tmp_path, capsys):
     printed = capsys.readouterr().err
     assert printed.startswith(f"workbench: {path}: the sweep's name") and printed.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_that_fails_before_recording_its_attempt_reports_its_own_error_not_an_older_one(tmp_path, monkeypatch):
+    from workbench.runner import sweep as sweeping
+    from workbench.runner.record import FAILED, RunRecord, write_record
+    from workbench.runner.sweepfile import SweepRun
+
+    notebook = write_notebook(tmp_path / "nb" / "09_small.ipynb", SAVES_METRICS)
+    run = SweepRun(notebook, {"seed": 1}, {"seed": 1}, tmp_path / "out" / "seed=1", "identity")
+    run.folder.mkdir(parents=True)
+    old = RunRecord(notebook.name, "t", {"seed": 1}, "identity", FAILED, "2020-01-01T00:00:00+00:00", error="an old error")
+    write_record(run.files, old)
+
+    def refuses(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sweeping, "run_notebook", refuses)
+    for attempt in (old, None):
+        if attempt is None:
+            run.files.attempt.unlink()
+        record = sweeping.run_in_sweep(run, "s")
+        assert record.status == FAILED and record.error == "disk full"

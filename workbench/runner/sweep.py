@@ -105,20 +105,21 @@ def run_in_sweep(run: SweepRun, sweep_name: str) -> RunRecord:
     """Execute one run of a sweep and return its record (a failed attempt's for a failure, which is recorded, not raised).
 
     A run of the same notebook into the same folder already under way (another sweep's) keeps its
-    records; this run's refusal is returned as a failed record, written nowhere. This is the task a
+    records; this run's refusal, like a failure before the run recorded its attempt, is returned as a
+    failed record, written nowhere. This is the task a
     Dask worker executes: it needs only the run and the shared files.
     """
+    began = now()
     try:
         _thread_context().run(run_notebook, run.notebook, run.parameters, run.folder, progress=False, sweep=sweep_name)
-    except RunInProgress as error:
-        return RunRecord(run.notebook.name, title(run.notebook), run.parameters, run.identity, FAILED, now(), error=str(error), sweep=sweep_name)
-    except Exception:  # noqa: BLE001 - the failure is in the attempt's record, log and failed notebook
-        path = run.files.attempt
-    else:
-        path = run.files.record
-    record = read_record(path)
+    except Exception as error:  # noqa: BLE001 - the failure is in the attempt's record, log and failed notebook
+        record = read_record(run.files.attempt)
+        if isinstance(error, RunInProgress) or record is None or record.started < began:  # refused, or failed before recording
+            return RunRecord(run.notebook.name, title(run.notebook), run.parameters, run.identity, FAILED, began, error=str(error), sweep=sweep_name)
+        return record
+    record = read_record(run.files.record)
     if record is None:
-        raise RuntimeError(f"{run.label}: the run left no record at {path}")
+        raise RuntimeError(f"{run.label}: the run left no record at {run.files.record}")
     return record
 
 

@@ -14,6 +14,13 @@ would push T batched cotangents through every head and add up T mostly-zero ``(T
 tensors at ``Z``; the split avoids that O(T²) work. From the blocks follow the T × P Jacobian, the
 T × T Gramian ``G = J Jᵀ``, and both per parameter tensor, per module and per block.
 
+A batch whose tasks are labelled on different samples (a :class:`~workbench.tasks.TaskInputs`: a
+batch per task's dataset, or missing labels) runs the encoder once per input group; each group's
+``Z_g`` is differentiated for the tasks labelled on it only, so a batch per task costs T encoder
+forwards of ``B_t`` samples and T backward passes (``benchmarks/bench_data.py`` measures it
+against a shared batch), and a task with no labelled sample in the batch gets a zero row and a
+NaN loss: no gradient, and NaN in every probe, never a number that looks measured.
+
 Which way is faster depends on the encoder. A vmapped encoder backward (``"batched"``) wins on small
 MLPs at many tasks, where Python and autograd overhead dominate; T plain encoder backward passes
 (``"loop"``) can win through wide layers or attention; and for a few tasks on a small network the
@@ -43,7 +50,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from workbench.tasks import Inputs, check_finite
+from workbench.tasks import Inputs, TaskInputs, check_finite
 
 __all__ = ["STRATEGIES", "TaskJacobian", "RepresentationPass", "representation_pass", "encoder_vjp", "task_jacobian", "model_task_jacobian", "layer_label"]
 
@@ -150,39 +157,106 @@ def task_jacobian(
 
 @dataclass(frozen=True)
 class RepresentationPass:
-    """One encoder forward and every head on its own detached copy of ``Z``, differentiated once.
+    """One encoder forward per input group and every head on its own detached copy of ``Z``, differentiated once.
 
-    ``z`` is the representation ``(B, ...)`` with the encoder's graph; ``losses`` ``(T,)`` (detached);
-    ``cotangents`` ``(T, *Z.shape)`` holds each ``∂L_t/∂Z``; ``head_grads`` maps every trainable head
+    ``representations`` holds each input group's ``Z_g`` ``(B_g, ...)`` with the encoder's graph (one
+    group unless the batch is a :class:`~workbench.tasks.TaskInputs` of several); ``routes[g]`` the
+    task indices that group's samples are labelled for; ``group_cotangents[g]`` ``(len(routes[g]), *Z_g.shape)``
+    their ``∂L_t/∂Z_g``. ``losses`` ``(T,)`` (detached) is NaN for a task with no labelled sample in the
+    batch, whose cotangents and head gradients are zero. ``head_grads`` maps every trainable head
     parameter (its name in the model) to the gradient of its task's loss.
     """
 
-    z: Tensor
+    representations: list[Tensor]
+    routes: list[list[int]]
+    group_cotangents: list[Tensor]
     losses: Tensor
-    cotangents: Tensor
     head_grads: dict[str, Tensor]
 
+    @property
+    def z(self) -> Tensor:
+        """The representation ``Z`` of the whole batch, the groups' concatenated along the samples."""
+        return self.representations[0] if len(self.representations) == 1 else torch.cat(self.representations)
 
-def representation_pass(model, x: Inputs, targets: Mapping[str, Tensor]) -> RepresentationPass:
-    """The first stage of the engine: one forward, one backward through the heads (see the module docstring)."""
-    z = model.represent(x)
+    @property
+    def cotangents(self) -> Tensor:
+        """``∂L_t/∂Z`` ``(T, *Z.shape)`` of the whole batch: zero where a sample is not labelled for the task."""
+        t = len(self.losses)
+        parts = []
+        for z, route, cotangent in zip(self.representations, self.routes, self.group_cotangents):
+            full = cotangent.new_zeros((t, *z.shape))
+            full[route] = cotangent
+            parts.append(full)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def backward(self, weights: Tensor) -> None:
+        """Backpropagate ``Σ_t weights[t] ∂L_t/∂Z`` (weights ``(T,)``) into the encoder's parameters, one backward for all groups."""
+        torch.autograd.backward(
+            self.representations, [torch.tensordot(weights[route].to(c.dtype), c, dims=1) for route, c in zip(self.routes, self.group_cotangents)]
+        )
+
+
+def _routes(model, x: Inputs | TaskInputs, targets: Mapping[str, Tensor]) -> tuple[list[int], list[list[int]]]:
+    """The indices of the tasks labelled in the batch, and for each input group those among them it serves."""
     names = model.task_names
-    leaves = [z.detach().requires_grad_() for _ in names]  # each head sees its own copy of Z
-    losses = model.losses_from_outputs({name: model.heads[name](leaf) for name, leaf in zip(names, leaves)}, targets)
-    stacked = torch.stack([losses[n] for n in names])
-    heads = [(f"heads.{task}.{name}", p) for task in names for name, p in model.heads[task].named_parameters() if p.requires_grad]
-    grads = torch.autograd.grad(stacked.sum(), leaves + [p for _, p in heads], allow_unused=True, materialize_grads=True)
-    cotangents = torch.stack(grads[: len(names)])
-    return RepresentationPass(z, stacked.detach(), cotangents, {name: g for (name, _), g in zip(heads, grads[len(names) :])})
+    labelled = [i for i, name in enumerate(names) if name in targets and targets[name].shape[0] > 0]
+    if not isinstance(x, TaskInputs):
+        return labelled, [labelled]
+    routes: list[list[int]] = [[] for _ in x.groups]
+    for i in labelled:
+        if not x.labelled(names[i]):
+            raise ValueError(f"task {names[i]!r} has {targets[names[i]].shape[0]} targets in the batch but is routed to no sample")
+        routes[x.rows[names[i]][0]].append(i)
+    return labelled, routes
 
 
-def encoder_vjp(
-    model, x: Inputs, z: Tensor, params: Sequence[tuple[str, Tensor]], cotangents: Tensor, strategy: Literal["batched", "loop"] = "batched"
-) -> tuple[dict[str, Tensor], str]:
-    """The second stage: ``({name: (T, *p.shape)}, strategy used)``, the rows ``cotangents[t] · ∂Z/∂p``, batched or in a loop."""
+def representation_pass(model, x: Inputs | TaskInputs, targets: Mapping[str, Tensor]) -> RepresentationPass:
+    """The first stage of the engine: one forward per input group, one backward through the heads (see the module docstring)."""
+    names = model.task_names
+    labelled, routes = _routes(model, x, targets)
+    if not labelled:
+        raise ValueError(f"no task of {names} is labelled on any sample of the batch")
+    representations = model.represent_groups(x)
+    group_of = {i: g for g, route in enumerate(routes) for i in route}
+    leaves = {i: representations[group_of[i]].detach().requires_grad_() for i in labelled}  # each head sees its own copy of Z
+    outputs = {}
+    for i in labelled:
+        outputs.update(model.routed_outputs([leaves[i] if g == group_of[i] else None for g in range(len(representations))], x, [names[i]]))
+    losses = model.losses_from_outputs(outputs, targets)
+    stacked = torch.stack([losses[names[i]] for i in labelled])
+    heads = [(f"heads.{names[i]}.{name}", p) for i in labelled for name, p in model.heads[names[i]].named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(stacked.sum(), [leaves[i] for i in labelled] + [p for _, p in heads], allow_unused=True, materialize_grads=True)
+    by_task = dict(zip(labelled, grads[: len(labelled)]))
+    head_grads = {name: g for (name, _), g in zip(heads, grads[len(labelled) :])}
+    for i, name in enumerate(names):
+        if i not in by_task:
+            head_grads.update({f"heads.{name}.{n}": torch.zeros_like(p) for n, p in model.heads[name].named_parameters() if p.requires_grad})
+    all_losses = torch.full((len(names),), torch.nan, dtype=stacked.dtype, device=stacked.device)
+    all_losses[labelled] = stacked.detach()
+    cotangents = [torch.stack([by_task[i] for i in route]) if route else z.new_zeros((0, *z.shape)) for z, route in zip(representations, routes)]
+    return RepresentationPass(representations, routes, cotangents, all_losses, head_grads)
+
+
+def encoder_vjp(first: RepresentationPass, params: Sequence[tuple[str, Tensor]], strategy: Literal["batched", "loop"] = "batched") -> tuple[dict[str, Tensor], str]:
+    """The second stage: ``({name: (T, *p.shape)}, strategy used)``, the rows ``∂L_t/∂Z · ∂Z/∂p``, batched or in a loop.
+
+    Each input group is differentiated for the tasks it serves only: a batch per task costs one
+    encoder backward per task (what the ``"loop"`` costs on a shared batch), a shared batch one
+    batched backward. A task labelled nowhere in the batch gets zero rows.
+    """
     if strategy not in ("batched", "loop"):
         raise ValueError(f"the encoder's vector-Jacobian products are 'batched' or a 'loop', not {strategy!r}")
-    return _vjp(z, params, cotangents, strategy)
+    t = len(first.losses)
+    if len(first.representations) == 1 and first.routes[0] == list(range(t)):
+        return _vjp(first.representations[0], params, first.group_cotangents[0], strategy)
+    blocks = {name: torch.zeros(t, *p.shape, dtype=p.dtype, device=p.device) for name, p in params}
+    used = strategy
+    for z, route, cotangents in zip(first.representations, first.routes, first.group_cotangents):
+        if route:
+            rows, used = _vjp(z, params, cotangents, strategy)
+            for name, block in rows.items():
+                blocks[name][route] += block
+    return blocks, used
 
 
 def model_task_jacobian(
@@ -222,13 +296,13 @@ def model_task_jacobian(
 
 
 def _two_stage_jacobian(
-    model, x: Inputs, targets: Mapping[str, Tensor], shared: Sequence[tuple[str, Tensor]], keep_representation_grads: bool, task_grads: bool, strategy: str
+    model, x: Inputs | TaskInputs, targets: Mapping[str, Tensor], shared: Sequence[tuple[str, Tensor]], keep_representation_grads: bool, task_grads: bool, strategy: str
 ) -> TaskJacobian:
     """The representation pass, then the encoder's VJPs of the ``shared`` parameters by ``strategy`` (``"batched"`` or ``"loop"``)."""
     first = representation_pass(model, x, targets)
     resident = model.encoder_task_parameters() if task_grads else {}
     extra = [(name, p) for params in resident.values() for name, p in params]
-    blocks, used = _vjp(first.z, [*shared, *extra], first.cotangents, strategy)
+    blocks, used = encoder_vjp(first, [*shared, *extra], strategy)
     own = None
     if task_grads:
         rows = {task: i for i, task in enumerate(model.task_names)}
@@ -238,24 +312,38 @@ def _two_stage_jacobian(
 
 
 def _direct_jacobian(
-    model, x: Inputs, targets: Mapping[str, Tensor], shared: Sequence[tuple[str, Tensor]], keep_representation_grads: bool, task_grads: bool
+    model, x: Inputs | TaskInputs, targets: Mapping[str, Tensor], shared: Sequence[tuple[str, Tensor]], keep_representation_grads: bool, task_grads: bool
 ) -> TaskJacobian:
-    """One forward and, per task, one backward of its loss to the ``shared`` parameters, ``Z`` (when kept) and its own parameters."""
-    z = model.represent(x)
+    """One forward per input group and, per labelled task, one backward of its loss to the ``shared`` parameters, ``Z`` (when kept)
+    and its own parameters; a task labelled nowhere in the batch gets zero rows and a NaN loss."""
     names = model.task_names
-    losses = model.losses_from_outputs(model.heads_forward(z), targets)
+    labelled, _ = _routes(model, x, targets)
+    if not labelled:
+        raise ValueError(f"no task of {names} is labelled on any sample of the batch")
+    representations = model.represent_groups(x)
+    losses = model.losses_from_outputs(model.routed_outputs(representations, x), targets)
     own = model.task_parameters() if task_grads else {}
-    rows, cotangents, task_gradients = [], [], {}
-    for task in names:
-        wanted = [p for _, p in shared] + ([z] if keep_representation_grads else []) + [p for _, p in own.get(task, [])]
+    zeros = [torch.zeros_like(p) for _, p in shared]
+    rows, task_gradients = [], {}
+    cotangents = [z.new_zeros((len(names), *z.shape)) for z in representations]
+    for index, task in enumerate(names):
+        if task not in losses:
+            rows.append(zeros)
+            task_gradients.update({name: torch.zeros_like(p) for name, p in own.get(task, [])})
+            continue
+        kept = representations if keep_representation_grads else []
+        wanted = [p for _, p in shared] + kept + [p for _, p in own.get(task, [])]
         grads = torch.autograd.grad(losses[task], wanted, retain_graph=True, allow_unused=True, materialize_grads=True)
         rows.append(grads[: len(shared)])
-        if keep_representation_grads:
-            cotangents.append(grads[len(shared)])
-        task_gradients.update({name: g for (name, _), g in zip(own.get(task, []), grads[len(shared) + keep_representation_grads :])})
+        for group, g in enumerate(grads[len(shared) : len(shared) + len(kept)]):
+            cotangents[group][index] = g
+        task_gradients.update({name: g for (name, _), g in zip(own.get(task, []), grads[len(shared) + len(kept) :])})
     blocks = {name: torch.stack([row[i] for row in rows]) for i, (name, _) in enumerate(shared)}
-    representation = torch.stack(cotangents) if keep_representation_grads else None
-    return TaskJacobian(names, blocks, torch.stack([losses[n] for n in names]).detach(), representation, "direct", task_gradients if task_grads else None)
+    representation = (cotangents[0] if len(cotangents) == 1 else torch.cat(cotangents, dim=1)) if keep_representation_grads else None
+    reference = next(iter(losses.values()))
+    nan = torch.full((), torch.nan, dtype=reference.dtype, device=reference.device)
+    stacked = torch.stack([losses.get(n, nan) for n in names]).detach()
+    return TaskJacobian(names, blocks, stacked, representation, "direct", task_gradients if task_grads else None)
 
 
 WARMUP = 1
@@ -269,10 +357,11 @@ _timings: weakref.WeakKeyDictionary[nn.Module, dict[tuple, dict]] = weakref.Weak
 """Per encoder and call signature: the seconds of each strategy's calls, and the ``"chosen"`` one once learned."""
 
 
-def _signature(x: Inputs, params: Sequence[tuple[str, Tensor]], n_tasks: int, *flags: bool) -> tuple:
-    """What the relative speed of the strategies depends on: input shapes, device, trainable tensors, T, what is asked for."""
-    tensors = [x] if isinstance(x, Tensor) else [x[k] for k in sorted(x)]
-    return (n_tasks, tuple((tuple(t.shape), t.dtype, str(t.device)) for t in tensors), tuple(n for n, _ in params), flags)
+def _signature(x: Inputs | TaskInputs, params: Sequence[tuple[str, Tensor]], n_tasks: int, *flags: bool) -> tuple:
+    """What the relative speed of the strategies depends on: input shapes (of every group), device, trainable tensors, T, what is asked for."""
+    groups = x.groups if isinstance(x, TaskInputs) else (x,)
+    tensors = [t for group in groups for t in ([group] if isinstance(group, Tensor) else [group[k] for k in sorted(group)])]
+    return (n_tasks, len(groups), tuple((tuple(t.shape), t.dtype, str(t.device)) for t in tensors), tuple(n for n, _ in params), flags)
 
 
 def _learned(encoder: nn.Module, signature: tuple, compute: Callable[[str], TaskJacobian]) -> TaskJacobian:

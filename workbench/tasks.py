@@ -11,6 +11,12 @@ problem's train, validation and test data with the reference relationship betwee
 Inputs are a tensor ``(N, ...)`` or a mapping of named tensors that share the first dim (token ids
 and their attention mask, as a tokenizer returns them); :func:`num_samples`, :func:`take_rows` and
 :func:`to_device` handle both.
+
+Where the tasks are not labelled on the same samples, a batch's inputs are a :class:`TaskInputs`:
+one or more input batches (one per task's dataset, or one mixed batch) and, for each task, the
+samples it is labelled on; its targets then hold those samples' targets only. A batch with missing
+labels is such a batch with one input group. A task with no labelled sample in a batch has targets
+of zero rows: it has no loss there, and contributes no gradient.
 """
 
 from __future__ import annotations
@@ -29,12 +35,15 @@ from torch.nn import functional as F
 __all__ = [
     "EVALUATION_BATCH",
     "Inputs",
+    "TaskInputs",
     "num_samples",
+    "labelled_tasks",
     "take_rows",
     "to_device",
     "check_finite",
     "epoch_batch_index",
     "in_batches",
+    "masked_batch",
     "steps_per_epoch",
     "Task",
     "MultiTaskModel",
@@ -52,10 +61,48 @@ EVALUATION_BATCH = 1024
 """Samples per forward pass when a set is evaluated, unless told otherwise."""
 
 
-def num_samples(x: Inputs) -> int:
-    """The number of samples ``B`` in ``x``; raises when named tensors disagree on it (naming them)."""
+@dataclass(frozen=True)
+class TaskInputs:
+    """A batch whose tasks are labelled on different samples.
+
+    ``groups`` holds input batches ``(B_g, ...)`` (each a tensor or named tensors): one per task's
+    dataset, or one batch whose samples are labelled for some tasks only. ``rows[task]`` is
+    ``(g, index)``: the task is labelled on the samples ``index`` (a 1-d long tensor ``(n_t,)``,
+    possibly empty) of group ``g``, or on all of them when ``index`` is ``None``; its targets have
+    ``n_t`` rows in that order. The model's encoder runs once per group.
+    """
+
+    groups: tuple[Inputs, ...]
+    rows: Mapping[str, tuple[int, Tensor | None]]
+
+    def __post_init__(self) -> None:
+        if not self.groups:
+            raise ValueError("TaskInputs needs at least one input group")
+        sizes = [num_samples(group) for group in self.groups]
+        for task, (group, index) in self.rows.items():
+            if not 0 <= group < len(self.groups):
+                raise ValueError(f"task {task!r} is routed to input group {group}; there are {len(self.groups)}")
+            if index is not None:
+                if index.dim() != 1 or index.dtype != torch.long:
+                    raise ValueError(f"task {task!r}: its sample index must be a 1-d long tensor, got {index.dtype} {tuple(index.shape)}")
+                if len(index) and not (0 <= int(index.min()) and int(index.max()) < sizes[group]):
+                    raise ValueError(f"task {task!r}: sample index out of range for input group {group} of {sizes[group]} samples")
+
+    def labelled(self, task: str) -> int:
+        """How many samples ``task`` is labelled on in this batch (0 when it is not routed)."""
+        if task not in self.rows:
+            return 0
+        group, index = self.rows[task]
+        return num_samples(self.groups[group]) if index is None else len(index)
+
+
+def num_samples(x: Inputs | TaskInputs) -> int:
+    """The number of samples ``B`` in ``x`` (of all its groups, for a :class:`TaskInputs`); raises when named
+    tensors disagree on it (naming them)."""
     if isinstance(x, Tensor):
         return x.shape[0]
+    if isinstance(x, TaskInputs):
+        return sum(num_samples(group) for group in x.groups)
     if not x:
         raise ValueError("inputs are an empty mapping; give at least one named tensor")
     sizes = {name: tensor.shape[0] for name, tensor in x.items()}
@@ -68,16 +115,26 @@ def take_rows(x: Inputs, index: Tensor) -> Inputs:
     """The samples of ``x`` at ``index`` (a 1-d index tensor), of every named tensor alike."""
     if isinstance(x, Tensor):
         return x[index]
+    if isinstance(x, TaskInputs):
+        raise TypeError("the samples of a TaskInputs batch are routed per task; take rows of its groups instead")
     return {name: tensor[index] for name, tensor in x.items()}
 
 
-def to_device(x: Inputs, device: torch.device | str | None) -> Inputs:
+def to_device(x: Inputs | TaskInputs, device: torch.device | str | None) -> Inputs | TaskInputs:
     """``x`` on ``device`` (unchanged when ``device`` is ``None`` or already holds it)."""
     if device is None:
         return x
     if isinstance(x, Tensor):
         return x.to(device)
+    if isinstance(x, TaskInputs):
+        rows = {task: (group, None if index is None else index.to(device)) for task, (group, index) in x.rows.items()}
+        return TaskInputs(tuple(to_device(group, device) for group in x.groups), rows)
     return {name: tensor.to(device) for name, tensor in x.items()}
+
+
+def labelled_tasks(targets: Mapping[str, Tensor]) -> list[str]:
+    """The tasks of ``targets`` labelled on at least one sample of the batch (a task's targets have zero rows where it is not)."""
+    return [task for task, target in targets.items() if target.shape[0] > 0]
 
 
 def _mse(output: Tensor, target: Tensor) -> Tensor:
@@ -200,16 +257,58 @@ class MultiTaskModel(nn.Module):
         """The device of the model's first parameter (where inputs must go)."""
         return next(self.parameters()).device
 
-    def represent(self, x: Inputs) -> Tensor:
-        """The shared representation ``Z = encoder(x)``."""
-        return self.encoder(x)
+    def represent_groups(self, x: Inputs | TaskInputs) -> list[Tensor]:
+        """The shared representation of each input group: ``[encoder(x)]``, or one ``Z_g`` per group of a :class:`TaskInputs`.
+
+        Cost: one encoder forward per group, so a batch per task costs T forwards of ``B_t`` samples
+        (the encoder's work grows with the samples, its fixed per-call cost with the groups).
+        """
+        if isinstance(x, TaskInputs):
+            return [self.encoder(group) for group in x.groups]
+        return [self.encoder(x)]
+
+    def represent(self, x: Inputs | TaskInputs) -> Tensor:
+        """The shared representation ``Z = encoder(x)``; of a :class:`TaskInputs`, its groups' ``Z_g`` concatenated along the samples."""
+        representations = self.represent_groups(x)
+        return representations[0] if len(representations) == 1 else torch.cat(representations)
 
     def heads_forward(self, z: Tensor) -> dict[str, Tensor]:
         """Every head applied to the shared representation ``z``."""
         return {name: head(z) for name, head in self.heads.items()}
 
-    def forward(self, x: Inputs) -> dict[str, Tensor]:
+    def routed_outputs(self, representations: Sequence[Tensor], x: Inputs | TaskInputs, tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
+        """Each task's head on the representation of the samples it is labelled on (see :class:`TaskInputs`).
+
+        ``representations`` are :meth:`represent_groups`'s; a plain batch gives every task its head on all of ``Z``.
+        Tasks with no labelled sample in the batch are left out; ``tasks`` restricts the heads run.
+        """
+        wanted = self.task_names if tasks is None else list(tasks)
+        if not isinstance(x, TaskInputs):
+            return {name: self.heads[name](representations[0]) for name in wanted}
+        outputs = {}
+        for name in wanted:
+            if x.labelled(name):
+                group, index = x.rows[name]
+                z = representations[group]
+                outputs[name] = self.heads[name](z if index is None else z[index])
+        return outputs
+
+    def forward(self, x: Inputs | TaskInputs) -> dict[str, Tensor]:
+        """``{task: output}``; for a :class:`TaskInputs`, each task's output on its labelled samples only."""
+        if isinstance(x, TaskInputs):
+            return self.routed_outputs(self.represent_groups(x), x)
         return self.heads_forward(self.represent(x))
+
+    def restricted(self, tasks: Sequence[str]) -> MultiTaskModel:
+        """A view of the model with only ``tasks`` (their heads and the same encoder, sharing every parameter).
+
+        Its shared parameters are the full model's: what the encoder holds for the other tasks (their
+        MMoE gates) stays theirs. The training loop trains a batch labelled for some tasks only through it.
+        """
+        unknown = set(tasks) - set(self.tasks)
+        if unknown or not tasks:
+            raise KeyError(f"unknown tasks {sorted(unknown)}; known: {self.task_names}" if unknown else "a view needs at least one task")
+        return MultiTaskModel(self.encoder, [self.tasks[t] for t in self.task_names if t in tasks], {t: self.heads[t] for t in tasks})
 
     def summary(self) -> dict:
         """What the model is, for the attrs of the results it produces."""
@@ -226,19 +325,20 @@ class MultiTaskModel(nn.Module):
         Frozen parameters are not shared, nor those the encoder holds for one task alone (see
         :meth:`encoder_task_parameters`).
         """
-        own = {id(p) for params in self.encoder_task_parameters().values() for _, p in params}
+        declared = getattr(self.encoder, "task_parameters", None)
+        own = {id(p) for params in (declared() if declared else {}).values() for _, p in params}
         return [(name, p) for name, p in self.encoder.named_parameters() if p.requires_grad and id(p) not in own]
 
     def encoder_task_parameters(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """Trainable parameters inside the encoder that serve one task only (MMoE's gates), named as in the model.
 
-        An encoder declares them with a ``task_parameters()`` method returning ``{task: [(name, parameter)]}``
+        Of the model's tasks only (a :meth:`restricted` view has its own tasks'). An encoder declares them with a ``task_parameters()`` method returning ``{task: [(name, parameter)]}``
         (names relative to the encoder); most encoders have none.
         """
         declared = getattr(self.encoder, "task_parameters", None)
         if declared is None:
             return {}
-        return {task: [(f"encoder.{name}", p) for name, p in params if p.requires_grad] for task, params in declared().items()}
+        return {task: [(f"encoder.{name}", p) for name, p in params if p.requires_grad] for task, params in declared().items() if task in self.tasks}
 
     def task_parameters(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """Each task's own trainable parameters, named as in the model: its head and what the encoder holds for it."""
@@ -249,24 +349,45 @@ class MultiTaskModel(nn.Module):
         }
 
     def losses_from_outputs(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """``{task: scalar loss}`` for the given outputs; raises on a missing target or a non-finite loss."""
+        """``{task: scalar loss}`` for the given outputs, of every task labelled in the batch (targets of zero rows: none).
+
+        A task's loss averages over the samples it is labelled on. Raises on a missing or unknown target,
+        a labelled task without an output, or a non-finite loss.
+        """
         missing = [name for name in self.tasks if name not in targets]
         if missing:
             raise KeyError(f"no targets for tasks {missing}; targets hold {sorted(targets)}")
+        unknown = sorted(set(targets) - set(self.tasks))
+        if unknown:
+            raise KeyError(f"the batch names tasks {unknown} the model does not have; its tasks: {self.task_names}")
         losses = {}
         for name, task in self.tasks.items():
+            if targets[name].shape[0] == 0:
+                continue
+            if name not in outputs:
+                raise ValueError(f"task {name!r} is labelled on {targets[name].shape[0]} samples of the batch but has no output")
             try:
                 losses[name] = task.loss(outputs[name], targets[name])
             except (RuntimeError, ValueError) as error:
                 raise ValueError(
                     f"task {name!r}: its loss failed on output {tuple(outputs[name].shape)} and targets {tuple(targets[name].shape)}: {error}"
                 ) from error
-        check_finite(losses)
+        if losses:
+            check_finite(losses)
         return losses
 
-    def losses(self, x: Inputs, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """One forward pass: ``{task: scalar loss}`` on the batch ``(x, targets)``."""
+    def losses(self, x: Inputs | TaskInputs, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """One forward pass: ``{task: scalar loss}`` on the batch ``(x, targets)``, of the tasks labelled in it."""
         return self.losses_from_outputs(self(x), targets)
+
+    def loss_vector(self, x: Inputs | TaskInputs, targets: Mapping[str, Tensor]) -> Tensor:
+        """Every task's loss ``(T,)`` in task order, NaN for a task with no labelled sample in the batch."""
+        losses = self.losses(x, targets)
+        reference = next(iter(losses.values()), None)
+        if reference is None:
+            raise ValueError("no task is labelled on any sample of the batch")
+        nan = torch.full((), torch.nan, dtype=reference.dtype, device=reference.device)
+        return torch.stack([losses.get(name, nan) for name in self.tasks])
 
     def evaluate(self, x: Inputs, targets: Mapping[str, Tensor], batch_size: int = EVALUATION_BATCH) -> dict[str, tuple[float, float]]:
         """``{task: (loss, metric)}`` on ``(x, targets)``, ``batch_size`` samples at a time (see :meth:`evaluate_batches`)."""
@@ -279,6 +400,8 @@ class MultiTaskModel(nn.Module):
         Each batch is moved to the model's device and forwarded; the heads' outputs and the targets are
         kept (the inputs are not), and loss and metric are computed once on all of them, so they equal a
         single pass over the whole set for any metric, and a streamed set scores as the same set in memory.
+        A task is scored on the samples it is labelled on (batches with :class:`TaskInputs`); one labelled
+        nowhere is refused, naming it.
         """
         was_training = self.training
         self.eval()
@@ -286,14 +409,19 @@ class MultiTaskModel(nn.Module):
             device = self.device
             outputs = {name: _Gathered() for name in self.tasks}
             kept = {name: _Gathered() for name in self.tasks}
+            evaluated = False
             for x, targets in batches:
+                evaluated = True
                 batch = self(to_device(x, device))
                 for name in self.tasks:
-                    outputs[name].add(batch[name])
-                    if name in targets:
+                    if name in targets and targets[name].shape[0]:
+                        outputs[name].add(batch[name])
                         kept[name].add(targets[name].to(device))
-            if not outputs[self.task_names[0]]:
+            if not evaluated:
                 raise ValueError("nothing to evaluate: no batches")
+            unlabelled = [name for name in self.tasks if not kept[name]]
+            if unlabelled:
+                raise ValueError(f"tasks {unlabelled} have no labelled sample in the evaluation data")
             outputs = {name: gathered.tensor() for name, gathered in outputs.items()}
             targets = {name: gathered.tensor() for name, gathered in kept.items() if gathered}
             losses = self.losses_from_outputs(outputs, targets)
@@ -326,14 +454,34 @@ class _Gathered:
         return torch.cat(self._joined + self._pending)
 
 
-def in_batches(x: Inputs, targets: Mapping[str, Tensor], batch_size: int) -> Iterator[tuple[Inputs, dict[str, Tensor]]]:
-    """The samples of ``(x, targets)`` in order, ``batch_size`` at a time (the last batch may be smaller)."""
+def masked_batch(x: Inputs, targets: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> tuple[Inputs | TaskInputs, dict[str, Tensor]]:
+    """A batch with missing labels: ``masks[task]`` ``(B,)`` (bool) marks the samples labelled for a task (a task
+    without a mask is labelled on all). Without masks, ``(x, targets)`` unchanged; with them, a
+    :class:`TaskInputs` of one group, each masked task routed to its labelled samples and its targets cut to them."""
+    if not masks:
+        return x, dict(targets)
+    rows, kept = {}, {}
+    for name, y in targets.items():
+        if name in masks:
+            index = torch.nonzero(masks[name], as_tuple=True)[0]
+            rows[name], kept[name] = (0, index), y[index]
+        else:
+            rows[name], kept[name] = (0, None), y
+    return TaskInputs((x,), rows), kept
+
+
+def in_batches(
+    x: Inputs, targets: Mapping[str, Tensor], batch_size: int, masks: Mapping[str, Tensor] | None = None
+) -> Iterator[tuple[Inputs | TaskInputs, dict[str, Tensor]]]:
+    """The samples of ``(x, targets)`` in order, ``batch_size`` at a time (the last batch may be smaller); with
+    ``masks`` (``{task: (N,) bool}``), each batch as :func:`masked_batch` gives it."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     n = num_samples(x)
+    masks = masks or {}
     for start in range(0, n, batch_size):
         index = torch.arange(start, min(start + batch_size, n))
-        yield take_rows(x, index), {name: y[index] for name, y in targets.items()}
+        yield masked_batch(take_rows(x, index), {name: y[index] for name, y in targets.items()}, {name: m[index] for name, m in masks.items()})
 
 
 def epoch_batch_index(n: int, step: int, batch_size: int, seed: int = 0) -> Tensor:
@@ -364,6 +512,11 @@ class MultiTaskData:
     ``meta`` holds per-sample labels that are not model inputs, as arrays of length ``N`` (the word
     of a lexicon sample, the source images of a composed digit); they follow the samples through
     :meth:`rows` and :meth:`split`.
+
+    ``masks`` marks missing labels: ``masks[task]`` ``(N,)`` (bool) is true where the sample is labelled
+    for ``task`` (a task without a mask is labelled everywhere; the targets of unlabelled samples are
+    never read). Batches then carry each task's labelled samples only (:func:`masked_batch`): a task's
+    loss averages over them, and a task with none in a batch contributes no gradient there.
     """
 
     x: Inputs
@@ -371,9 +524,11 @@ class MultiTaskData:
     tasks: list[Task]
     attrs: dict = field(default_factory=dict)
     meta: dict[str, np.ndarray] = field(default_factory=dict)
+    masks: dict[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = num_samples(self.x)
+        names = [task.name for task in self.tasks]
         for task in self.tasks:
             if task.name not in self.targets:
                 raise ValueError(f"no targets for task {task.name!r}")
@@ -382,6 +537,15 @@ class MultiTaskData:
         for name, values in self.meta.items():
             if len(values) != n:
                 raise ValueError(f"meta {name!r} has {len(values)} rows, x has {n}")
+        unknown = sorted(set(self.masks) - set(names))
+        if unknown:
+            raise ValueError(f"masks name tasks {unknown} that the data does not have; its tasks: {names}")
+        for name, mask in self.masks.items():
+            if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (n,):
+                described = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
+                raise ValueError(f"the mask of task {name!r} must be a bool tensor ({n},), one entry per sample; got {described}")
+            if not mask.any():
+                raise ValueError(f"task {name!r} has no labelled sample: its mask is false everywhere")
 
     def __len__(self) -> int:
         return num_samples(self.x)
@@ -396,19 +560,48 @@ class MultiTaskData:
         if unknown:
             raise KeyError(f"unknown tasks {sorted(unknown)}; known: {self.task_names}")
         kept = [t for t in self.tasks if t.name in tasks]
-        return MultiTaskData(self.x, {t.name: self.targets[t.name] for t in kept}, kept, self.attrs, self.meta)
+        masks = {t.name: self.masks[t.name] for t in kept if t.name in self.masks}
+        return MultiTaskData(self.x, {t.name: self.targets[t.name] for t in kept}, kept, self.attrs, self.meta, masks)
 
     def rows(self, index: Tensor) -> MultiTaskData:
         """The samples at ``index`` (a 1-d index tensor)."""
         picked = index.cpu().numpy()
         return MultiTaskData(
             take_rows(self.x, index), {n: y[index] for n, y in self.targets.items()}, self.tasks, self.attrs,
-            {name: values[picked] for name, values in self.meta.items()},
+            {name: values[picked] for name, values in self.meta.items()}, {name: mask[index] for name, mask in self.masks.items()},
         )
+
+    def labelled(self, task: str) -> int:
+        """How many samples are labelled for ``task``."""
+        return int(self.masks[task].sum()) if task in self.masks else len(self)
+
+    def without_labels(self, fraction: float, seed: int = 0, tasks: Sequence[str] | None = None) -> MultiTaskData:
+        """The same samples with ``fraction`` of each task's labels removed at random (independently per task, seeded).
+
+        ``tasks`` limits it to some tasks (default: all). Each task keeps at least one label; labels
+        already missing stay missing.
+        """
+        if not 0 <= fraction < 1:
+            raise ValueError(f"the fraction of labels to remove must lie in [0, 1), got {fraction}")
+        chosen = self.task_names if tasks is None else list(tasks)
+        unknown = sorted(set(chosen) - set(self.task_names))
+        if unknown:
+            raise KeyError(f"unknown tasks {unknown}; known: {self.task_names}")
+        masks = dict(self.masks)
+        for position, name in enumerate(self.task_names):
+            if name not in chosen:
+                continue
+            labelled = torch.nonzero(masks.get(name, torch.ones(len(self), dtype=torch.bool)), as_tuple=True)[0]
+            order = torch.randperm(len(labelled), generator=torch.Generator().manual_seed(seed * 1_000_003 + position))
+            keep = max(1, len(labelled) - int(round(fraction * len(labelled))))
+            mask = torch.zeros(len(self), dtype=torch.bool)
+            mask[labelled[order[:keep]]] = True
+            masks[name] = mask
+        return MultiTaskData(self.x, self.targets, self.tasks, {**self.attrs, "labels_removed": fraction}, self.meta, masks)
 
     def with_inputs(self, x: Inputs) -> MultiTaskData:
         """The same samples and targets with other inputs (of the same length), e.g. cached features."""
-        return MultiTaskData(x, self.targets, self.tasks, self.attrs, self.meta)
+        return MultiTaskData(x, self.targets, self.tasks, self.attrs, self.meta, self.masks)
 
     def head(self, n: int) -> MultiTaskData:
         """The first ``n`` samples (all when fewer)."""
@@ -438,10 +631,11 @@ class MultiTaskData:
         """Full batches per pass over the data (one when there are fewer samples than a batch)."""
         return steps_per_epoch(len(self), batch_size)
 
-    def batch(self, step: int, batch_size: int, seed: int = 0) -> tuple[Inputs, dict[str, Tensor]]:
-        """The batch ``(x (B, ...), {task: (B,)})`` that training step ``step`` uses (see :func:`epoch_batch_index`)."""
+    def batch(self, step: int, batch_size: int, seed: int = 0) -> tuple[Inputs | TaskInputs, dict[str, Tensor]]:
+        """The batch ``(x (B, ...), {task: (B,)})`` that training step ``step`` uses (see :func:`epoch_batch_index`);
+        with missing labels, as :func:`masked_batch` gives it."""
         index = epoch_batch_index(len(self), step, batch_size, seed)
-        return take_rows(self.x, index), {n: y[index] for n, y in self.targets.items()}
+        return masked_batch(take_rows(self.x, index), {n: y[index] for n, y in self.targets.items()}, {n: m[index] for n, m in self.masks.items()})
 
     def stream(self, start: int, batch_size: int, seed: int = 0) -> Iterator[tuple[Inputs, dict[str, Tensor]]]:
         """The batches of steps ``start``, ``start + 1``, ... (endless), as :meth:`batch` gives them."""
@@ -452,7 +646,7 @@ class MultiTaskData:
 
     def batches(self, batch_size: int) -> Iterator[tuple[Inputs, dict[str, Tensor]]]:
         """The samples in order, ``batch_size`` at a time (the last batch may be smaller): for evaluation."""
-        return in_batches(self.x, self.targets, batch_size)
+        return in_batches(self.x, self.targets, batch_size, self.masks)
 
 
 @dataclass
@@ -483,11 +677,14 @@ class MultiTaskSplits:
         return self.train.attrs
 
     def describe(self):
-        """A table (pandas DataFrame) of the tasks: kind, metric, outputs, and the samples per split."""
+        """A table (pandas DataFrame) of the tasks: kind, metric, outputs, and the samples labelled for each per split."""
         import pandas as pd
 
-        sizes = {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
-        rows = [{"task": t.name, "kind": t.kind, "metric": t.metric_name, "outputs": t.out_features, **sizes} for t in self.tasks]
+        parts = {"train": self.train, "validation": self.validation, "test": self.test}
+        rows = [
+            {"task": t.name, "kind": t.kind, "metric": t.metric_name, "outputs": t.out_features, **{k: part.labelled(t.name) for k, part in parts.items()}}
+            for t in self.tasks
+        ]
         return pd.DataFrame(rows).set_index("task")
 
     def map_inputs(self, transform: Callable[[Inputs], Inputs]) -> MultiTaskSplits:

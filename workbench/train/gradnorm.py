@@ -66,10 +66,10 @@ class GradNorm(Method):
         if self.initial_losses is None:
             self.initial_losses = first.losses.clone()
         name, layer = self._layer(model)
-        blocks, _ = encoder_vjp(model, x, first.z, [(name, layer)], first.cotangents, "batched")  # a fixed strategy: the same numbers every run
+        blocks, _ = encoder_vjp(first, [(name, layer)], "batched")  # a fixed strategy: the same numbers every run
         norms = blocks[name].flatten(1).norm(dim=1)
         # the network's update: Σ_t w_t ∇L_t, through the encoder in one backward, heads scaled per task
-        first.z.backward(torch.tensordot(applied, first.cotangents, dims=1))
+        first.backward(applied)
         for index, params in enumerate(model.task_parameters().values()):
             for param_name, parameter in params:
                 if param_name in first.head_grads:

@@ -61,19 +61,30 @@ def synthetic_data() -> MultiTaskData:
     return make_synthetic(n_tasks=T, n_samples=48, n_features=5, groups=[[0, 1]], seed=2).data
 
 
-def train_tiny(method, steps, **kwargs):
-    """``steps`` steps of ``method`` on a tiny MLP and synthetic tasks, seeded."""
+def train_tiny(method, steps, data=None, **kwargs):
+    """``steps`` steps of ``method`` on a tiny MLP and synthetic tasks (or ``data``), seeded."""
     torch.manual_seed(0)
-    return train(tiny_model(T, seed=7), synthetic_data(), steps, method=method, batch_size=16, seed=1, progress=False, eval_every=4, **kwargs)
+    data = synthetic_data() if data is None else data
+    return train(tiny_model(T, seed=7), data, steps, method=method, batch_size=16, seed=1, progress=False, eval_every=4, **kwargs)
 
 
-def assert_resumes(name: str, options: dict, tmp_path) -> None:
+def masked_synthetic_data(poison: bool = False) -> MultiTaskData:
+    """The synthetic tasks with ``t2`` labelled on 4 of 48 samples (in batches of 16, many steps lack it) and ``t0`` on
+    half; with ``poison``, the targets of the unlabelled samples are NaN (a method must never read them)."""
+    data = synthetic_data()
+    masks = {"t0": torch.arange(48) % 2 == 0, "t2": torch.arange(48) % 12 == 0}
+    targets = {name: y.masked_fill(~masks[name], torch.nan) if poison and name in masks else y for name, y in data.targets.items()}
+    return MultiTaskData(data.x, targets, data.tasks, masks=masks)
+
+
+def assert_resumes(name: str, options: dict, tmp_path, data=None) -> None:
     """Ten steps at once, or five, a checkpoint, and five more from it, give the same numbers (the state travels)."""
-    unbroken = train_tiny(make_method(name, T, **options), 10)
+    given = {} if data is None else {"data": data}
+    unbroken = train_tiny(make_method(name, T, **options), 10, **given)
     path = tmp_path / "run.safetensors"
-    train_tiny(make_method(name, T, **options), 5, checkpoint=path)
+    train_tiny(make_method(name, T, **options), 5, checkpoint=path, **given)
     torch.manual_seed(123)  # the resumed run must not depend on the state of the process
-    resumed = train_tiny(make_method(name, T, **options), 10, checkpoint=path, resume=True)
+    resumed = train_tiny(make_method(name, T, **options), 10, checkpoint=path, resume=True, **given)
     for variable in ("train_loss", "weights", "loss", "metric"):
         np.testing.assert_array_equal(resumed.history[variable].values, unbroken.history[variable].values, err_msg=f"{name}: {variable}")
     for (key, a), (_, b) in zip(resumed.model.state_dict().items(), unbroken.model.state_dict().items()):
@@ -83,6 +94,25 @@ def assert_resumes(name: str, options: dict, tmp_path) -> None:
 @pytest.mark.parametrize("name", list(METHODS))
 def test_a_resumed_run_continues_with_the_same_numbers(name, tmp_path):
     assert_resumes(name, _options(name), tmp_path)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_a_resumed_run_with_missing_labels_continues_with_the_same_numbers(name, tmp_path):
+    """The instances that trained batches labelled for some tasks only keep their state across the checkpoint too."""
+    assert_resumes(name, _options(name), tmp_path, masked_synthetic_data())
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_a_task_without_labels_in_a_batch_contributes_nothing_and_unlabelled_targets_are_never_read(name):
+    clean = train_tiny(make_method(name, T, **_options(name)), 9, masked_synthetic_data())
+    poisoned = train_tiny(make_method(name, T, **_options(name)), 9, masked_synthetic_data(poison=True))
+    for variable in ("train_loss", "weights", "loss", "metric"):
+        np.testing.assert_array_equal(poisoned.history[variable].values, clean.history[variable].values, err_msg=f"{name}: {variable}")
+    losses, weights = clean.history.train_loss.values, clean.history.weights.values
+    missing = np.isnan(losses[:, 2])
+    assert missing.any() and not missing.all() and np.isfinite(losses[:, :2]).all()
+    assert np.isnan(weights).all() or (np.isnan(weights[missing, 2]).all() and np.isfinite(weights[~missing]).all())
+    assert all(torch.isfinite(p).all() for p in clean.model.parameters())
 
 
 @pytest.mark.parametrize("name", list(METHODS))

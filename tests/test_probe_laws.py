@@ -13,7 +13,7 @@ from torch import nn
 
 from tests.conftest import tiny_batch, tiny_model
 from workbench.probes import PROBES, ProbeRecorder, make_probe, task_matrix
-from workbench.tasks import MultiTaskData, MultiTaskModel, classification_task, regression_task
+from workbench.tasks import MultiTaskData, MultiTaskModel, TaskInputs, classification_task, masked_batch, regression_task
 from workbench.train import train
 
 TASKS = [regression_task("a"), classification_task("b", 3), regression_task("c")]
@@ -112,3 +112,46 @@ def test_an_unknown_option_is_refused_and_every_entry_states_what_it_is(name):
     entry = PROBES[name]
     assert entry.family in {"conflict", "affinity", "saliency"} and entry.summary and entry.paper
     assert entry.traits["batch"] in {"training", "held_out"}
+
+
+def masked_cnn_batch():
+    """``a`` labelled on 6 of 10 samples, ``b`` on all, ``c`` on none."""
+    x, targets = cnn_batch()
+    return masked_batch(x, targets, {"a": torch.arange(10) % 5 < 3, "c": torch.zeros(10, dtype=torch.bool)})
+
+
+def per_task_cnn_batch():
+    """A batch per task: each task's own 6 samples, the encoder run once per task."""
+    groups = [cnn_batch(n=6, seed=seed) for seed in (11, 12, 13)]
+    return TaskInputs(tuple(x for x, _ in groups), {task: (g, None) for g, task in enumerate("abc")}), {t: groups[g][1][t] for g, t in enumerate("abc")}
+
+
+def _task_dims(variable: xr.DataArray) -> list[str]:
+    return [d for d in variable.dims if d in ("task", "other_task", "source", "target")]
+
+
+@pytest.mark.parametrize("name", list(PROBES))
+def test_a_probe_reports_nan_for_a_task_labelled_nowhere_in_the_batch_and_measures_the_others(name):
+    model = cnn_with_norm_and_dropout()
+    batch = masked_cnn_batch()
+    result = call(name, model, batch, stepped_optimizer(model, cnn_batch()))
+    with_tasks = [v for v in result.data_vars.values() if _task_dims(v)]
+    assert with_tasks, f"{name} has no per-task variable to check"
+    for variable in with_tasks:
+        for dim in _task_dims(variable):
+            assert np.isnan(variable.sel({dim: "c"}).values).all(), f"{name}: {variable.name} has a number for the unlabelled task c along {dim}"
+    if PROBES[name].traits["pairwise"]:
+        measured = task_matrix(result).sel(source=["a", "b"], target=["a", "b"]).values
+        assert np.isfinite(measured).all(), f"{name}: the labelled tasks a and b were not measured: {measured}"
+
+
+@pytest.mark.parametrize("name", list(PROBES))
+def test_a_probe_runs_on_a_batch_per_task(name):
+    model = cnn_with_norm_and_dropout()
+    batch = per_task_cnn_batch()
+    result = call(name, model, batch, stepped_optimizer(model, cnn_batch()))
+    assert isinstance(result, xr.Dataset) and result.attrs["probe"] == name
+    if PROBES[name].family in ("conflict", "affinity"):
+        assert np.isfinite(task_matrix(result).values).all(), f"{name}: every task is labelled on its own samples"
+    for variable in result.data_vars.values():
+        assert not np.isinf(variable.values).any()

@@ -38,6 +38,7 @@ __all__ = [
     "TaskInputs",
     "num_samples",
     "labelled_tasks",
+    "label_mask",
     "take_rows",
     "to_device",
     "check_finite",
@@ -130,6 +131,25 @@ def to_device(x: Inputs | TaskInputs, device: torch.device | str | None) -> Inpu
         rows = {task: (group, None if index is None else index.to(device)) for task, (group, index) in x.rows.items()}
         return TaskInputs(tuple(to_device(group, device) for group in x.groups), rows)
     return {name: tensor.to(device) for name, tensor in x.items()}
+
+
+def label_mask(x: Inputs | TaskInputs, tasks: Sequence[str]) -> Tensor:
+    """``(T, B)`` bool: whether each sample of the batch (the groups' samples concatenated, for a
+    :class:`TaskInputs`) is labelled for each of ``tasks``; all true for a plain batch."""
+    if not isinstance(x, TaskInputs):
+        return torch.ones(len(tasks), num_samples(x), dtype=torch.bool)
+    sizes = [num_samples(group) for group in x.groups]
+    offsets = np.cumsum([0, *sizes])
+    mask = torch.zeros(len(tasks), offsets[-1], dtype=torch.bool)
+    for row, task in enumerate(tasks):
+        if task in x.rows:
+            group, index = x.rows[task]
+            start = int(offsets[group])
+            if index is None:
+                mask[row, start : start + sizes[group]] = True
+            else:
+                mask[row, start + index.cpu()] = True
+    return mask
 
 
 def labelled_tasks(targets: Mapping[str, Tensor]) -> list[str]:
@@ -379,6 +399,18 @@ class MultiTaskModel(nn.Module):
     def losses(self, x: Inputs | TaskInputs, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """One forward pass: ``{task: scalar loss}`` on the batch ``(x, targets)``, of the tasks labelled in it."""
         return self.losses_from_outputs(self(x), targets)
+
+    def task_loss(self, x: Inputs | TaskInputs, targets: Mapping[str, Tensor], task: str) -> Tensor:
+        """``task``'s loss on the batch, with one encoder forward of the input group it is labelled on."""
+        if isinstance(x, TaskInputs):
+            group, index = x.rows[task]
+            z = self.encoder(x.groups[group])
+            z = z if index is None else z[index]
+        else:
+            z = self.encoder(x)
+        loss = self.tasks[task].loss(self.heads[task](z), targets[task])
+        check_finite({task: loss})
+        return loss
 
     def loss_vector(self, x: Inputs | TaskInputs, targets: Mapping[str, Tensor]) -> Tensor:
         """Every task's loss ``(T,)`` in task order, NaN for a task with no labelled sample in the batch."""

@@ -48,9 +48,13 @@ def _losses_at(model, parameter_sets: dict[str, Tensor], x: Inputs, targets: Map
     """``(S, T)``: every task's loss with each of S sets of shared parameters (``{name in model: (S, *shape)}``)."""
     names = model.task_names
 
+    labelled = [t for t in names if targets[t].shape[0] > 0]
+
     def losses(parameters: dict[str, Tensor]) -> Tensor:
         outputs = torch.func.functional_call(model, parameters, (x,))
-        return torch.stack([model.tasks[t].loss(outputs[t], targets[t]) for t in names])
+        measured = {t: model.tasks[t].loss(outputs[t], targets[t]) for t in labelled}
+        nan = torch.full_like(measured[labelled[0]], torch.nan)
+        return torch.stack([measured.get(t, nan) for t in names])  # NaN: a task labelled on no sample of the batch
 
     with torch.no_grad():
         try:
@@ -106,17 +110,20 @@ def tag_affinity_loop(model, batch: tuple[Inputs, Mapping[str, Tensor]], optimiz
     saved_model, saved_optimizer = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
     saved_grads = [p.grad for p in model.parameters()]
     with torch.no_grad():
-        before = torch.stack(list(model.losses(x, targets).values()))
+        before = model.loss_vector(x, targets)
     after = []
     try:
         for source in names:
+            if targets[source].shape[0] == 0:  # no label: no step to look ahead with
+                after.append(torch.full_like(before, torch.nan))
+                continue
             optimizer.zero_grad(set_to_none=True)
             loss = model.losses(x, targets)[source]
             for p, g in zip(shared, torch.autograd.grad(loss, shared, allow_unused=True)):
                 p.grad = torch.zeros_like(p) if g is None else g
             optimizer.step()
             with torch.no_grad():
-                after.append(torch.stack(list(model.losses(x, targets).values())))
+                after.append(model.loss_vector(x, targets))
             model.load_state_dict(saved_model)
             optimizer.load_state_dict(copy.deepcopy(saved_optimizer))  # load_state_dict aliases the saved tensors
     finally:
@@ -128,10 +135,18 @@ def tag_affinity_loop(model, batch: tuple[Inputs, Mapping[str, Tensor]], optimiz
 
 
 def _affinity_dataset(names: list[str], before: Tensor, after: Tensor, optimizer, shared: list[Tensor], divide_by_lr: bool) -> xr.Dataset:
-    """``Z = 1 − after / before`` as a ``(source, target)`` Dataset; ``before`` ``(T,)``, ``after`` ``(T, T)``."""
+    """``Z = 1 − after / before`` as a ``(source, target)`` Dataset; ``before`` ``(T,)``, ``after`` ``(T, T)``.
+
+    A task labelled on no sample of the batch (``before`` NaN) has NaN in its row and its column: it
+    neither took a step nor has a loss to change.
+    """
+    unlabelled = torch.isnan(before)
+    after = after.clone()
+    after[unlabelled, :] = torch.nan
     losses = torch.cat([before[None], after])
-    if not torch.isfinite(losses).all():
-        bad = sorted({names[j] for j in torch.nonzero(~torch.isfinite(losses))[:, 1].tolist()})
+    measured = ~(unlabelled[None, :] | torch.cat([unlabelled.new_zeros(1), unlabelled])[:, None])
+    if not torch.isfinite(losses[measured]).all():
+        bad = sorted({names[j] for j in torch.nonzero(measured & ~torch.isfinite(losses))[:, 1].tolist()})
         raise FloatingPointError(f"non-finite loss of tasks {bad} after a lookahead step; check the learning rate and the targets")
     vanishing = before <= torch.finfo(before.dtype).eps ** 2  # zero up to rounding, as a squared error of exact outputs is
     if vanishing.any():

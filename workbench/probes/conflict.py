@@ -4,7 +4,8 @@ All quantities follow from the Gramian ``G = J Jᵀ`` of the per-task gradients 
 parameters: ``cos_ij = G_ij / √(G_ii G_jj)``, the gradient magnitude similarity
 ``Φ_ij = 2‖g_i‖‖g_j‖ / (‖g_i‖² + ‖g_j‖²)`` and the conflict indicator ``cos_ij < threshold``. A task with
 a zero gradient has no direction: its cosines, similarities and indicators are NaN, never numbers
-that look measured.
+that look measured; a task labelled on no sample of the batch (its loss NaN) has NaN everywhere,
+its gradient norm included.
 """
 
 from __future__ import annotations
@@ -94,6 +95,9 @@ def gradient_conflict(
     ds = layers.assign(
         {key: (pair_dims if key != "grad_norm" else ("task",), value) for key, value in whole.items()}
     ).assign(loss=("task", jacobian.losses.double().cpu().numpy()))
+    unlabelled = [t for t, loss in zip(jacobian.tasks, jacobian.losses.tolist()) if np.isnan(loss)]
+    if unlabelled:  # labelled on no sample of the batch: a zero row that measures nothing
+        ds = ds.map(lambda v: v.where(~(v.task.isin(unlabelled) | (v.other_task.isin(unlabelled) if "other_task" in v.dims else False))))
     ds.attrs.update(probe="gradient_conflict", threshold=threshold, by=by, strategy=jacobian.strategy)
     return ds
 

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from workbench.gradients import representation_pass
 from workbench.probes.isolation import leaves_model_untouched
-from workbench.tasks import Inputs
+from workbench.tasks import Inputs, TaskInputs, label_mask
 
 __all__ = [
     "representation_dims",
@@ -69,10 +69,13 @@ def _channels_first(saliency: Tensor, dims: Sequence[str]) -> Tensor:
     return moved.reshape(*moved.shape[:3], -1)
 
 
-def _check(saliency: Tensor, names: Sequence[str]) -> None:
+def _check(saliency: Tensor, names: Sequence[str], labelled: Tensor) -> None:
+    """Raise for a labelled task (``labelled`` ``(T,)`` bool) whose saliency is not finite or zero everywhere."""
     flat = saliency.reshape(saliency.shape[0], -1)
     finite, reached = torch.isfinite(flat).all(1).tolist(), flat.any(1).tolist()
-    for name, is_finite, is_reached in zip(names, finite, reached):
+    for name, is_finite, is_reached, is_labelled in zip(names, finite, reached, labelled.tolist()):
+        if not is_labelled:
+            continue
         if not is_finite:
             raise FloatingPointError(f"task {name!r} has a non-finite saliency; its loss or its head produced NaN or inf")
         if not is_reached:
@@ -82,14 +85,18 @@ def _check(saliency: Tensor, names: Sequence[str]) -> None:
 def saliency_tensor(model, x: Inputs, targets: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, tuple[str, ...]]:
     """``S`` ``(T, B, *dims)`` = ``∂L_t/∂Z``, the losses ``(T,)`` and the names of ``dims``, as tensors.
 
-    Raises, naming the task, when a task's saliency is zero everywhere (its head does not read
-    ``Z``) or not finite.
+    Where a sample is not labelled for a task (a :class:`~workbench.tasks.TaskInputs` batch) its
+    saliency is NaN, as is the loss of a task labelled on no sample: unmeasured, never zero. Raises,
+    naming the task, when a labelled task's saliency is zero everywhere (its head does not read ``Z``)
+    or not finite.
     """
     with torch.enable_grad():
         passed = representation_pass(model, x, targets)
     saliency = passed.cotangents.detach()
-    _check(saliency, model.task_names)
-    return saliency, passed.losses, representation_dims(model, passed.z)
+    mask = label_mask(x, model.task_names).to(saliency.device)
+    _check(saliency, model.task_names, mask.any(1))
+    saliency = saliency.masked_fill(~mask.reshape(*mask.shape, *[1] * (saliency.dim() - 2)), torch.nan)
+    return saliency, passed.losses, representation_dims(model, passed.representations[0])
 
 
 @leaves_model_untouched
@@ -188,7 +195,7 @@ def saliency_conflict(model, batch: tuple[Inputs, Mapping[str, Tensor]]) -> xr.D
     """A compact summary for recording during training (``ProbeRecorder(saliency_conflict)``).
 
     ``cosine`` ``(task, other_task)``: the mean per-sample saliency cosine; ``conflict_frequency``:
-    the share of samples where it is negative; ``channel_alignment``: the mean alignment of the
+    the share of samples where it is negative (of the samples labelled for both tasks; NaN when there are none); ``channel_alignment``: the mean alignment of the
     channel affinity maps; ``entropy``: the mean task-share entropy over ``log T`` (1: every position
     pulled equally by all tasks; 0: each by one task).
     """
@@ -196,7 +203,7 @@ def saliency_conflict(model, batch: tuple[Inputs, Mapping[str, Tensor]]) -> xr.D
     ds = xr.Dataset(
         {
             "cosine": measures.cosine.mean("sample"),
-            "conflict_frequency": (measures.cosine < 0).mean("sample"),
+            "conflict_frequency": (measures.cosine < 0).where(measures.cosine.notnull()).mean("sample"),
             "channel_alignment": measures.channel_alignment.mean("sample"),
             "entropy": measures.entropy.mean() / measures.attrs["max_entropy"],
         }
@@ -219,24 +226,28 @@ def input_attribution(model, batch: tuple[Inputs, Mapping[str, Tensor]]) -> xr.D
     A tensor input (a digit canvas ``(B, 1, H, W)``) is attributed pixel by pixel. Named inputs
     are attributed at their floating tensor (MiniLM's cached ``frozen_hidden``: each token's hidden
     state entering the trainable blocks) or, with token ids only, at the word-piece embeddings; both
-    are summed over the hidden dim, giving ``(task, sample, token)``. The loss is the batch mean, so
-    the gradient is multiplied by ``B``: each sample's own loss.
+    are summed over the hidden dim, giving ``(task, sample, token)``. A task's loss is the mean over
+    the ``n_t`` samples it is labelled on, so its gradient is multiplied by ``n_t``: each sample's own
+    loss. A sample not labelled for a task (a :class:`~workbench.tasks.TaskInputs` batch, whose groups'
+    samples are concatenated) has NaN attribution for it.
     """
     x, targets = batch
     names = model.task_names
+    groups = x.groups if isinstance(x, TaskInputs) else (x,)
     hook = None
-    if isinstance(x, Tensor):
-        leaf = x.detach().clone().requires_grad_()
-        inputs, dims = leaf, tuple(f"input_dim_{i}" for i in range(1, x.dim()))
-        if x.dim() == 4:
+    captured: list[Tensor] = []
+    first = groups[0]
+    if isinstance(first, Tensor):
+        leaves = [group.detach().clone().requires_grad_() for group in groups]
+        inputs, dims = leaves, tuple(f"input_dim_{i}" for i in range(1, first.dim()))
+        if first.dim() == 4:
             dims = ("input_channel", "row", "column")
     else:
-        floating = [k for k, v in x.items() if torch.is_floating_point(v)]
+        floating = [k for k, v in first.items() if torch.is_floating_point(v)]
         if floating:
-            leaf = x[floating[0]].detach().clone().requires_grad_()
-            inputs = {**x, floating[0]: leaf}
+            leaves = [group[floating[0]].detach().clone().requires_grad_() for group in groups]
+            inputs = [{**group, floating[0]: leaf} for group, leaf in zip(groups, leaves)]
         else:
-            captured: list[Tensor] = []
 
             def keep(module, args, output):  # the embeddings become the leaf to attribute to
                 leaf = output.detach().requires_grad_()
@@ -244,24 +255,32 @@ def input_attribution(model, batch: tuple[Inputs, Mapping[str, Tensor]]) -> xr.D
                 return leaf
 
             hook = _embedding_layer(model).register_forward_hook(keep)
-            inputs = x
+            inputs = list(groups)
         dims = ("token",)
+    inputs = TaskInputs(tuple(inputs), x.rows) if isinstance(x, TaskInputs) else inputs[0]
     try:
         with torch.enable_grad():
             losses = model.losses(inputs, targets)
             if hook is not None:
-                leaf = captured[0]
-            grads = [torch.autograd.grad(losses[t], leaf, retain_graph=True)[0] for t in names]
+                leaves = captured
+            grads = [
+                torch.cat(torch.autograd.grad(losses[t], leaves, retain_graph=True, allow_unused=True, materialize_grads=True))
+                if t in losses else torch.cat([torch.full_like(leaf, torch.nan) for leaf in leaves])
+                for t in names
+            ]
     finally:
         if hook is not None:
             hook.remove()
-    batch_size = leaf.shape[0]
-    attribution = torch.stack(grads) * leaf.detach() * batch_size
+    leaf = torch.cat([leaf.detach() for leaf in leaves])
+    attribution = torch.stack(grads) * leaf * torch.tensor([targets[t].shape[0] for t in names], dtype=leaf.dtype).reshape(-1, *[1] * leaf.dim())
     if dims == ("token",):
         attribution = attribution.sum(-1)
+    mask = label_mask(x, names)
+    attribution = attribution.masked_fill(~mask.reshape(*mask.shape, *[1] * (attribution.dim() - 2)), torch.nan)
     values = attribution.cpu().numpy()
-    if not np.isfinite(values).all():
-        bad = [names[t] for t in range(len(names)) if not np.isfinite(values[t]).all()]
+    measured = mask.numpy().reshape(*mask.shape, *[1] * (values.ndim - 2)) & np.ones(values.shape, dtype=bool)
+    if not np.isfinite(values[measured]).all():
+        bad = [names[t] for t in range(len(names)) if not np.isfinite(values[t][measured[t]]).all()]
         raise FloatingPointError(f"tasks {bad} have non-finite input attribution")
     ds = xr.Dataset({"attribution": (("task", "sample", *dims), values)}, coords={"task": names})
     ds.attrs.update(probe="input_attribution")

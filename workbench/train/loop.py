@@ -79,6 +79,54 @@ class _History:
         self.eval_steps, self.eval_loss, self.eval_metric = list(state["eval_steps"]), list(state["eval_loss"]), list(state["eval_metric"])
 
 
+class _MethodsByTasks:
+    """The run's method, and one instance of it for each set of tasks that a batch labelled for some tasks only has met.
+
+    A step whose batch has labels for tasks ``S`` only is a step of the problem of ``S``: the method
+    instance for ``S`` (:meth:`Method.for_tasks`) trains a view of the model with those tasks
+    (:meth:`~workbench.tasks.MultiTaskModel.restricted`), so the other tasks contribute no gradient and
+    no stateful method's memory of the full problem (DWA's history, FAMO's logits, GradNorm's weights)
+    is touched by them. Each instance keeps its own state; its learnable parts join the optimizer.
+    """
+
+    def __init__(self, method: Method, names: list[str], opt: torch.optim.Optimizer, device: torch.device) -> None:
+        self.full, self.names, self.opt, self.device = method, names, opt, device
+        self.partial: dict[tuple[str, ...], Method] = {}
+
+    def for_tasks(self, labelled: tuple[str, ...]) -> Method:
+        if len(labelled) == len(self.names):
+            return self.full
+        if labelled not in self.partial:
+            method = self.full.for_tasks([self.names.index(t) for t in labelled], len(self.names)).to(self.device)
+            if method.parameters():
+                self.opt.add_param_group({"params": method.parameters()})
+            self.partial[labelled] = method
+        return self.partial[labelled]
+
+    def end_epoch(self) -> None:
+        for method in (self.full, *self.partial.values()):
+            method.end_epoch()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {",".join(tasks): method.state_dict() for tasks, method in self.partial.items()}
+
+    def prepare(self, state: dict[str, Any]) -> None:
+        """Build the instances a checkpoint holds (before the optimizer's state is loaded: they may own parameter groups)."""
+        for key in state:
+            self.for_tasks(tuple(key.split(",")))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, saved in state.items():
+            self.partial[tuple(key.split(","))].load_state_dict(saved)
+
+
+def _spread(values, labelled: tuple[str, ...], names: list[str]) -> np.ndarray:
+    """``(T,)``: the values of the labelled tasks in task order, NaN for the others."""
+    spread = np.full(len(names), np.nan)
+    spread[[names.index(t) for t in labelled]] = values.detach().cpu().numpy()
+    return spread
+
+
 def _rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -119,7 +167,10 @@ def train(
     :class:`~workbench.data.StreamedData`: the same samples give the same run). ``eval_data``
     defaults to ``data``; it is evaluated ``eval_batch_size`` samples at a time at step
     0, every ``eval_every`` steps (default: ten times per run) and after the last step.
-    ``device`` (``"cuda"``, ``"cpu"``; default: where the model is) receives the model and the
+    ``data`` may also be one dataset per task (:class:`~workbench.data.TaskDatasets`) or have missing
+    labels: a batch labelled for some tasks only trains those tasks alone (see :class:`_MethodsByTasks`);
+    the others' ``train_loss`` and ``weights`` are NaN at that step, and a batch labelled for no task
+    is skipped. ``device`` (``"cuda"``, ``"cpu"``; default: where the model is) receives the model and the
     method; the data stay where they are and each batch is moved when it is used. With
     ``checkpoint`` the run is saved there every ``checkpoint_every`` steps (default: at the end);
     ``resume=True`` continues from it when it exists. Deterministic under ``seed``.
@@ -144,9 +195,10 @@ def train(
     names = model.task_names
     history = _History(steps, len(names))
     config = {"method": method.describe(), "batch_size": batch_size, "seed": seed, "tasks": names, "optimizer": type(opt).__name__}
+    methods = _MethodsByTasks(method, names, opt, device)
     start = 0
     if resume and Path(checkpoint).exists():
-        start = _resume(Path(checkpoint), model, opt, method, history, recorders, config, device)
+        start = _resume(Path(checkpoint), model, opt, methods, history, recorders, config, device)
     per_epoch = data.steps_per_epoch(batch_size)
 
     def evaluate(step: int) -> None:
@@ -162,23 +214,31 @@ def train(
                 evaluate(step)
             x, targets = next(batches)
             x, targets = to_device(x, device), {name: y.to(device) for name, y in targets.items()}
+            labelled = tuple(name for name in names if targets[name].shape[0] > 0)
             began = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            outcome = method.backward(model, x, targets)
+            jacobian = None
+            if labelled:
+                trained = model if len(labelled) == len(names) else model.restricted(labelled)
+                active, on = methods.for_tasks(labelled), {name: targets[name] for name in labelled}
+                outcome = active.backward(trained, x, on)
+                jacobian = outcome.jacobian if outcome.jacobian is not None and outcome.jacobian.tasks == names else None
             seconds = time.perf_counter() - began
             for recorder in recorders:
-                recorder.maybe_record(step, model, (x, targets), outcome.jacobian, opt)
+                recorder.maybe_record(step, model, (x, targets), jacobian, opt)
             began = time.perf_counter()
-            opt.step()
-            method.after_step(model, x, targets)
+            if labelled:
+                opt.step()
+                active.after_step(trained, x, on)
             if (step + 1) % per_epoch == 0:
-                method.end_epoch()
+                methods.end_epoch()
             history.step_seconds[step] = seconds + time.perf_counter() - began
-            history.train_loss[step] = outcome.losses.cpu().numpy()
-            if outcome.weights is not None:
-                history.weights[step] = outcome.weights.detach().cpu().numpy()
+            if labelled:
+                history.train_loss[step] = _spread(outcome.losses, labelled, names)
+                if outcome.weights is not None:
+                    history.weights[step] = _spread(outcome.weights, labelled, names)
             if checkpoint is not None and (step + 1) % checkpoint_every == 0:
-                _save(Path(checkpoint), step + 1, model, opt, method, history, recorders, config)
+                _save(Path(checkpoint), step + 1, model, opt, methods, history, recorders, config)
     if not history.eval_steps or history.eval_steps[-1] != steps:
         evaluate(steps)
 
@@ -205,26 +265,29 @@ def train(
     return TrainingResult(model, result, probes, method)
 
 
-def _save(path: Path, done: int, model, opt, method: Method, history: _History, recorders, config: dict) -> None:
+def _save(path: Path, done: int, model, opt, methods: _MethodsByTasks, history: _History, recorders, config: dict) -> None:
     save_tree(
         {
             "step": done, "config": config, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "method": method.state_dict(), "rng": _rng_state(), "history": history.state_dict(done),
+            "method": methods.full.state_dict(), "partial_methods": methods.state_dict(), "rng": _rng_state(), "history": history.state_dict(done),
             "recorders": {r.name: r.state_dict() for r in recorders},
         },
         path,
     )
 
 
-def _resume(path: Path, model, opt, method: Method, history: _History, recorders, config: dict, device) -> int:
+def _resume(path: Path, model, opt, methods: _MethodsByTasks, history: _History, recorders, config: dict, device) -> int:
     """Load the checkpoint into the run's objects; returns the step to continue from."""
     saved = load_tree(path, device=device)
     differing = {k: (saved["config"].get(k), v) for k, v in config.items() if saved["config"].get(k) != v}
     if differing:
         raise ValueError(f"{path} was saved by another run; (checkpoint, now) differ in {differing}")
     model.load_state_dict(saved["model"])
+    partial = saved.get("partial_methods", {})
+    methods.prepare(partial)
     opt.load_state_dict(saved["optimizer"])
-    method.load_state_dict(saved["method"])
+    methods.full.load_state_dict(saved["method"])
+    methods.load_state_dict(partial)
     history.load_state_dict(saved["history"])
     for recorder in recorders:
         recorder.load_state_dict(saved["recorders"].get(recorder.name, []))

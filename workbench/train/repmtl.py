@@ -20,7 +20,7 @@ this follows the paper's text; the temperature default (0.1) is the workbench's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -38,12 +38,15 @@ def saliency_regulariser(
     model, x: Inputs, targets: Mapping[str, Tensor], lambda_tsr: float, lambda_csa: float, temperature: float
 ) -> tuple[Tensor, Tensor]:
     """The task losses ``(T,)`` and ``λ_tsr · L_tsr + λ_csa · L_csa`` (a scalar), both with their graphs."""
-    z = model.represent(x)
-    losses = model.losses_from_outputs(model.heads_forward(z), targets)
+    representations = model.represent_groups(x)
+    losses = model.losses_from_outputs(model.routed_outputs(representations, x), targets)
     check_finite(losses)
     names = model.task_names
-    saliency = torch.stack([torch.autograd.grad(losses[t], z, create_graph=True, retain_graph=True)[0] for t in names])
-    dims = representation_dims(model, z)
+    saliency = torch.stack([
+        torch.cat(torch.autograd.grad(losses[t], representations, create_graph=True, retain_graph=True, allow_unused=True, materialize_grads=True))
+        for t in names
+    ])  # (T, B, *dims), the groups' samples concatenated; zero where a sample is not labelled for the task
+    dims = representation_dims(model, representations[0])
     _, entropy = share_entropy(saliency, dims)
     regulariser = lambda_tsr * entropy.mean() + lambda_csa * cross_task_alignment_loss(saliency, dims, temperature)
     return torch.stack([losses[t] for t in names]), regulariser
@@ -77,6 +80,9 @@ class RepMTL(Method):
 
     def end_epoch(self) -> None:
         self.base.end_epoch()
+
+    def for_tasks(self, tasks: Sequence[int], n_tasks: int) -> RepMTL:
+        return RepMTL(self.base.for_tasks(tasks, n_tasks), *self.weights, name=self.name)
 
     def to(self, device: torch.device | str) -> RepMTL:
         self.base.to(device)

@@ -10,14 +10,14 @@ Cost: the gradient engine's pass for the ``g_t`` plus one forward and backward p
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from workbench.gradients import TaskJacobian, model_task_jacobian
-from workbench.tasks import Inputs, check_finite
+from workbench.tasks import Inputs
 from workbench.train.aggregated import Aggregated, aggregate
 from workbench.train.method import Method, StepOutcome, apply_jacobian_update
 
@@ -48,8 +48,7 @@ class TaskSAM(Method):
                 for (_, p), e in zip(used, steps):
                     p.add_(e)
             try:
-                loss = model.tasks[task].loss(model.heads[task](model.represent(x)), targets[task])
-                check_finite({task: loss})
+                loss = model.task_loss(x, targets, task)
                 grads = torch.autograd.grad(loss, [p for _, p in used], allow_unused=True, materialize_grads=True)
             finally:
                 with torch.no_grad():
@@ -62,6 +61,9 @@ class TaskSAM(Method):
         update, is_vector = aggregate(self.inner.aggregator, flat)
         apply_jacobian_update(model, flat, update, vector=is_vector)
         return StepOutcome(here.losses, None if is_vector else update.detach(), here)
+
+    def for_tasks(self, tasks: Sequence[int], n_tasks: int) -> TaskSAM:
+        return TaskSAM(self.inner.for_tasks(tasks, n_tasks), self.rho, self.name)
 
     def to(self, device: torch.device | str) -> TaskSAM:
         self.inner.to(device)

@@ -639,6 +639,11 @@ class MultiTaskData:
         """The first ``n`` samples (all when fewer)."""
         return self.rows(torch.arange(min(n, len(self))))
 
+    def probe_batch(self, n: int) -> tuple[Inputs | TaskInputs, dict[str, Tensor]]:
+        """A fixed batch of the first ``n`` samples for probes (with missing labels, as :func:`masked_batch` gives it)."""
+        first = self.head(n)
+        return masked_batch(first.x, first.targets, first.masks)
+
     def split(self, test_fraction: float = 0.2, seed: int = 0) -> tuple[MultiTaskData, MultiTaskData]:
         """A seeded random ``(train, test)`` split."""
         if not 0 < test_fraction < 1:

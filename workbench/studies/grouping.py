@@ -89,8 +89,7 @@ def study_task_grouping(
     ``held_out`` samples of the validation split make the fixed batch of the probes recorded on one.
     """
     splits = problem.splits
-    fixed = splits.validation.head(held_out)
-    recorders = recorders_for(PROBES.names(family="affinity"), probe_every, (fixed.x, fixed.targets))
+    recorders = recorders_for(PROBES.names(family="affinity"), probe_every, splits.validation.probe_batch(held_out))
     torch.manual_seed(seeds[0])
     run = train(problem.make_model(splits.tasks), splits.train, steps, method="ew", optimizer=optimizer, batch_size=batch_size, seed=seeds[0], recorders=recorders, eval_every=steps, progress=progress)
     transfer = measure_transfer(problem, steps, seeds, optimizer=optimizer, batch_size=batch_size, progress=progress)

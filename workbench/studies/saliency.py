@@ -36,8 +36,7 @@ def saliency_during_training(
 ) -> TrainingResult:
     """Train ``problem``'s tasks with ``method``, recording ``"saliency"`` and ``"conflict"`` every ``every``
     steps on the first ``probe_size`` validation samples; the run's ``probes`` hold both histories."""
-    held_out = problem.splits.validation.head(probe_size)
-    batch = (held_out.x, held_out.targets)
+    batch = problem.splits.validation.probe_batch(probe_size)
     recorders = [
         ProbeRecorder("saliency_conflict", every=every, name="saliency", batch=batch),
         ProbeRecorder("gradient_conflict", every=every, name="conflict", batch=batch, by=problem.layers),

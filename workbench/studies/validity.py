@@ -92,8 +92,7 @@ def probe_readings(history: xr.Dataset) -> dict[str, np.ndarray]:
 def _probe_matrices(problem, optimizer, steps: int, every: int, batch_size: int, seed: int) -> dict[str, np.ndarray]:
     """One multi-task run with every pairwise probe recorded; every reading's ``(task, task)`` matrix (rows: source)."""
     splits = problem.splits
-    held_out = splits.validation.head(256)
-    recorders = recorders_for(pairwise_probes(), every, (held_out.x, held_out.targets))
+    recorders = recorders_for(pairwise_probes(), every, splits.validation.probe_batch(256))
     torch.manual_seed(seed)
     run = train(problem.make_model(splits.tasks), splits.train, steps, method="ew", optimizer=optimizer, batch_size=batch_size, seed=seed, recorders=recorders, eval_every=steps, progress=False)
     return {label: matrix for history in run.probes.values() for label, matrix in probe_readings(history).items()}

@@ -13,7 +13,7 @@ import xarray as xr
 from workbench.gradients import model_task_jacobian
 from workbench.models import ARCHITECTURES, Backbone, conv_encoder, make_architecture, mlp_encoder
 from workbench.probes import PROBES, make_probe, task_matrix
-from workbench.tasks import classification_task, regression_task
+from workbench.tasks import TaskInputs, classification_task, masked_batch, regression_task
 
 TASKS = [regression_task("a"), regression_task("b"), classification_task("c", 3)]
 BACKBONES = {
@@ -65,14 +65,33 @@ def test_a_tasks_own_parameters_get_no_gradient_from_the_other_tasks(name, backb
             assert all(g is None or not g.any() for g in grads), f"{other}'s loss reaches {task}'s parameters"
 
 
-@pytest.mark.parametrize("name, backbone", CASES)
-def test_the_gradient_engine_equals_autograd(name, backbone):
-    model = build(name, backbone)
+def shaped_batch(shape: str, backbone: str):
+    """The batch of a data shape: every task on the same samples, missing labels (``a`` on some samples, ``c`` on
+    none), or a batch per task (each task's own samples, the encoder run once per task)."""
     x, targets = batch(backbone)
+    if shape == "shared":
+        return x, targets
+    if shape == "missing labels":
+        return masked_batch(x, targets, {"a": torch.arange(7) % 2 == 0, "c": torch.zeros(7, dtype=torch.bool)})
+    groups = [batch(backbone, n=3 + g, seed=10 + g) for g in range(3)]
+    return TaskInputs(tuple(x for x, _ in groups), {t.name: (g, None) for g, t in enumerate(TASKS)}), {t.name: groups[g][1][t.name] for g, t in enumerate(TASKS)}
+
+
+SHAPES = ("shared", "missing labels", "a batch per task")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name, backbone", CASES)
+def test_the_gradient_engine_equals_autograd(name, backbone, shape):
+    model = build(name, backbone)
+    x, targets = shaped_batch(shape, backbone)
     jacobian = model_task_jacobian(model, x, targets, task_grads=True, strategy="batched")
     losses = model.losses(x, targets)
     shared = model.shared_parameters()
     for index, task in enumerate(model.task_names):
+        if task not in losses:  # labelled on no sample: no gradient at all
+            assert torch.isnan(jacobian.losses[index]) and not any(block[index].any() for block in jacobian.blocks.values())
+            continue
         expected = torch.autograd.grad(losses[task], [p for _, p in shared], retain_graph=True, allow_unused=True, materialize_grads=True)
         for (parameter, _), want in zip(shared, expected):
             torch.testing.assert_close(jacobian.blocks[parameter][index], want, msg=f"{task}, {parameter}")
@@ -81,12 +100,13 @@ def test_the_gradient_engine_equals_autograd(name, backbone):
             torch.testing.assert_close(jacobian.task_grads[parameter], want, msg=f"{task}, {parameter}")
 
 
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("name, backbone", CASES)
-def test_every_registered_probe_runs_on_it(name, backbone):
+def test_every_registered_probe_runs_on_it(name, backbone, shape):
     model = build(name, backbone)
-    x, targets = batch(backbone)
+    x, targets = shaped_batch(shape, backbone)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    sum(model.losses(x, targets).values()).backward()
+    sum(model.losses(*batch(backbone)).values()).backward()
     optimizer.step()
     for probe_name in PROBES:
         probe = make_probe(probe_name)
@@ -98,15 +118,18 @@ def test_every_registered_probe_runs_on_it(name, backbone):
             assert not np.isinf(matrix.values).any()
 
 
+@pytest.mark.parametrize("labels", ["all", "missing"])
 @pytest.mark.parametrize("name, backbone", CASES)
 @pytest.mark.parametrize("method", ["ew", "upgrad"])
-def test_it_trains_with_a_loss_weighting_and_a_gradient_method(name, backbone, method):
+def test_it_trains_with_a_loss_weighting_and_a_gradient_method(name, backbone, method, labels):
     from workbench.tasks import MultiTaskData
     from workbench.train import train
 
     model = build(name, backbone)
     x, targets = batch(backbone, n=32)
-    run = train(model, MultiTaskData(x, targets, TASKS), 4, method=method, batch_size=16, progress=False)
+    data = MultiTaskData(x, targets, TASKS)
+    data = data if labels == "all" else data.without_labels(0.7, seed=1)
+    run = train(model, data, 4, method=method, batch_size=16, progress=False)
     assert np.isfinite(run.history.train_loss.values).all()
 
 

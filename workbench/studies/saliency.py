@@ -93,7 +93,7 @@ def attribution_validity_study(count: int = 20, steps: int = 200, n_samples: int
         torch.manual_seed(config_seed)
         run = train(problem.make_model(problem.splits.tasks), problem.splits.train, steps, optimizer=partial(torch.optim.Adam, lr=3e-3), seed=config_seed, eval_every=steps, progress=False)
         held_out = problem.splits.validation
-        recovery = attribution_recovery(input_attribution(run.model, (held_out.x, held_out.targets)).attribution, problem.truth["weights"])
+        recovery = attribution_recovery(input_attribution(run.model, held_out.probe_batch(len(held_out))).attribution, problem.truth["weights"])
         for name in scores:
             scores[name][c, : options["n_tasks"]] = recovery[name].values
     coords = {key: ("configuration", [str(c[key]) if isinstance(c[key], list) else c[key] for c in configurations]) for key in configurations[0] if key != "seed"}

@@ -4,6 +4,7 @@
 - :func:`make_multidigits`: two digits on one canvas (scikit-learn's 8 × 8 digits), MultiMNIST-style;
 - :func:`make_lexicon`: English words with human valence ratings and frequencies, as MiniLM tokens;
 - :class:`StreamedData`: a problem's samples streamed from a ``torch`` ``Dataset`` (or ``DataLoader``), batch by batch;
+- :class:`TaskDatasets`: one dataset per task, combined into batches by a sampling policy (:func:`task_datasets` makes one from raw sources);
 - :func:`image_folder_data`: a folder of images and their labels table, streamed from disk (:func:`write_image_folder` writes one);
 - :func:`table_data`: a table's rows (a Hugging Face ``datasets.Dataset``, or any sequence of mappings), streamed.
 """
@@ -11,6 +12,7 @@
 from workbench.data.image_folder import ImageFolder, image_folder_data, write_image_folder
 from workbench.data.lexicon import LEXICON_TASK_SETS, LEXICON_TASKS, make_lexicon
 from workbench.data.multidigits import MULTIDIGITS_TASKS, make_multidigits
+from workbench.data.per_task import TaskDatasets, task_datasets
 from workbench.data.streamed import StreamedData
 from workbench.data.table import TableRows, table_data
 from workbench.data.synthetic import SyntheticTasks, block_similarity, make_synthetic
@@ -23,11 +25,13 @@ __all__ = [
     "StreamedData",
     "SyntheticTasks",
     "TableRows",
+    "TaskDatasets",
     "block_similarity",
     "image_folder_data",
     "make_lexicon",
     "make_multidigits",
     "make_synthetic",
     "table_data",
+    "task_datasets",
     "write_image_folder",
 ]

@@ -13,7 +13,15 @@ evaluating on all of them, and reports its peak resident memory (``VmHWM``, whic
 the program; ``ru_maxrss`` would carry over the peak of the benchmark that started it) and its
 workers' largest (they are separate processes).
 
-Run: ``python benchmarks/bench_data.py [--quick]``.
+Tasks on their own samples: the per-task Jacobian of the same CNN (``load_problem("multidigits")``, its
+default tasks) on a step's batch of 64 samples in three forms: shared (one batch, every task labelled
+on every sample), per task (``TaskInputs`` of T batches of 64 / T samples, one per task: T encoder
+forwards and backwards) and mixed (one batch of 64, each task routed to its 64 / T samples), by each
+of the engine's strategies (``model_task_jacobian(..., strategy=...)``), and a whole ``ew`` training
+step on each form. Every call takes turns with the others (median of the rounds); ``steps`` = its time
+/ that of the ``ew`` step on the shared batch.
+
+Run: ``python benchmarks/bench_data.py [--quick] [--only streaming|routing]``.
 """
 
 from __future__ import annotations
@@ -28,9 +36,11 @@ from pathlib import Path
 import torch
 
 from workbench.data import image_folder_data, make_multidigits, write_image_folder
+from workbench.gradients import STRATEGIES, model_task_jacobian
 from workbench.models import conv_encoder, representation_shape
-from workbench.tasks import MultiTaskModel
-from workbench.train import train
+from workbench.studies import load_problem
+from workbench.tasks import MultiTaskData, MultiTaskModel, TaskInputs
+from workbench.train import make_method, train
 
 from timing import median_seconds  # benchmarks/timing.py
 
@@ -86,25 +96,75 @@ def peak_memory(n: int, folder: Path) -> tuple[float, float]:
     return float(own), float(workers)
 
 
+def routing_batches(split: MultiTaskData, batch: int) -> dict[str, tuple]:
+    """A step's batch of ``batch`` samples as a shared batch, a batch per task (each task its own ``batch / T`` samples)
+    and a mixed batch (those samples in one group, each task routed to its own)."""
+    names = split.task_names
+    per = batch // len(names)
+    own = {name: torch.arange(t * per, (t + 1) * per) for t, name in enumerate(names)}
+    targets = {name: split.targets[name][own[name]] for name in names}
+    return {
+        "shared": (split.x[:batch], {name: y[:batch] for name, y in split.targets.items()}),
+        "per task": (TaskInputs(tuple(split.x[own[name]] for name in names), {name: (t, None) for t, name in enumerate(names)}), targets),
+        "mixed": (TaskInputs((split.x[: per * len(names)],), {name: (0, own[name]) for name in names}), targets),
+    }
+
+
+def ew_step(model: MultiTaskModel, x, targets):
+    """One training step of equal weighting (Adam at a negligible rate, so the model stays put)."""
+    method = make_method("ew", len(model.task_names))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-9)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        method.backward(model, x, targets)
+        optimizer.step()
+
+    return step
+
+
+def routing_seconds(rounds: int) -> dict[tuple[str, str], float]:
+    """Median seconds of the Jacobian by each strategy, and of an ``ew`` step, on each form of a MultiDigits batch."""
+    problem = load_problem("multidigits", n_train=BATCH, n_validation=1, n_test=1)
+    split = problem.splits.train
+    torch.manual_seed(0)
+    model = problem.make_model(split.tasks).train()
+    calls = {}
+    for form, (x, targets) in routing_batches(split, BATCH).items():
+        calls[form, "ew step"] = ew_step(model, x, targets)
+        for strategy in STRATEGIES:
+            calls[form, strategy] = lambda x=x, targets=targets, strategy=strategy: model_task_jacobian(model, x, targets, strategy=strategy)
+    return median_seconds(calls, rounds, warmup=3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples, steps and rounds")
+    parser.add_argument("--only", choices=["streaming", "routing"], help="one part only (default: both)")
     args = parser.parse_args()
     n, steps, repeats = (1000, 30, 3) if args.quick else (6000, 200, 5)
     rows = []
-    with tempfile.TemporaryDirectory() as scratch:
-        scratch = Path(scratch)
-        seconds = training_seconds(n, steps, repeats, scratch / "speed")
-        print(f"{'source':20s} {'steps/s':>8s} {'ratio':>6s}")
-        for name, value in seconds.items():
-            ratio = seconds["memory"] / value
-            print(f"{name:20s} {steps / value:8.1f} {ratio:6.2f}")
-            rows.append({"source": name, "samples": n, "steps": steps, "seconds": value, "ratio_to_memory": ratio})
-        print(f"\n{'images':>8s} {'peak MiB':>9s} {'workers MiB':>12s}")
-        for size in (n, 10 * n):
-            own, workers = peak_memory(size, scratch / f"memory-{size}")
-            print(f"{size:8d} {own:9.1f} {workers:12.1f}")
-            rows.append({"images": size, "peak_mib": own, "worker_peak_mib": workers})
+    if args.only != "routing":
+        with tempfile.TemporaryDirectory() as scratch:
+            scratch = Path(scratch)
+            seconds = training_seconds(n, steps, repeats, scratch / "speed")
+            print(f"{'source':20s} {'steps/s':>8s} {'ratio':>6s}")
+            for name, value in seconds.items():
+                ratio = seconds["memory"] / value
+                print(f"{name:20s} {steps / value:8.1f} {ratio:6.2f}")
+                rows.append({"source": name, "samples": n, "steps": steps, "seconds": value, "ratio_to_memory": ratio})
+            print(f"\n{'images':>8s} {'peak MiB':>9s} {'workers MiB':>12s}")
+            for size in (n, 10 * n):
+                own, workers = peak_memory(size, scratch / f"memory-{size}")
+                print(f"{size:8d} {own:9.1f} {workers:12.1f}")
+                rows.append({"images": size, "peak_mib": own, "worker_peak_mib": workers})
+    if args.only != "streaming":
+        seconds = routing_seconds(10 if args.quick else 60)
+        unit = seconds["shared", "ew step"]
+        print(f"\n{'batch':10s} {'computation':12s} {'ms':>7s} {'steps':>6s}")
+        for (form, computation), value in seconds.items():
+            print(f"{form:10s} {computation:12s} {1000 * value:7.2f} {value / unit:6.2f}")
+            rows.append({"batch": form, "computation": computation, "samples": BATCH, "seconds": value, "steps": value / unit})
     Path(__file__).with_name("latest_data.json").write_text(json.dumps(rows, indent=1))
 
 

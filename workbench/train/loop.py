@@ -32,7 +32,7 @@ from workbench.probes.recorder import ProbeRecorder
 from workbench.progress import progress as progress_bar
 from workbench.tasks import EVALUATION_BATCH, MultiTaskData, MultiTaskModel, Task, to_device
 from workbench.train.method import Method
-from workbench.train.registry import make_method
+from workbench.train.registry import make_method, method_for_tasks
 
 __all__ = ["TrainingResult", "train", "single_task_baselines"]
 
@@ -83,7 +83,7 @@ class _MethodsByTasks:
     """The run's method, and one instance of it for each set of tasks that a batch labelled for some tasks only has met.
 
     A step whose batch has labels for tasks ``S`` only is a step of the problem of ``S``: the method
-    instance for ``S`` (:meth:`Method.for_tasks`) trains a view of the model with those tasks
+    instance for ``S`` (:func:`~workbench.train.registry.method_for_tasks`) trains a view of the model with those tasks
     (:meth:`~workbench.tasks.MultiTaskModel.restricted`), so the other tasks contribute no gradient and
     no stateful method's memory of the full problem (DWA's history, FAMO's logits, GradNorm's weights)
     is touched by them. Each instance keeps its own state; its learnable parts join the optimizer.
@@ -97,7 +97,7 @@ class _MethodsByTasks:
         if len(labelled) == len(self.names):
             return self.full
         if labelled not in self.partial:
-            method = self.full.for_tasks([self.names.index(t) for t in labelled], len(self.names)).to(self.device)
+            method = method_for_tasks(self.full, [self.names.index(t) for t in labelled], len(self.names)).to(self.device)
             if method.parameters():
                 self.opt.add_param_group({"params": method.parameters()})
             self.partial[labelled] = method

@@ -11,7 +11,7 @@ measuring on the training batch need not compute it again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,31 +74,9 @@ class Method:
         if state:
             raise ValueError(f"method {self.name!r} keeps no state, but the checkpoint holds {sorted(state)}")
 
-    def for_tasks(self, tasks: Sequence[int], n_tasks: int) -> Method:
-        """A fresh instance of this method for the problem of some of its tasks: positions ``tasks`` of ``n_tasks``.
-
-        The training loop trains a batch on which only some tasks are labelled through it. Options given per
-        task (a sequence of ``n_tasks`` weights or preferences) keep the entries of those tasks. Built from
-        the registry by name; a method outside it overrides this to train such batches.
-        """
-        from workbench.train.registry import METHODS, make_method
-
-        if self.name not in METHODS:
-            raise ValueError(f"method {self.name!r} is not registered, so it cannot train a batch labelled for some tasks only; give it a for_tasks method")
-        return make_method(self.name, len(tasks), **{key: _restricted(value, tasks, n_tasks) for key, value in self.options.items()})
-
     def describe(self) -> dict[str, Any]:
         """Name and options, for the attrs of a training history."""
         return {"name": self.name, **{k: v.tolist() if isinstance(v, Tensor) else v for k, v in self.options.items()}}
-
-
-def _restricted(value: Any, tasks: Sequence[int], n_tasks: int) -> Any:
-    """A per-task option (a sequence or 1-d tensor of ``n_tasks`` entries) cut to ``tasks``; any other option unchanged."""
-    if isinstance(value, Tensor) and value.dim() == 1 and len(value) == n_tasks:
-        return value[list(tasks)]
-    if isinstance(value, (list, tuple)) and len(value) == n_tasks:
-        return [value[i] for i in tasks]
-    return value
 
 
 def accumulate(parameter: Tensor, gradient: Tensor) -> None:

@@ -36,9 +36,11 @@ CAGrad ``c = 0.4``, FairGrad ``alpha = 1``, STCH ``mu = 0.1``, COSMOS ``lambda_ 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from workbench.registry import REQUIRED, Entry, Registry
 from workbench.train.aggregated import Aggregated
@@ -48,7 +50,7 @@ from workbench.train.repmtl import RepMTL
 from workbench.train.sam import TaskSAM
 from workbench.train.scalarized import Scalarized
 
-__all__ = ["COSTS", "METHODS", "make_method", "method_table", "comparable_methods"]
+__all__ = ["COSTS", "METHODS", "make_method", "method_for_tasks", "method_table", "comparable_methods"]
 
 SOLVERS_EXTRA = "solvers"
 COSTS = ("losses", "jacobian", "solver", "passes")
@@ -182,6 +184,32 @@ def make_method(name: str, n_tasks: int, **options: Any) -> Method:
     if entry.family == "loss weighting":
         return Scalarized(name, built, merged)
     return Aggregated(name, built, merged)
+
+
+def _restricted(value: Any, tasks: Sequence[int], n_tasks: int) -> Any:
+    """A per-task option (a sequence or 1-d tensor of ``n_tasks`` entries) cut to ``tasks``; any other option unchanged."""
+    if isinstance(value, Tensor) and value.dim() == 1 and len(value) == n_tasks:
+        return value[list(tasks)]
+    if isinstance(value, (list, tuple)) and len(value) == n_tasks:
+        return [value[i] for i in tasks]
+    return value
+
+
+def method_for_tasks(method: Method, tasks: Sequence[int], n_tasks: int) -> Method:
+    """A fresh instance of ``method`` for the problem of some of its tasks: positions ``tasks`` of ``n_tasks``.
+
+    The training loop trains a batch on which only some tasks are labelled through it. Options given
+    per task (a sequence of ``n_tasks`` weights or preferences) keep the entries of those tasks; SAM
+    and Rep-MTL wrap the instance of their inner method. Built from the registry by name: a method
+    outside it cannot train such batches.
+    """
+    if isinstance(method, TaskSAM):
+        return TaskSAM(method_for_tasks(method.inner, tasks, n_tasks), method.rho, method.name)
+    if isinstance(method, RepMTL):
+        return RepMTL(method_for_tasks(method.base, tasks, n_tasks), *method.weights, name=method.name)
+    if method.name not in METHODS:
+        raise ValueError(f"method {method.name!r} is not registered, so it cannot train a batch labelled for some tasks only")
+    return make_method(method.name, len(tasks), **{key: _restricted(value, tasks, n_tasks) for key, value in method.options.items()})
 
 
 def comparable_methods(budget: str = "passes", per_family: int | None = None) -> list[str]:

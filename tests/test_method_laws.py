@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from tests.conftest import tiny_model
-from workbench.data import make_synthetic
+from workbench.data import TaskDatasets, make_synthetic
 from workbench.registry import REQUIRED
 from workbench.tasks import MultiTaskData, MultiTaskModel, regression_task
 from workbench.train import METHODS, make_method, train
@@ -113,6 +113,25 @@ def test_a_task_without_labels_in_a_batch_contributes_nothing_and_unlabelled_tar
     assert missing.any() and not missing.all() and np.isfinite(losses[:, :2]).all()
     assert np.isnan(weights).all() or (np.isnan(weights[missing, 2]).all() and np.isfinite(weights[~missing]).all())
     assert all(torch.isfinite(p).all() for p in clean.model.parameters())
+
+
+def one_dataset_per_task(mixing: str) -> TaskDatasets:
+    """Each synthetic task on its own samples (16, 24 and 40 of them), combined by their sizes."""
+    data = make_synthetic(n_tasks=T, n_samples=80, n_features=5, groups=[[0, 1]], seed=2).data
+    bounds = [0, 16, 40, 80]
+    members = {name: data.rows(torch.arange(bounds[i], bounds[i + 1])).subset([name]) for i, name in enumerate(data.task_names)}
+    return TaskDatasets(members, mixing=mixing)
+
+
+@pytest.mark.parametrize("mixing", ["per_task", "mixed"])
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_trains_on_one_dataset_per_task(name, mixing):
+    data = one_dataset_per_task(mixing)
+    run = train_tiny(make_method(name, T, **_options(name)), 8, data)
+    drawn = np.array([[len(index) > 0 for index in data.step_indices(step, 16, seed=1).values()] for step in range(8)])
+    assert mixing == "mixed" or drawn.all(), "a batch per task draws every task"
+    np.testing.assert_array_equal(np.isfinite(run.history.train_loss.values), drawn, err_msg=f"{name}: a loss where the task was drawn, NaN where not")
+    assert np.isfinite(run.history.loss.values).all() and all(torch.isfinite(p).all() for p in run.model.parameters())
 
 
 @pytest.mark.parametrize("name", list(METHODS))

@@ -241,8 +241,9 @@ def encoder_vjp(first: RepresentationPass, params: Sequence[tuple[str, Tensor]],
     """The second stage: ``({name: (T, *p.shape)}, strategy used)``, the rows ``∂L_t/∂Z · ∂Z/∂p``, batched or in a loop.
 
     Each input group is differentiated for the tasks it serves only: a batch per task costs one
-    encoder backward per task (what the ``"loop"`` costs on a shared batch), a shared batch one
-    batched backward. A task labelled nowhere in the batch gets zero rows.
+    plain encoder backward per task (what the ``"loop"`` costs on a shared batch, whichever strategy
+    is asked for), a shared batch one batched backward. A task labelled nowhere in the batch gets
+    zero rows.
     """
     if strategy not in ("batched", "loop"):
         raise ValueError(f"the encoder's vector-Jacobian products are 'batched' or a 'loop', not {strategy!r}")
@@ -252,8 +253,8 @@ def encoder_vjp(first: RepresentationPass, params: Sequence[tuple[str, Tensor]],
     blocks = {name: torch.zeros(t, *p.shape, dtype=p.dtype, device=p.device) for name, p in params}
     used = strategy
     for z, route, cotangents in zip(first.representations, first.routes, first.group_cotangents):
-        if route:
-            rows, used = _vjp(z, params, cotangents, strategy)
+        if route:  # one task on the group: a plain backward, a vmap over one cotangent only costs more
+            rows, used = _vjp(z, params, cotangents, strategy if len(route) > 1 else "loop")
             for name, block in rows.items():
                 blocks[name][route] += block
     return blocks, used

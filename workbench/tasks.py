@@ -693,7 +693,9 @@ class MultiTaskSplits:
     ``reference`` is a ``(task, other_task)`` DataArray relating the tasks independently of any
     model (the planted similarity of synthetic tasks, the correlation of lexicon ratings), or ``None``.
     ``attrs`` is the provenance the builder recorded (sources and versions, sizes, split seed); every
-    split carries it too.
+    split carries it too. A split is data in memory, a :class:`~workbench.data.StreamedData` or one
+    dataset per task (a :class:`~workbench.data.TaskDatasets`): each has ``tasks``, ``attrs``,
+    ``labelled(task)`` and ``subset(tasks)``, which :meth:`describe` and :meth:`subset` use.
     """
 
     train: MultiTaskData
@@ -725,8 +727,17 @@ class MultiTaskSplits:
         return pd.DataFrame(rows).set_index("task")
 
     def map_inputs(self, transform: Callable[[Inputs], Inputs]) -> MultiTaskSplits:
-        """Every split with its inputs replaced by ``transform(x)``."""
-        return MultiTaskSplits(*(part.with_inputs(transform(part.x)) for part in (self.train, self.validation, self.test)), self.reference)
+        """Every split with its inputs replaced by ``transform(x)`` (of each task's data, in a :class:`~workbench.data.TaskDatasets`)."""
+        return MultiTaskSplits(*(self._mapped(part, transform) for part in (self.train, self.validation, self.test)), self.reference)
+
+    @staticmethod
+    def _mapped(part, transform: Callable[[Inputs], Inputs]):
+        """One split with its inputs replaced by ``transform(x)``; refused for a split streamed from a dataset."""
+        if isinstance(part, MultiTaskData):
+            return part.with_inputs(transform(part.x))
+        if hasattr(part, "map_inputs"):
+            return part.map_inputs(transform)
+        raise TypeError(f"map_inputs transforms inputs in memory; a {type(part).__name__} reads them from its dataset: transform them there")
 
     def subset(self, tasks: Sequence[str]) -> MultiTaskSplits:
         """The same splits with only the named tasks (and their part of the reference)."""

@@ -120,6 +120,11 @@ def test_methods_report(tmp_path):
     assert digits.method.values.tolist() == comparable_methods(per_family=1) == ["ew", "upgrad", "gradnorm"] and digits.sizes["seed"] == 1
     assert results.load(folder / "02_mtl_methods" / "multidigits_mmoe.nc").method.values.tolist() == ["ew"]  # every other architecture
     assert results.load(folder / "02_mtl_methods" / "lexicon_methods.nc").sizes["task"] == 4
+    assert "multidigits: best Δm%" in html and "lexicon: best Δm%" in html  # the verdict on another shape of the data, stated
+    sparse = results.load(folder / "02_mtl_methods" / "multidigits_missing_labels_claimed_methods.nc")
+    assert sparse.attrs["data"]["labels_removed"] == 0.5
+    own = results.load(folder / "02_mtl_methods" / "lexicon_per_task_claimed_methods.nc")
+    assert own.attrs["data"]["mixing"] == "per_task"
 
 
 @pytest.mark.slow
@@ -130,6 +135,9 @@ def test_affinity_report(tmp_path):
     assert "TAG affinity among the ten raters" in html and "measured losses (Standley)" in html
     transfer = results.load(folder / "03_task_affinity" / "synthetic_transfer.nc")
     assert transfer.sizes["subset"] == 2 ** transfer.sizes["task"] - 1
+    assert "best predictor of the measured transfer" in html  # the verdict on one dataset per task, stated
+    own = results.load(folder / "03_task_affinity" / "lexicon_per_task_transfer.nc")
+    assert own.sizes["subset"] == 2 ** own.sizes["task"] - 1
     validity = results.load(folder / "03_task_affinity" / "validity_study.nc")
     assert set(validity.optimizer.values) == {"sgd", "adam"} and validity.sizes["configuration"] == 2
 

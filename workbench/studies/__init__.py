@@ -6,6 +6,7 @@
 - :mod:`~workbench.studies.transfer`: ground-truth transfer by training every subset (:func:`measure_transfer`);
 - :mod:`~workbench.studies.grouping`: every affinity probe against the measured transfer, groupings and their payoff;
 - :mod:`~workbench.studies.validity`: every pairwise probe against the truth over random synthetic problems;
+- :mod:`~workbench.studies.shapes`: the same study on several shapes of the data (a dataset per task, missing labels), side by side;
 - :mod:`~workbench.studies.saliency`: saliency during training, against parameter conflict, attribution validity;
 - :mod:`~workbench.studies.fine_tuned` and :mod:`~workbench.studies.merging`: fine-tuned sets and every merge of them.
 """
@@ -18,12 +19,14 @@ from workbench.studies.merging import (
     swept_scores,
 )
 from workbench.studies.methods import compare_methods, method_summary
-from workbench.studies.problems import DATASETS, Problem, load_problem
+from workbench.studies.problems import DATA_SHAPES, DATASETS, Problem, load_problem
+from workbench.studies.shapes import claims_across_shapes, methods_across_shapes, probes_across_shapes
 from workbench.studies.saliency import attribution_validity_study, representation_vs_parameter, saliency_during_training
 from workbench.studies.transfer import grouping_loss, measure_transfer, pairwise_gain
 from workbench.studies.validity import probe_readings, validity_study
 
 __all__ = [
+    "DATA_SHAPES",
     "DATASETS",
     "FineTunedSet",
     "GroupingStudy",
@@ -32,6 +35,7 @@ __all__ = [
     "Recipe",
     "attribution_validity_study",
     "check_claims",
+    "claims_across_shapes",
     "compare_merges",
     "compare_methods",
     "fine_tuned_checkpoints",
@@ -42,9 +46,11 @@ __all__ = [
     "load_problem",
     "measure_transfer",
     "method_summary",
+    "methods_across_shapes",
     "pairwise_gain",
     "pairwise_interference",
     "probe_readings",
+    "probes_across_shapes",
     "published_ordering",
     "representation_vs_parameter",
     "saliency_during_training",

@@ -1,6 +1,9 @@
 """MultiDigits: shapes, determinism, split hygiene and labels that match the pictures; training labels removed; the canvases
 read from image folders on disk."""
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -161,3 +164,22 @@ def test_an_image_folder_goes_to_the_data_folder_by_default(tmp_path, monkeypatc
     splits = multidigits_image_folder(tasks=["right"], seed=5, **FOLDER_SIZES)
     assert splits.attrs["image_folder"] == str(tmp_path / "multidigits" / "seed5-40-10-10-12x16-shift2")
     assert (tmp_path / "multidigits" / "seed5-40-10-10-12x16-shift2" / "train" / "labels.csv").is_file()
+
+
+def test_two_processes_writing_the_same_image_folder_leave_one_whole_folder(tmp_path, monkeypatch):
+    """The other writer renames its folder into place first: this one's rename finds it there, and reads it."""
+    from workbench.data import image_folder as image_folder_module
+
+    folder = tmp_path / "digits"
+    other = tmp_path / "other"
+    multidigits_image_folder(other, tasks=["left"], seed=5, **FOLDER_SIZES)  # what the other process wrote
+    rename = image_folder_module.os.rename
+
+    def the_other_writer_was_first(source, target):
+        shutil.copytree(other / Path(target).name, target)
+        return rename(source, target)
+
+    monkeypatch.setattr(image_folder_module.os, "rename", the_other_writer_was_first)
+    splits = multidigits_image_folder(folder, tasks=["left"], seed=5, **FOLDER_SIZES)
+    assert len(splits.train) == 40 and sorted(p.name for p in folder.iterdir()) == ["test", "train", "validation"]
+    assert not list(folder.glob(".*partial*")), "the losing writer's partial folder is removed"

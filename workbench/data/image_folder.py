@@ -145,7 +145,12 @@ def write_image_folder(data: MultiTaskData, folder: str | os.PathLike) -> Path:
             writer.writerow(["file", *data.task_names])
             columns = [data.targets[name].tolist() for name in data.task_names]
             writer.writerows([name, *(repr(column[i]) for column in columns)] for i, name in enumerate(names))
-        os.rename(partial, folder)
+        try:
+            os.rename(partial, folder)
+        except OSError as error:
+            if folder.exists():  # another writer finished the same folder meanwhile
+                raise FileExistsError(f"{folder} was written by another process meanwhile") from error
+            raise
         fsync_folder(folder.parent)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

@@ -193,12 +193,15 @@ def _folder_name(n_train: int, n_validation: int, n_test: int, height: int, widt
 
 def _write_missing(folder: Path, options: dict) -> None:
     """Write each split of :func:`make_multidigits` under ``options`` that ``folder`` lacks as ``folder / split``, an image
-    folder with every task's labels."""
+    folder with every task's labels. Another process writing the same split at the same time leaves one whole folder."""
     missing = [split for split in ("train", "validation", "test") if not (folder / split).exists()]
     if missing:
         every = make_multidigits(MULTIDIGITS_TASKS, **options)
         for split in missing:
-            write_image_folder(getattr(every, split), folder / split)
+            try:
+                write_image_folder(getattr(every, split), folder / split)
+            except FileExistsError:  # written by another process meanwhile: read, and checked, like any folder already there
+                pass
 
 
 def _checked(images: ImageFolder, data: MultiTaskData) -> None:

@@ -99,7 +99,7 @@ SPLITS = ("train", "validation", "test")
 
 def _task_data(splits, task, split):
     """One task's data in a split (TaskDatasets offers no public accessor for it)."""
-    return getattr(splits, split)._datasets[task]
+    return getattr(splits, split).data_of(task)
 
 
 def _words(splits, task, split):

@@ -217,11 +217,15 @@ class TaskDatasets:
     def __len__(self) -> int:
         return sum(self.sizes.values())
 
-    def labelled(self, task: str) -> int:
-        """How many samples of ``task``'s data are labelled for it."""
+    def data_of(self, task: str) -> Member:
+        """``task``'s own data (a single-task :class:`~workbench.tasks.MultiTaskData` or :class:`~workbench.data.StreamedData`)."""
         if task not in self._datasets:
             raise KeyError(f"unknown task {task!r}; known: {self.task_names}")
-        return self._datasets[task].labelled(task)
+        return self._datasets[task]
+
+    def labelled(self, task: str) -> int:
+        """How many samples of ``task``'s data are labelled for it."""
+        return self.data_of(task).labelled(task)
 
     def __repr__(self) -> str:
         where = {task: "streamed" if isinstance(data, StreamedData) else "in memory" for task, data in self._datasets.items()}

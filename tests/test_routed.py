@@ -118,11 +118,14 @@ def test_masks_that_do_not_match_their_samples_or_tasks_are_refused_by_name():
         MultiTaskData(x, targets, tasks, masks={"t1": torch.ones(6)})
     with pytest.raises(ValueError, match="masks name tasks \\['nope'\\]"):
         MultiTaskData(x, targets, tasks, masks={"nope": torch.ones(6, dtype=torch.bool)})
-    with pytest.raises(ValueError, match="task 't0' has no labelled sample"):
-        MultiTaskData(x, targets, tasks, masks={"t0": torch.zeros(6, dtype=torch.bool)})
+    none = MultiTaskData(x, targets, tasks, masks={"t0": torch.zeros(6, dtype=torch.bool)})  # a part of the data may lack a task
+    with pytest.raises(ValueError, match=r"tasks \['t0'\] have no labelled sample in the training data"):
+        train(model, none, 2, progress=False)
+    with pytest.raises(ValueError, match=r"tasks \['t0'\] have no labelled sample in the evaluation data"):
+        model.evaluate_batches(none.batches(4))
     with pytest.raises(KeyError, match="the batch names tasks \\['extra'\\] the model does not have"):
         model.losses(x, {**targets, "extra": targets["t0"]})
-    with pytest.raises(ValueError, match="task 't0': sample index out of range"):
+    with pytest.raises(ValueError, match="task 't0': sample indices \\[6\\] out of range"):
         TaskInputs((x,), {"t0": (0, torch.tensor([6]))})
     with pytest.raises(ValueError, match="task 't0' is routed to input group 1"):
         TaskInputs((x,), {"t0": (1, None)})
@@ -152,3 +155,73 @@ def test_evaluation_scores_each_task_on_its_labelled_samples_in_batches_as_at_on
         index = data.masks.get(task, torch.ones(50, dtype=torch.bool))
         expected = model.tasks[task].loss(model(x[index])[task], targets[task][index]).item()
         assert streamed[task][0] == pytest.approx(expected, rel=1e-6)
+
+
+def test_labels_are_removed_apart_from_the_batches_order_and_the_same_for_a_task_in_any_set_of_tasks():
+    """Seeded by the task's name on a stream of its own: the labels kept are unrelated to the epochs' order, even when
+    the data's seed is the training seed, and a task keeps the same labels whichever tasks are beside it."""
+    model = tiny_model()
+    x, targets = tiny_batch(model, n=256)
+    data = MultiTaskData(x, targets, list(model.tasks.values())).without_labels(0.5, seed=0)
+    per_step = [[int(data.batch(step, 64, seed=0)[1][t].shape[0]) for t in data.task_names] for step in range(8)]
+    assert all(16 <= count <= 48 for counts in per_step for count in counts), per_step
+    alone = MultiTaskData(x, targets, list(model.tasks.values())).subset(["t1"]).without_labels(0.5, seed=0)
+    assert torch.equal(alone.masks["t1"], data.masks["t1"])
+
+
+def test_a_part_of_masked_data_without_a_task_is_kept_and_probed_as_nan():
+    model = tiny_model()
+    x, targets = tiny_batch(model, n=10)
+    masks = {"t1": torch.arange(10) >= 7}  # t1 labelled on the last three samples only
+    data = MultiTaskData(x, targets, list(model.tasks.values()), masks=masks)
+    from workbench.probes import make_probe
+
+    conflict = make_probe("gradient_conflict")(model, data.probe_batch(4))
+    assert np.isnan(conflict.grad_norm.sel(task="t1")) and np.isfinite(conflict.grad_norm.sel(task="t0"))
+
+
+def test_training_ignores_the_tasks_of_the_data_that_the_model_lacks_and_records_its_probes():
+    from workbench.probes import ProbeRecorder
+
+    model = tiny_model(n_tasks=2)
+    x, targets = tiny_batch(tiny_model(), n=24)
+    data = MultiTaskData(x, targets, list(tiny_model().tasks.values()))  # three tasks, the model has two
+    run = train(model, data, 3, batch_size=8, recorders=[ProbeRecorder("gradient_conflict", every=1)], progress=False)
+    assert run.probes["gradient_conflict"].sizes["task"] == 2
+
+
+def test_a_strategy_is_reported_as_used_when_one_group_serves_a_single_task():
+    model = tiny_model()
+    x, targets = tiny_batch(model, n=8)
+    routed = TaskInputs((x, x[:4]), {"t0": (0, None), "t1": (0, None), "t2": (1, None)})
+    kept = {**targets, "t2": targets["t2"][:4]}
+    assert model_task_jacobian(model, routed, kept, strategy="batched").strategy == "batched"
+
+
+def test_saliency_on_a_masked_batch_equals_the_plain_batch_of_its_fully_labelled_samples():
+    """With the tasks on one scale, the shares of the samples labelled for every task are those of those samples alone."""
+    from workbench.probes.saliency import saliency_measures, task_saliency
+
+    model = tiny_model()
+    x, targets = tiny_batch(model, n=16)
+    masks = _masks(16)
+    every = masks["t0"] & masks["t1"]
+    masked = saliency_measures(task_saliency(model, masked_batch(x, targets, masks)))
+    alone = saliency_measures(task_saliency(model, (x[every], {t: y[every] for t, y in targets.items()})))
+    np.testing.assert_allclose(masked.share.values[:, every.numpy()], alone.share.values, rtol=1e-5)
+    assert np.isnan(masked.share.values[:, ~every.numpy()]).all()
+
+
+def test_rep_mtl_regularises_on_the_samples_labelled_for_every_task_and_is_its_base_on_a_batch_per_task():
+    from workbench.train.repmtl import saliency_regulariser
+
+    model = tiny_model()
+    x, targets = tiny_batch(model, n=16)
+    masks = _masks(16)
+    every = masks["t0"] & masks["t1"]
+    _, masked = saliency_regulariser(model, *masked_batch(x, targets, masks), 1.0, 1.0, 0.1)
+    _, alone = saliency_regulariser(model, x[every], {t: y[every] for t, y in targets.items()}, 1.0, 1.0, 0.1)
+    assert masked.item() == pytest.approx(alone.item(), rel=1e-5)
+    per_task = TaskInputs((x[:5], x[5:10], x[10:]), {t: (g, None) for g, t in enumerate(model.task_names)})
+    _, nothing = saliency_regulariser(model, per_task, {t: targets[t][5 * g : 5 * g + (5 if g < 2 else 6)] for g, t in enumerate(model.task_names)}, 1.0, 1.0, 0.1)
+    assert nothing.item() == 0.0

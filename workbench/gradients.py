@@ -253,10 +253,13 @@ def encoder_vjp(first: RepresentationPass, params: Sequence[tuple[str, Tensor]],
     blocks = {name: torch.zeros(t, *p.shape, dtype=p.dtype, device=p.device) for name, p in params}
     used = strategy
     for z, route, cotangents in zip(first.representations, first.routes, first.group_cotangents):
-        if route:  # one task on the group: a plain backward, a vmap over one cotangent only costs more
-            rows, used = _vjp(z, params, cotangents, strategy if len(route) > 1 else "loop")
-            for name, block in rows.items():
-                blocks[name][route] += block
+        if len(route) == 1:  # one task on the group: a plain backward, a vmap over one cotangent only costs more
+            rows, _ = _vjp(z, params, cotangents, "loop")
+        elif route:
+            rows, got = _vjp(z, params, cotangents, strategy)
+            used = got if got != strategy else used  # "loop" where the batched backward fell back
+        for name, block in (rows.items() if route else ()):
+            blocks[name][route] += block
     return blocks, used
 
 

@@ -22,6 +22,7 @@ of zero rows: it has no loss there, and contributes no gradient.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Union
@@ -58,6 +59,8 @@ TaskKind = Literal["regression", "classification"]
 Inputs = Union[Tensor, Mapping[str, Tensor]]
 """A batch of inputs: one tensor ``(B, ...)`` or named tensors that share the first dim ``B``."""
 
+_LABEL_REMOVAL = 0x1ABE1  # the random stream of without_labels, apart from every other seeded draw
+
 EVALUATION_BATCH = 1024
 """Samples per forward pass when a set is evaluated, unless told otherwise."""
 
@@ -70,7 +73,8 @@ class TaskInputs:
     dataset, or one batch whose samples are labelled for some tasks only. ``rows[task]`` is
     ``(g, index)``: the task is labelled on the samples ``index`` (a 1-d long tensor ``(n_t,)``,
     possibly empty) of group ``g``, or on all of them when ``index`` is ``None``; its targets have
-    ``n_t`` rows in that order. The model's encoder runs once per group.
+    ``n_t`` rows in that order. The model's encoder runs once per group. Indices are checked against
+    their group where they are made, on the CPU (not again on a device, where it would wait for it).
     """
 
     groups: tuple[Inputs, ...]
@@ -86,8 +90,9 @@ class TaskInputs:
             if index is not None:
                 if index.dim() != 1 or index.dtype != torch.long:
                     raise ValueError(f"task {task!r}: its sample index must be a 1-d long tensor, got {index.dtype} {tuple(index.shape)}")
-                if len(index) and not (0 <= int(index.min()) and int(index.max()) < sizes[group]):
-                    raise ValueError(f"task {task!r}: sample index out of range for input group {group} of {sizes[group]} samples")
+                if index.device.type == "cpu" and len(index) and not (0 <= int(index.min()) and int(index.max()) < sizes[group]):
+                    outside = index[(index < 0) | (index >= sizes[group])].tolist()
+                    raise ValueError(f"task {task!r}: sample indices {outside[:5]} out of range for input group {group} of {sizes[group]} samples")
 
     def labelled(self, task: str) -> int:
         """How many samples ``task`` is labelled on in this batch (0 when it is not routed)."""
@@ -381,20 +386,22 @@ class MultiTaskModel(nn.Module):
         if unknown:
             raise KeyError(f"the batch names tasks {unknown} the model does not have; its tasks: {self.task_names}")
         losses = {}
-        for name, task in self.tasks.items():
+        for name in self.tasks:
             if targets[name].shape[0] == 0:
                 continue
             if name not in outputs:
                 raise ValueError(f"task {name!r} is labelled on {targets[name].shape[0]} samples of the batch but has no output")
-            try:
-                losses[name] = task.loss(outputs[name], targets[name])
-            except (RuntimeError, ValueError) as error:
-                raise ValueError(
-                    f"task {name!r}: its loss failed on output {tuple(outputs[name].shape)} and targets {tuple(targets[name].shape)}: {error}"
-                ) from error
+            losses[name] = self._loss(name, outputs[name], targets[name])
         if losses:
             check_finite(losses)
         return losses
+
+    def _loss(self, name: str, output: Tensor, target: Tensor) -> Tensor:
+        """Task ``name``'s loss; a loss that fails on these shapes is reported naming the task and both shapes."""
+        try:
+            return self.tasks[name].loss(output, target)
+        except (RuntimeError, ValueError) as error:
+            raise ValueError(f"task {name!r}: its loss failed on output {tuple(output.shape)} and targets {tuple(target.shape)}: {error}") from error
 
     def losses(self, x: Inputs | TaskInputs, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """One forward pass: ``{task: scalar loss}`` on the batch ``(x, targets)``, of the tasks labelled in it."""
@@ -408,7 +415,7 @@ class MultiTaskModel(nn.Module):
             z = z if index is None else z[index]
         else:
             z = self.encoder(x)
-        loss = self.tasks[task].loss(self.heads[task](z), targets[task])
+        loss = self._loss(task, self.heads[task](z), targets[task])
         check_finite({task: loss})
         return loss
 
@@ -548,7 +555,9 @@ class MultiTaskData:
     ``masks`` marks missing labels: ``masks[task]`` ``(N,)`` (bool) is true where the sample is labelled
     for ``task`` (a task without a mask is labelled everywhere; the targets of unlabelled samples are
     never read). Batches then carry each task's labelled samples only (:func:`masked_batch`): a task's
-    loss averages over them, and a task with none in a batch contributes no gradient there.
+    loss averages over them, and a task with none in a batch contributes no gradient there. A part of
+    the data may hold no label of a task (a small split, a probe batch); training refuses data where a
+    task has none, evaluation a set where one has none.
     """
 
     x: Inputs
@@ -576,8 +585,6 @@ class MultiTaskData:
             if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (n,):
                 described = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
                 raise ValueError(f"the mask of task {name!r} must be a bool tensor ({n},), one entry per sample; got {described}")
-            if not mask.any():
-                raise ValueError(f"task {name!r} has no labelled sample: its mask is false everywhere")
 
     def __len__(self) -> int:
         return num_samples(self.x)
@@ -611,7 +618,8 @@ class MultiTaskData:
         """The same samples with ``fraction`` of each task's labels removed at random (independently per task, seeded).
 
         ``tasks`` limits it to some tasks (default: all). Each task keeps at least one label; labels
-        already missing stay missing.
+        already missing stay missing. The draw is seeded by ``seed`` and the task's name: a task loses the
+        same labels in any set of tasks, and the removal is unrelated to the order training draws batches in.
         """
         if not 0 <= fraction < 1:
             raise ValueError(f"the fraction of labels to remove must lie in [0, 1), got {fraction}")
@@ -620,11 +628,12 @@ class MultiTaskData:
         if unknown:
             raise KeyError(f"unknown tasks {unknown}; known: {self.task_names}")
         masks = dict(self.masks)
-        for position, name in enumerate(self.task_names):
+        for name in self.task_names:
             if name not in chosen:
                 continue
             labelled = torch.nonzero(masks.get(name, torch.ones(len(self), dtype=torch.bool)), as_tuple=True)[0]
-            order = torch.randperm(len(labelled), generator=torch.Generator().manual_seed(seed * 1_000_003 + position))
+            # a stream of its own, keyed by the task's name: unrelated to the batches' order and to the task's place in the set
+            order = torch.from_numpy(np.random.default_rng([seed, zlib.crc32(name.encode()), _LABEL_REMOVAL]).permutation(len(labelled)))
             keep = max(1, len(labelled) - int(round(fraction * len(labelled))))
             mask = torch.zeros(len(self), dtype=torch.bool)
             mask[labelled[order[:keep]]] = True

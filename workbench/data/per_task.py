@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import zlib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -99,9 +100,10 @@ def mixed_counts(shares: Mapping[str, float], batch_size: int, seed: int, step: 
     return dict(zip(shares, drawn.tolist()))
 
 
-def _epoch_order(n: int, seed: int, position: int, epoch: int) -> np.ndarray:
-    """Epoch ``epoch`` of the task at ``position``: a seeded permutation ``(n,)`` of its ``n`` samples."""
-    return np.random.default_rng([seed, position, epoch]).permutation(n)
+def _epoch_order(n: int, seed: int, task: str, epoch: int) -> np.ndarray:
+    """Epoch ``epoch`` of ``task``: a permutation ``(n,)`` of its ``n`` samples, seeded by the task's name (so a task draws
+    the same samples in any set of tasks, a subset's baseline included)."""
+    return np.random.default_rng([seed, zlib.crc32(task.encode()), epoch]).permutation(n)
 
 
 def _sequence(order: Callable[[int], np.ndarray], n: int, start: int, count: int) -> Tensor:
@@ -280,8 +282,9 @@ class TaskDatasets:
 
     def _indices(self, position: int, taken: np.ndarray, counts: np.ndarray, seed: int) -> Tensor:
         """The samples ``(k_t,)`` the task at ``position`` gives a step, after the ``taken[position]`` of the earlier steps."""
-        n = self.sizes[self.task_names[position]]
-        return _sequence(lambda epoch: self._epoch_order(n, seed, position, epoch), n, int(taken[position]), int(counts[position]))
+        task = self.task_names[position]
+        n = self.sizes[task]
+        return _sequence(lambda epoch: self._epoch_order(n, seed, task, epoch), n, int(taken[position]), int(counts[position]))
 
     def step_indices(self, step: int, batch_size: int, seed: int = 0) -> dict[str, Tensor]:
         """The samples ``{task: (k_t,)}`` of each task's data in step ``step``'s batch (``k_t`` may be 0 in mixed batches)."""

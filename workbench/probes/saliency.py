@@ -39,6 +39,7 @@ from workbench.tasks import Inputs, TaskInputs, label_mask
 
 __all__ = [
     "representation_dims",
+    "on_one_scale",
     "saliency_tensor",
     "task_saliency",
     "share_entropy",
@@ -82,17 +83,31 @@ def _check(saliency: Tensor, names: Sequence[str], labelled: Tensor) -> None:
             raise ValueError(f"task {name!r} has zero saliency everywhere: its loss does not reach the shared representation")
 
 
+def on_one_scale(saliency: Tensor, x: Inputs | TaskInputs, targets: Mapping[str, Tensor], names: Sequence[str]) -> Tensor:
+    """``saliency`` ``(T, B, *dims)`` with every task on the scale of a batch mean over all ``B`` samples.
+
+    A task's loss averages over the ``n_t`` samples it is labelled on, so its saliency carries ``1/n_t``;
+    on a :class:`~workbench.tasks.TaskInputs` batch the tasks' ``n_t`` differ, and the shares across
+    tasks would lean towards the tasks with fewer labels. Multiplied by ``n_t / B``, each sample's
+    saliency is its own loss's gradient over ``B`` for every task. A plain batch is returned as it is.
+    """
+    if not isinstance(x, TaskInputs):
+        return saliency
+    scale = torch.tensor([targets[t].shape[0] / saliency.shape[1] for t in names], dtype=saliency.dtype, device=saliency.device)
+    return saliency * scale.reshape(-1, *[1] * (saliency.dim() - 1))
+
+
 def saliency_tensor(model, x: Inputs, targets: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, tuple[str, ...]]:
     """``S`` ``(T, B, *dims)`` = ``∂L_t/∂Z``, the losses ``(T,)`` and the names of ``dims``, as tensors.
 
     Where a sample is not labelled for a task (a :class:`~workbench.tasks.TaskInputs` batch) its
-    saliency is NaN, as is the loss of a task labelled on no sample: unmeasured, never zero. Raises,
+    saliency is NaN, the others' on one scale (:func:`on_one_scale`), as is the loss of a task labelled on no sample: unmeasured, never zero. Raises,
     naming the task, when a labelled task's saliency is zero everywhere (its head does not read ``Z``)
     or not finite.
     """
     with torch.enable_grad():
         passed = representation_pass(model, x, targets)
-    saliency = passed.cotangents.detach()
+    saliency = on_one_scale(passed.cotangents.detach(), x, targets, model.task_names)
     mask = label_mask(x, model.task_names).to(saliency.device)
     _check(saliency, model.task_names, mask.any(1))
     saliency = saliency.masked_fill(~mask.reshape(*mask.shape, *[1] * (saliency.dim() - 2)), torch.nan)
@@ -272,13 +287,14 @@ def input_attribution(model, batch: tuple[Inputs, Mapping[str, Tensor]]) -> xr.D
         if hook is not None:
             hook.remove()
     leaf = torch.cat([leaf.detach() for leaf in leaves])
-    attribution = torch.stack(grads) * leaf * torch.tensor([targets[t].shape[0] for t in names], dtype=leaf.dtype).reshape(-1, *[1] * leaf.dim())
+    labelled = torch.tensor([targets[t].shape[0] for t in names], dtype=leaf.dtype, device=leaf.device)
+    attribution = torch.stack(grads) * leaf * labelled.reshape(-1, *[1] * leaf.dim())
     if dims == ("token",):
         attribution = attribution.sum(-1)
-    mask = label_mask(x, names)
+    mask = label_mask(x, names).to(attribution.device)
     attribution = attribution.masked_fill(~mask.reshape(*mask.shape, *[1] * (attribution.dim() - 2)), torch.nan)
     values = attribution.cpu().numpy()
-    measured = mask.numpy().reshape(*mask.shape, *[1] * (values.ndim - 2)) & np.ones(values.shape, dtype=bool)
+    measured = mask.cpu().numpy().reshape(*mask.shape, *[1] * (values.ndim - 2)) & np.ones(values.shape, dtype=bool)
     if not np.isfinite(values[measured]).all():
         bad = [names[t] for t in range(len(names)) if not np.isfinite(values[t][measured[t]]).all()]
         raise FloatingPointError(f"tasks {bad} have non-finite input attribution")

@@ -11,7 +11,7 @@
 - :mod:`~workbench.studies.fine_tuned` and :mod:`~workbench.studies.merging`: fine-tuned sets and every merge of them.
 """
 
-from workbench.studies.claims import check_claims
+from workbench.studies.claims import check_claims, claimed_methods
 from workbench.studies.fine_tuned import FineTunedSet, Recipe, fine_tuned_checkpoints
 from workbench.studies.grouping import GroupingStudy, study_task_grouping
 from workbench.studies.merging import (
@@ -35,6 +35,7 @@ __all__ = [
     "Recipe",
     "attribution_validity_study",
     "check_claims",
+    "claimed_methods",
     "claims_across_shapes",
     "compare_merges",
     "compare_methods",

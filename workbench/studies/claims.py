@@ -9,10 +9,12 @@ holds, clearly (the mean difference beyond two standard errors) or within the no
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import xarray as xr
 
-__all__ = ["PUBLISHED_DELTA_M", "PUBLISHED_COST", "CLAIMS", "check_claims"]
+__all__ = ["PUBLISHED_DELTA_M", "PUBLISHED_COST", "CLAIMS", "check_claims", "claimed_methods"]
 
 # NYUv2, SegNet-MTAN, Δm% (lower is better); "ew" is linear scalarisation with equal weights (LS).
 PUBLISHED_DELTA_M = {"ew": 5.59, "mgda": 1.38, "pcgrad": 3.97, "cagrad": 0.20, "imtl_g": -0.76, "nash_mtl": -4.04, "famo": -4.10}
@@ -32,6 +34,11 @@ def _verdict(differences: np.ndarray) -> str:
     if mean < 0:
         return "holds, clearly" if clear else "holds within the noise"
     return "reversed, clearly" if clear else "does not hold, within the noise"
+
+
+def claimed_methods(methods: Sequence[str]) -> list[str]:
+    """The methods of ``methods`` that the published Δm% claims name, in the order given."""
+    return [m for m in methods if m in PUBLISHED_DELTA_M]
 
 
 def check_claims(comparison: xr.Dataset, split: str = "test", unit: str = "ew"):

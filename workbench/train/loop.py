@@ -89,19 +89,21 @@ class _MethodsByTasks:
     is touched by them. Each instance keeps its own state; its learnable parts join the optimizer.
     """
 
-    def __init__(self, method: Method, names: list[str], opt: torch.optim.Optimizer, device: torch.device) -> None:
-        self.full, self.names, self.opt, self.device = method, names, opt, device
+    def __init__(self, model: MultiTaskModel, method: Method, opt: torch.optim.Optimizer, device: torch.device) -> None:
+        self.model, self.full, self.names, self.opt, self.device = model, method, model.task_names, opt, device
         self.partial: dict[tuple[str, ...], Method] = {}
+        self.views: dict[tuple[str, ...], MultiTaskModel] = {}
 
-    def for_tasks(self, labelled: tuple[str, ...]) -> Method:
+    def for_tasks(self, labelled: tuple[str, ...]) -> tuple[MultiTaskModel, Method]:
+        """The model (or its view) and the method instance that train a batch labelled for the tasks ``labelled``."""
         if len(labelled) == len(self.names):
-            return self.full
+            return self.model, self.full
         if labelled not in self.partial:
             method = method_for_tasks(self.full, [self.names.index(t) for t in labelled], len(self.names)).to(self.device)
             if method.parameters():
                 self.opt.add_param_group({"params": method.parameters()})
-            self.partial[labelled] = method
-        return self.partial[labelled]
+            self.partial[labelled], self.views[labelled] = method, self.model.restricted(labelled)
+        return self.views[labelled], self.partial[labelled]
 
     def end_epoch(self) -> None:
         for method in (self.full, *self.partial.values()):
@@ -180,6 +182,10 @@ def train(
     missing = set(model.task_names) - set(data.task_names)
     if missing:
         raise ValueError(f"the data has no targets for tasks {sorted(missing)} of the model")
+    # streamed data refuse a task labelled nowhere when made (and counting their labels reads every item): in memory only
+    unlabelled = [name for name in model.task_names if isinstance(data, MultiTaskData) and data.labelled(name) == 0]
+    if unlabelled:
+        raise ValueError(f"tasks {unlabelled} have no labelled sample in the training data")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs the checkpoint path to resume from")
     eval_data = data if eval_data is None else eval_data
@@ -195,7 +201,7 @@ def train(
     names = model.task_names
     history = _History(steps, len(names))
     config = {"method": method.describe(), "batch_size": batch_size, "seed": seed, "tasks": names, "optimizer": type(opt).__name__}
-    methods = _MethodsByTasks(method, names, opt, device)
+    methods = _MethodsByTasks(model, method, opt, device)
     start = 0
     if resume and Path(checkpoint).exists():
         start = _resume(Path(checkpoint), model, opt, methods, history, recorders, config, device)
@@ -213,14 +219,14 @@ def train(
             if step % eval_every == 0:
                 evaluate(step)
             x, targets = next(batches)
-            x, targets = to_device(x, device), {name: y.to(device) for name, y in targets.items()}
+            x, targets = to_device(x, device), {name: targets[name].to(device) for name in names}  # the data may hold more tasks
             labelled = tuple(name for name in names if targets[name].shape[0] > 0)
             began = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             jacobian = None
             if labelled:
-                trained = model if len(labelled) == len(names) else model.restricted(labelled)
-                active, on = methods.for_tasks(labelled), {name: targets[name] for name in labelled}
+                trained, active = methods.for_tasks(labelled)
+                on = {name: targets[name] for name in labelled}
                 outcome = active.backward(trained, x, on)
                 jacobian = outcome.jacobian if outcome.jacobian is not None and outcome.jacobian.tasks == names else None
             seconds = time.perf_counter() - began

@@ -16,6 +16,10 @@ With a loss-weighting base (equal weighting by default, as in the paper) the reg
 combined loss in one forward and one backward; with a gradient-aggregation base it is
 backpropagated after the base's update, with a forward of its own. No official code was released:
 this follows the paper's text; the temperature default (0.1) is the workbench's.
+
+Both terms compare the tasks' saliency on the same sample, so they are taken over the samples of
+the batch labelled for every task (of the tasks the step trains); on a batch per task, where no
+sample is, Rep-MTL is its base method alone.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from workbench.probes.saliency import cross_task_alignment_loss, representation_dims, share_entropy
-from workbench.tasks import Inputs, check_finite
+from workbench.probes.saliency import cross_task_alignment_loss, on_one_scale, representation_dims, share_entropy
+from workbench.tasks import Inputs, check_finite, label_mask
 from workbench.train.method import Method, StepOutcome
 from workbench.train.scalarized import Scalarized
 
@@ -46,10 +50,16 @@ def saliency_regulariser(
         torch.cat(torch.autograd.grad(losses[t], representations, create_graph=True, retain_graph=True, allow_unused=True, materialize_grads=True))
         for t in names
     ])  # (T, B, *dims), the groups' samples concatenated; zero where a sample is not labelled for the task
+    saliency = on_one_scale(saliency, x, targets, names)
     dims = representation_dims(model, representations[0])
+    every_task = label_mask(x, names).all(0).to(saliency.device)  # the regulariser compares the tasks' saliency on one sample
+    stacked = torch.stack([losses[t] for t in names])
+    if not every_task.any():
+        return stacked, saliency.sum() * 0  # no sample labelled for every task: nothing to regularise, the base method alone
+    saliency = saliency[:, every_task]
     _, entropy = share_entropy(saliency, dims)
     regulariser = lambda_tsr * entropy.mean() + lambda_csa * cross_task_alignment_loss(saliency, dims, temperature)
-    return torch.stack([losses[t] for t in names]), regulariser
+    return stacked, regulariser
 
 
 class RepMTL(Method):

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from torch.utils.data import Dataset
 from hypothesis import settings
 
 # CI runs the same examples every time (a failure there is reproducible, never a coin toss);
@@ -52,3 +53,20 @@ def no_batched_grad(monkeypatch):
         return real_grad(*args, **kwargs)
 
     monkeypatch.setattr(torch.autograd, "grad", no_vmap)
+
+
+class Items(Dataset):
+    """The samples of a MultiTaskData as ``(x, {task: target})`` items of a ``Dataset``, read one at a time (as from files);
+    a target ``None`` where the data's mask says unlabelled, ``broken`` items (by index) in place of theirs."""
+
+    def __init__(self, data, broken=None):
+        self.data, self.broken = data, broken or {}
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        if index in self.broken:
+            return self.broken[index]
+        labelled = {name: bool(self.data.masks[name][index]) if name in self.data.masks else True for name in self.data.task_names}
+        return self.data.x[index], {name: y[index] if labelled[name] else None for name, y in self.data.targets.items()}

@@ -8,29 +8,14 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from tests.conftest import Items
 from workbench.data import StreamedData, TaskDatasets, make_synthetic, task_datasets
 from workbench.data.per_task import mixed_counts, per_task_counts, sampling_shares
 from workbench.models import mlp_encoder
 from workbench.tasks import MultiTaskData, MultiTaskModel, TaskInputs, classification_task, regression_task
 from workbench.train import train
-
-
-class Items(Dataset):
-    """The samples of a MultiTaskData as (x, {task: target}) items, a target None where its mask says unlabelled."""
-
-    def __init__(self, data, broken=None):
-        self.data, self.broken = data, broken or {}
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, index):
-        if index in self.broken:
-            return self.broken[index]
-        labelled = {name: bool(self.data.masks[name][index]) if name in self.data.masks else True for name in self.data.task_names}
-        return self.data.x[index], {name: y[index] if labelled[name] else None for name, y in self.data.targets.items()}
 
 
 def _problem(n=240, seed=3):

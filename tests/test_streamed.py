@@ -5,28 +5,14 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from tests.conftest import Items
 from workbench.data import StreamedData, make_synthetic
 from workbench.models import mlp_encoder
 from workbench.probes import ProbeRecorder, gradient_conflict
 from workbench.tasks import MultiTaskModel
 from workbench.train import train
-
-
-class Items(Dataset):
-    """The samples of a MultiTaskData as (x, {task: target}) items, read one at a time (as from files)."""
-
-    def __init__(self, data, broken=None):
-        self.data, self.broken = data, broken or {}
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, index):
-        if index in self.broken:
-            return self.broken[index]
-        return self.data.x[index], {name: y[index] for name, y in self.data.targets.items()}
 
 
 def _problem():

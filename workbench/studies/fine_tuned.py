@@ -30,7 +30,7 @@ from torch import Tensor
 from workbench.files import atomic_write
 from workbench.paths import data_dir
 from workbench.studies.problems import load_problem
-from workbench.train.loop import train
+from workbench.train.loop import Monitor, train
 from workbench.version import __version__
 from workbench.weights.state_dicts import open_weights, write_state_dict
 
@@ -82,10 +82,10 @@ def _save(tensors: dict[str, Tensor], path: Path, recipe: Recipe) -> None:
     write_state_dict(path, tensors, {"recipe": json.dumps(asdict(recipe), sort_keys=True, default=list)})
 
 
-def fine_tuned_checkpoints(recipe: Recipe, cache: str | Path | None = None, progress: bool = True) -> FineTunedSet:
+def fine_tuned_checkpoints(recipe: Recipe, cache: str | Path | None = None, progress: bool = True, monitor: bool | Monitor = False) -> FineTunedSet:
     """The pretrained and fine-tuned checkpoints of ``recipe``, built unless the cache holds them.
 
-    ``cache`` is by default the data folder's ``checkpoints/`` (:func:`workbench.paths.data_dir`), whatever the working folder."""
+    ``cache`` is by default the data folder's ``checkpoints/`` (:func:`workbench.paths.data_dir`), whatever the working folder. ``monitor`` goes to every run's :func:`~workbench.train.train`."""
     folder = Path(data_dir("checkpoints") if cache is None else cache) / f"{recipe.dataset}-{recipe.key()}"
     files = FineTunedSet(folder, recipe, folder / "base.safetensors", {t: folder / f"{t}.safetensors" for t in recipe.tasks})
     if (folder / MANIFEST).exists():
@@ -97,12 +97,12 @@ def fine_tuned_checkpoints(recipe: Recipe, cache: str | Path | None = None, prog
     torch.manual_seed(recipe.seed)
     pretrained = problem.make_model(splits.tasks)
     if recipe.pretrain_steps:
-        train(pretrained, splits.train, recipe.pretrain_steps, optimizer=optimizer, batch_size=recipe.batch_size, seed=recipe.seed, eval_every=recipe.pretrain_steps, progress=progress)
+        train(pretrained, splits.train, recipe.pretrain_steps, optimizer=optimizer, batch_size=recipe.batch_size, seed=recipe.seed, eval_every=recipe.pretrain_steps, progress=progress, monitor=monitor)
     _save(trainable_state(pretrained), files.base, recipe)
     for task in recipe.tasks:
         model = problem.make_model([t for t in splits.tasks if t.name == task])
         model.load_state_dict({k: v for k, v in pretrained.state_dict().items() if not k.startswith("heads.") or k.startswith(f"heads.{task}.")})
-        train(model, splits.train.subset([task]), recipe.finetune_steps, optimizer=optimizer, batch_size=recipe.batch_size, seed=recipe.seed, eval_every=recipe.finetune_steps, progress=progress)
+        train(model, splits.train.subset([task]), recipe.finetune_steps, optimizer=optimizer, batch_size=recipe.batch_size, seed=recipe.seed, eval_every=recipe.finetune_steps, progress=progress, monitor=monitor)
         _save(trainable_state(model), files.tasks[task], recipe)
     with atomic_write(folder / MANIFEST, suffix=".json") as temporary:
         temporary.write_text(json.dumps({"recipe": asdict(recipe), "key": recipe.key(), "files": ["base.safetensors", *(f"{t}.safetensors" for t in recipe.tasks)]}, indent=1, default=list))

@@ -28,7 +28,7 @@ from workbench.probes.recorder import recorders_for
 from workbench.probes.registry import PROBES, task_matrix
 from workbench.probes.validation import report_card, with_seed_summary
 from workbench.studies.transfer import grouping_loss, measure_transfer, subset_label
-from workbench.train.loop import OptimizerFactory, train
+from workbench.train.loop import Monitor, OptimizerFactory, train
 
 __all__ = ["GroupingStudy", "study_task_grouping", "random_groupings"]
 
@@ -83,16 +83,18 @@ def study_task_grouping(
     random_count: int = 50,
     held_out: int = 256,
     progress: bool = True,
+    monitor: bool | Monitor = False,
 ) -> GroupingStudy:
     """The grouping experiment on ``problem`` (see the module docstring); the multi-task run uses the first seed.
 
-    ``held_out`` samples of the validation split make the fixed batch of the probes recorded on one.
+    ``held_out`` samples of the validation split make the fixed batch of the probes recorded on one. ``monitor`` goes to every run's
+    :func:`~workbench.train.train`.
     """
     splits = problem.splits
     recorders = recorders_for(PROBES.names(family="affinity"), probe_every, splits.validation.probe_batch(held_out))
     torch.manual_seed(seeds[0])
-    run = train(problem.make_model(splits.tasks), splits.train, steps, method="ew", optimizer=optimizer, batch_size=batch_size, seed=seeds[0], recorders=recorders, eval_every=steps, progress=progress)
-    transfer = measure_transfer(problem, steps, seeds, optimizer=optimizer, batch_size=batch_size, progress=progress)
+    run = train(problem.make_model(splits.tasks), splits.train, steps, method="ew", optimizer=optimizer, batch_size=batch_size, seed=seeds[0], recorders=recorders, eval_every=steps, progress=progress, monitor=monitor)
+    transfer = measure_transfer(problem, steps, seeds, optimizer=optimizer, batch_size=batch_size, progress=progress, monitor=monitor)
     gain = transfer.gain.sel(split="validation")
     means = {name: task_matrix(history) for name, history in run.probes.items()}
     cards = {name: report_card(affinity, gain) for name, affinity in means.items()}

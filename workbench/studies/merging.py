@@ -28,6 +28,7 @@ from workbench.probes.validation import rank_correlation
 from workbench.studies.fine_tuned import FineTunedSet, Recipe, fine_tuned_checkpoints
 from workbench.studies.merged_models import encoder_part, individual_model, merged_model, normalised_scores
 from workbench.studies.problems import Problem, load_problem
+from workbench.train.loop import Monitor
 
 __all__ = [
     "MergeSet", "load_merge_set", "swept_merges", "lambda_curves", "swept_scores", "compare_merges", "published_ordering",
@@ -87,10 +88,10 @@ class MergeSet:
         return MergeData({t: part.x for t in self.tasks})
 
 
-def load_merge_set(recipe: Recipe, cache: str | Path | None = None, progress: bool = True) -> MergeSet:
+def load_merge_set(recipe: Recipe, cache: str | Path | None = None, progress: bool = True, monitor: bool | Monitor = False) -> MergeSet:
     """The checkpoints of ``recipe`` (built once in ``cache``, by default the data folder's ``checkpoints/``, see
-    :func:`~workbench.studies.fine_tuned.fine_tuned_checkpoints`) and their models."""
-    files = fine_tuned_checkpoints(recipe, cache=cache, progress=progress)
+    :func:`~workbench.studies.fine_tuned.fine_tuned_checkpoints`, which ``monitor`` goes to) and their models."""
+    files = fine_tuned_checkpoints(recipe, cache=cache, progress=progress, monitor=monitor)
     problem = load_problem(recipe.dataset, seed=recipe.seed, tasks=list(recipe.tasks), **recipe.options)
     states = {t: files.load(t) for t in recipe.tasks}
     individual = {t: individual_model(problem, t, s) for t, s in states.items()}

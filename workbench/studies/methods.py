@@ -15,7 +15,7 @@ import xarray as xr
 from workbench.probes.recorder import ProbeRecorder
 from workbench.progress import progress as progress_bar
 from workbench.tasks import EVALUATION_BATCH
-from workbench.train.loop import OptimizerFactory, train
+from workbench.train.loop import Monitor, OptimizerFactory, train
 from workbench.train.metrics import delta_m
 from workbench.train.registry import make_method
 
@@ -54,6 +54,7 @@ def compare_methods(
     eval_every: int | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
+    monitor: bool | Monitor = False,
 ) -> xr.Dataset:
     """Train every method (and one single-task model per task) for ``steps`` steps under each seed.
 
@@ -68,13 +69,14 @@ def compare_methods(
     ``(method, seed)`` (median over the run), ``curve`` ``(method, seed, eval_step, task)`` (the
     validation metric during training), ``weights`` ``(method, seed, step, task)`` and, with the
     probe, ``conflict`` ``(method, seed, task, other_task)``: the fraction of recorded steps in which
-    a pair's gradients on the shared encoder had a negative cosine.
+    a pair's gradients on the shared encoder had a negative cosine. ``monitor`` goes to every run's
+    :func:`~workbench.train.train`.
     """
     specs = _specs(methods)
     splits = problem.splits
     tasks = splits.tasks
     names = [t.name for t in tasks]
-    options = dict(batch_size=batch_size, optimizer=optimizer, eval_every=eval_every, device=device, progress=False)
+    options = dict(batch_size=batch_size, optimizer=optimizer, eval_every=eval_every, device=device, progress=False, monitor=monitor)
     results: dict[str, list] = {key: [] for key in ("metric", "single", "seconds", "curve", "weights", "conflict")}
     runs = [(seed, label) for seed in seeds for label in [None, *specs]]
     for seed, label in progress_bar(runs, "methods", enabled=progress):

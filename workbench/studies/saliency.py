@@ -25,7 +25,7 @@ from workbench.probes.recorder import ProbeRecorder
 from workbench.probes.saliency import input_attribution
 from workbench.probes.validation import attribution_recovery, rank_correlation
 from workbench.progress import progress as progress_bar
-from workbench.train.loop import OptimizerFactory, TrainingResult, train
+from workbench.train.loop import Monitor, OptimizerFactory, TrainingResult, train
 
 __all__ = ["saliency_during_training", "representation_vs_parameter", "random_sparse_configurations", "attribution_validity_study"]
 
@@ -33,9 +33,10 @@ __all__ = ["saliency_during_training", "representation_vs_parameter", "random_sp
 def saliency_during_training(
     problem, steps: int, *, every: int = 10, probe_size: int = 256, method: str = "ew", seed: int = 0,
     optimizer: OptimizerFactory = partial(torch.optim.Adam, lr=1e-3), progress: bool = True,
+    monitor: bool | Monitor = False,
 ) -> TrainingResult:
     """Train ``problem``'s tasks with ``method``, recording ``"saliency"`` and ``"conflict"`` every ``every``
-    steps on the first ``probe_size`` validation samples; the run's ``probes`` hold both histories."""
+    steps on the first ``probe_size`` validation samples; the run's ``probes`` hold both histories; ``monitor`` goes to :func:`~workbench.train.train`."""
     batch = problem.splits.validation.probe_batch(probe_size)
     recorders = [
         ProbeRecorder("saliency_conflict", every=every, name="saliency", batch=batch),
@@ -43,7 +44,7 @@ def saliency_during_training(
     ]
     torch.manual_seed(seed)
     model = problem.make_model(problem.splits.tasks)
-    return train(model, problem.splits.train, steps, method=method, optimizer=optimizer, seed=seed, recorders=recorders, eval_every=steps, progress=progress)
+    return train(model, problem.splits.train, steps, method=method, optimizer=optimizer, seed=seed, recorders=recorders, eval_every=steps, progress=progress, monitor=monitor)
 
 
 def representation_vs_parameter(saliency: xr.Dataset, conflict: xr.Dataset) -> xr.Dataset:
@@ -75,11 +76,13 @@ def random_sparse_configurations(count: int, seed: int = 0) -> list[dict[str, An
     return configurations
 
 
-def attribution_validity_study(count: int = 20, steps: int = 200, n_samples: int = 1000, seed: int = 0, progress: bool = True) -> xr.Dataset:
+def attribution_validity_study(count: int = 20, steps: int = 200, n_samples: int = 1000, seed: int = 0, progress: bool = True, monitor: bool | Monitor = False
+) -> xr.Dataset:
     """Input attribution against the planted weights over ``count`` random sparse problems.
 
     Returns ``spearman`` and ``support_recall`` over ``(configuration, task)`` (NaN past a
-    configuration's tasks), with the configurations' options as coordinates.
+    configuration's tasks), with the configurations' options as coordinates. ``monitor`` goes to every run's
+    :func:`~workbench.train.train`.
     """
     from workbench.studies.problems import load_problem
 
@@ -91,7 +94,7 @@ def attribution_validity_study(count: int = 20, steps: int = 200, n_samples: int
         config_seed = options.pop("seed")
         problem = load_problem("synthetic", seed=config_seed, n_samples=n_samples, hidden=(32, 32), **options)
         torch.manual_seed(config_seed)
-        run = train(problem.make_model(problem.splits.tasks), problem.splits.train, steps, optimizer=partial(torch.optim.Adam, lr=3e-3), seed=config_seed, eval_every=steps, progress=False)
+        run = train(problem.make_model(problem.splits.tasks), problem.splits.train, steps, optimizer=partial(torch.optim.Adam, lr=3e-3), seed=config_seed, eval_every=steps, progress=False, monitor=monitor)
         held_out = problem.splits.validation
         recovery = attribution_recovery(input_attribution(run.model, held_out.probe_batch(len(held_out))).attribution, problem.truth["weights"])
         for name in scores:

@@ -23,7 +23,7 @@ import xarray as xr
 
 from workbench.progress import progress as progress_bar
 from workbench.tasks import EVALUATION_BATCH
-from workbench.train.loop import OptimizerFactory, train
+from workbench.train.loop import Monitor, OptimizerFactory, train
 
 __all__ = ["ALL_SUBSETS_UP_TO", "subset_label", "measure_transfer", "pairwise_gain", "grouping_loss"]
 
@@ -56,13 +56,14 @@ def measure_transfer(
     optimizer: OptimizerFactory = partial(torch.optim.Adam, lr=1e-3),
     device: torch.device | str | None = None,
     progress: bool = True,
+    monitor: bool | Monitor = False,
 ) -> xr.Dataset:
     """Train one network per subset of ``problem``'s tasks and seed; their losses and metrics per member task.
 
     Returns ``loss`` and ``metric`` over ``(split, subset, seed, task)`` (NaN where the task is not in
     the subset), ``members`` ``(subset, task)`` and ``gain`` ``(split, source, target, seed)`` from the
     pairs (NaN on the diagonal). Every network of a seed starts from the same seeded
-    initialisation of its parts and sees the same batches.
+    initialisation of its parts and sees the same batches. ``monitor`` goes to every run's :func:`~workbench.train.train`.
     """
     splits = problem.splits
     tasks = splits.task_names
@@ -78,7 +79,7 @@ def measure_transfer(
         model = problem.make_model([t for t in splits.tasks if t.name in members])
         run = train(
             model, splits.train.subset(members), steps, method=method, eval_data=splits.validation.subset(members),
-            batch_size=batch_size, optimizer=optimizer, seed=seeds[s], eval_every=steps, device=device, progress=False,
+            batch_size=batch_size, optimizer=optimizer, seed=seeds[s], eval_every=steps, device=device, progress=False, monitor=monitor,
         )
         for index, split in enumerate(("validation", "test")):
             part = getattr(splits, split).subset(members)

@@ -32,7 +32,7 @@ from workbench.probes.registry import PROBES, pairwise_probes, task_matrix
 from workbench.probes.validation import rank_correlation
 from workbench.progress import progress as progress_bar
 from workbench.studies.transfer import measure_transfer
-from workbench.train.loop import train
+from workbench.train.loop import Monitor, train
 
 __all__ = ["OPTIMIZERS", "TRUTHS", "probe_readings", "random_configurations", "validity_study"]
 
@@ -89,23 +89,24 @@ def probe_readings(history: xr.Dataset) -> dict[str, np.ndarray]:
     return {label: matrix.values for label, matrix in readings.items()}
 
 
-def _probe_matrices(problem, optimizer, steps: int, every: int, batch_size: int, seed: int) -> dict[str, np.ndarray]:
+def _probe_matrices(problem, optimizer, steps: int, every: int, batch_size: int, seed: int, monitor: bool | Monitor = False) -> dict[str, np.ndarray]:
     """One multi-task run with every pairwise probe recorded; every reading's ``(task, task)`` matrix (rows: source)."""
     splits = problem.splits
     recorders = recorders_for(pairwise_probes(), every, splits.validation.probe_batch(256))
     torch.manual_seed(seed)
-    run = train(problem.make_model(splits.tasks), splits.train, steps, method="ew", optimizer=optimizer, batch_size=batch_size, seed=seed, recorders=recorders, eval_every=steps, progress=False)
+    run = train(problem.make_model(splits.tasks), splits.train, steps, method="ew", optimizer=optimizer, batch_size=batch_size, seed=seed, recorders=recorders, eval_every=steps, progress=False, monitor=monitor)
     return {label: matrix for history in run.probes.values() for label, matrix in probe_readings(history).items()}
 
 
 def validity_study(
-    count: int = 20, steps: int = 150, every: int = 10, batch_size: int = 64, n_samples: int = 1000, seed: int = 0, progress: bool = True
+    count: int = 20, steps: int = 150, every: int = 10, batch_size: int = 64, n_samples: int = 1000, seed: int = 0, progress: bool = True,
+    monitor: bool | Monitor = False,
 ) -> xr.Dataset:
     """Score every probe against both truths over ``count`` random configurations and both optimizers.
 
     Returns ``spearman`` ``(configuration, optimizer, probe, truth)``, ``probe`` labelling every
     reading of every pairwise probe (:func:`probe_readings`), with the configurations' options as
-    coordinates (``n_tasks``, ``within``, ``noise``, ...).
+    coordinates (``n_tasks``, ``within``, ``noise``, ...). ``monitor`` goes to every run's :func:`~workbench.train.train`.
     """
     from workbench.studies.problems import load_problem
 
@@ -117,9 +118,9 @@ def validity_study(
         config_seed = options.pop("seed")
         problem = load_problem("synthetic", seed=config_seed, n_samples=n_samples, hidden=(32, 32), validation_fraction=0.3, **options)
         optimizer = list(OPTIMIZERS.values())[o]
-        matrices = _probe_matrices(problem, optimizer, steps, every, batch_size, config_seed)
+        matrices = _probe_matrices(problem, optimizer, steps, every, batch_size, config_seed, monitor)
         realised = np.abs(problem.splits.reference.values)
-        transfer = measure_transfer(problem, steps, [config_seed], subsets="pairs", optimizer=optimizer, batch_size=batch_size, progress=False)
+        transfer = measure_transfer(problem, steps, [config_seed], subsets="pairs", optimizer=optimizer, batch_size=batch_size, progress=False, monitor=monitor)
         gain = transfer.gain.sel(split="validation").isel(seed=0).values
         for label, matrix in matrices.items():
             cell = scores.setdefault(label, np.full((count, len(OPTIMIZERS), len(TRUTHS)), np.nan))

@@ -7,19 +7,23 @@ batch losses, the task weights the method applied and the seconds the step took,
 held-out data every ``eval_every`` steps. With ``checkpoint`` it saves everything a resumed run needs
 (model, optimizer, the method's state, random number generators, the history so far) every
 ``checkpoint_every`` steps; ``resume=True`` continues from that file with the same numbers an
-unbroken run gives. ``single_task_baselines`` trains one model per task with the same loop.
+unbroken run gives. A :class:`Monitor` (``monitor=True``: the live one of :mod:`workbench.viz.monitor`,
+in JupyterLab) is shown the run while it trains and may end it after any step.
+``single_task_baselines`` trains one model per task with the same loop.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -29,14 +33,30 @@ from torch import nn
 from workbench.data.streamed import StreamedData
 from workbench.weights.trees import load_tree, save_tree
 from workbench.probes.recorder import ProbeRecorder
-from workbench.progress import progress as progress_bar
+from workbench.progress import batch_run, progress as progress_bar
 from workbench.tasks import EVALUATION_BATCH, MultiTaskData, MultiTaskModel, Task, to_device
 from workbench.train.method import Method
 from workbench.train.registry import make_method, method_for_tasks
 
-__all__ = ["TrainingResult", "train", "single_task_baselines"]
+__all__ = ["Monitor", "TrainingResult", "train", "single_task_baselines"]
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+# The live monitor is a face (widgets, plotly): named by its dotted path, as the registries name what they build,
+# it is imported only when a run asks for it, so `import workbench.train` imports neither ipywidgets nor plotly.
+LIVE_MONITOR = "workbench.viz.monitor.LiveMonitor"
+
+
+class Monitor(Protocol):
+    """What the loop asks of a monitor: ``due()`` after every step (cheap), then ``update`` when due and once at
+    the end, ``should_stop()`` after every step, ``close()`` when the run ends (also on an error)."""
+
+    def due(self) -> bool: ...
+
+    def update(self, done: int, history: xr.Dataset, recorders: Sequence[ProbeRecorder]) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -70,6 +90,28 @@ class _History:
             "train_loss": self.train_loss[:done], "weights": self.weights[:done], "step_seconds": self.step_seconds[:done],
             "eval_steps": self.eval_steps, "eval_loss": self.eval_loss, "eval_metric": self.eval_metric,
         }
+
+    def dataset(self, done: int, tasks: Sequence[Task]) -> xr.Dataset:
+        """The first ``done`` steps as a Dataset: ``train_loss``, ``weights`` over ``(step, task)``, ``step_seconds`` over
+        ``step``, ``loss``, ``metric`` over ``(eval_step, task)`` (the evaluations so far)."""
+        names = [t.name for t in tasks]
+        evaluated = (len(self.eval_steps), len(names))
+        return xr.Dataset(
+            {
+                "train_loss": (("step", "task"), self.train_loss[:done]),
+                "weights": (("step", "task"), self.weights[:done]),
+                "step_seconds": ("step", self.step_seconds[:done]),
+                "loss": (("eval_step", "task"), np.reshape(self.eval_loss, evaluated)),
+                "metric": (("eval_step", "task"), np.reshape(self.eval_metric, evaluated)),
+            },
+            coords={
+                "step": np.arange(done),
+                "eval_step": list(self.eval_steps),
+                "task": names,
+                "metric_name": ("task", [t.metric_name for t in tasks]),
+                "higher_is_better": ("task", [t.higher_is_better for t in tasks]),
+            },
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         done = len(state["train_loss"])
@@ -142,6 +184,28 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _in_kernel() -> bool:
+    """Whether this process is a Jupyter kernel (asked of IPython only where it is already imported)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in shell.config
+
+
+def _open_monitor(monitor: bool | Monitor) -> Monitor | None:
+    """The run's monitor: ``monitor`` itself, or for ``True`` the live one, displayed, in a kernel that is no batch run."""
+    if monitor is False:
+        return None
+    if monitor is True:
+        if batch_run() or not _in_kernel():
+            return None
+        module, _, name = LIVE_MONITOR.rpartition(".")
+        return getattr(importlib.import_module(module), name).displayed()
+    missing = [call for call in ("due", "update", "should_stop", "close") if not callable(getattr(monitor, call, None))]
+    if missing:
+        raise TypeError(f"monitor must be True, False or a Monitor; {type(monitor).__name__} lacks {missing}")
+    return monitor
+
+
 def train(
     model: MultiTaskModel,
     data: MultiTaskData | StreamedData,
@@ -160,6 +224,7 @@ def train(
     checkpoint_every: int | None = None,
     resume: bool = False,
     progress: bool = True,
+    monitor: bool | Monitor = False,
 ) -> TrainingResult:
     """Train ``model`` for ``steps`` steps with ``method`` (a name from the registry or a :class:`Method`).
 
@@ -176,6 +241,13 @@ def train(
     method; the data stay where they are and each batch is moved when it is used. With
     ``checkpoint`` the run is saved there every ``checkpoint_every`` steps (default: at the end);
     ``resume=True`` continues from it when it exists. Deterministic under ``seed``.
+
+    ``monitor=True`` shows the curves per task, the latest task × task probe reading and a Stop button
+    while it trains, in a Jupyter kernel only (silent, and nothing built, in a batch run or a plain
+    process); any :class:`Monitor` may be given instead. Stopped after step ``k`` (``k`` steps done),
+    the run saves its checkpoint (when it has one) as a checkpoint at ``k`` (resuming from it gives an
+    unbroken run's numbers), evaluates at ``k`` and returns a history of ``k`` steps with
+    ``attrs["stopped_at"] = k``; ``attrs["steps"]`` stays the steps asked for.
     """
     if steps < 1:
         raise ValueError(f"steps must be positive, got {steps}")
@@ -213,8 +285,14 @@ def train(
         history.eval_loss.append([scores[n][0] for n in names])
         history.eval_metric.append([scores[n][1] for n in names])
 
+    tasks = [model.tasks[n] for n in names]
+    live = _open_monitor(monitor)
+    done = steps
     model.train()
-    with contextlib.closing(data.stream(start, batch_size, seed)) as batches:  # read ahead where the data stream from disk
+    with (
+        contextlib.closing(data.stream(start, batch_size, seed)) as batches,  # read ahead where the data stream from disk
+        contextlib.closing(live) if live is not None else contextlib.nullcontext(),
+    ):
         for step in progress_bar(range(start, steps), "training", enabled=progress, initial=start, total=steps):
             if step % eval_every == 0:
                 evaluate(step)
@@ -243,30 +321,25 @@ def train(
                 history.train_loss[step] = _spread(outcome.losses, labelled, names)
                 if outcome.weights is not None:
                     history.weights[step] = _spread(outcome.weights, labelled, names)
-            if checkpoint is not None and (step + 1) % checkpoint_every == 0:
+            saved = checkpoint is not None and (step + 1) % checkpoint_every == 0
+            if saved:
                 _save(Path(checkpoint), step + 1, model, opt, methods, history, recorders, config)
-    if not history.eval_steps or history.eval_steps[-1] != steps:
-        evaluate(steps)
-
-    tasks = [model.tasks[n] for n in names]
-    result = xr.Dataset(
-        {
-            "train_loss": (("step", "task"), history.train_loss),
-            "weights": (("step", "task"), history.weights),
-            "step_seconds": ("step", history.step_seconds),
-            "loss": (("eval_step", "task"), np.array(history.eval_loss)),
-            "metric": (("eval_step", "task"), np.array(history.eval_metric)),
-        },
-        coords={
-            "step": np.arange(steps),
-            "eval_step": history.eval_steps,
-            "task": names,
-            "metric_name": ("task", [t.metric_name for t in tasks]),
-            "higher_is_better": ("task", [t.higher_is_better for t in tasks]),
-        },
-    )
-    provenance = {"model": model.summary(), "data": dict(data.attrs), "seed": seed}
-    result.attrs.update(provenance, steps=steps, batch_size=batch_size, optimizer=type(opt).__name__, device=str(device), method=method.describe())
+            if live is not None and live.should_stop():
+                done = step + 1
+                if checkpoint is not None and not saved:
+                    _save(Path(checkpoint), done, model, opt, methods, history, recorders, config)
+                break
+            if live is not None and live.due():
+                live.update(step + 1, history.dataset(step + 1, tasks).assign_attrs(steps=steps, method=method.describe()), recorders)
+        if not history.eval_steps or history.eval_steps[-1] != done:
+            evaluate(done)
+        result = history.dataset(done, tasks)
+        provenance = {"model": model.summary(), "data": dict(data.attrs), "seed": seed}
+        result.attrs.update(provenance, steps=steps, batch_size=batch_size, optimizer=type(opt).__name__, device=str(device), method=method.describe())
+        if done < steps:
+            result.attrs["stopped_at"] = done
+        if live is not None:
+            live.update(done, result, recorders)
     probes = {r.name: r.history.assign_attrs(provenance) for r in recorders}
     return TrainingResult(model, result, probes, method)
 

@@ -1,0 +1,168 @@
+"""A live training monitor for JupyterLab: the curves per task, the latest probe reading and a Stop button.
+
+``train(..., monitor=True)`` builds a :class:`LiveMonitor` and displays it when it runs in a Jupyter
+kernel that is not a batch run (see :mod:`workbench.progress`); elsewhere nothing is built. The
+training loop talks to any monitor through four calls, so that it stays testable without a browser:
+
+- ``due()``: whether a redraw is wanted now (asked after every step; a clock read);
+- ``update(done, history, recorders)``: redraw from the run so far (``done`` steps; ``history`` is the
+  layout of :attr:`~workbench.train.TrainingResult.history` cut to those steps);
+- ``should_stop()``: whether the run is to end after the step just done;
+- ``close()``: the run is over.
+
+The monitor draws at most ``redraws_per_second`` times a second whatever the step rate (the loop
+redraws once more at the end), and each curve with at most ``points`` points (consecutive steps
+averaged), so that a redraw costs the same at step 100 and at step 100 000.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import ipywidgets as widgets
+import numpy as np
+import plotly.graph_objects as go
+import xarray as xr
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from workbench.probes.recorder import ProbeRecorder
+from workbench.probes.registry import Probe, task_matrix
+
+__all__ = ["LiveMonitor", "thinned"]
+
+_PANELS = ("training loss", "validation loss", "validation metric")
+
+
+def thinned(x: np.ndarray, y: np.ndarray, points: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` of shape ``(n,)`` as at most ``points`` points: the mean of consecutive bins, NaN skipped.
+
+    Each bin is drawn at its first ``x``; a bin of NaN only (steps where the task had no label) stays NaN.
+    """
+    if points < 1:
+        raise ValueError(f"points must be positive, got {points}")
+    if len(x) <= points:
+        return x, y
+    size = -(-len(x) // points)
+    padded = np.full(-(-len(y) // size) * size, np.nan)
+    padded[: len(y)] = y
+    bins = padded.reshape(-1, size)
+    counts = np.sum(~np.isnan(bins), axis=1)
+    sums = np.nansum(bins, axis=1)
+    return x[::size], np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def _pairwise_recorder(recorders: Sequence[ProbeRecorder]) -> ProbeRecorder | None:
+    """The first recorder of a registered probe with a task × task reading, or ``None``."""
+    for recorder in recorders:
+        if isinstance(recorder.probe, Probe) and recorder.probe.entry.traits.get("pairwise"):
+            return recorder
+    return None
+
+
+class LiveMonitor:
+    """Curves of a run per task, the latest task × task probe reading, and a Stop button; ``widget`` is what to display.
+
+    ``stop_button.click()`` (or a click in JupyterLab) asks the run to end after its current step.
+    ``redraws`` counts the redraws done. Built undisplayed (``LiveMonitor()``) it works the same in a
+    plain process: nothing is sent anywhere.
+    """
+
+    def __init__(self, redraws_per_second: float = 4.0, points: int = 1000) -> None:
+        if redraws_per_second <= 0:
+            raise ValueError(f"redraws_per_second must be positive, got {redraws_per_second}")
+        self.interval, self.points = 1.0 / redraws_per_second, points
+        self.curves = go.FigureWidget(make_subplots(rows=1, cols=3, subplot_titles=_PANELS, horizontal_spacing=0.06))
+        self.curves.update_layout(height=340, margin=dict(t=40, b=40, l=50, r=20), legend=dict(orientation="h", y=-0.15))
+        self.curves.update_xaxes(title_text="step")
+        self.reading = go.FigureWidget(go.Heatmap(colorscale="RdBu", zmid=0, z=[[]]))
+        self.reading.update_layout(height=320, width=420, margin=dict(t=40, b=40, l=60, r=20), title="no probe reading recorded")
+        self.reading.update_yaxes(autorange="reversed")
+        self.stop_button = widgets.Button(description="Stop", button_style="danger", icon="stop", tooltip="end the run after the current step")
+        self.stop_button.on_click(self._ask_stop)
+        self.status = widgets.HTML("waiting for the first step")
+        self.reading_box = widgets.Box([])
+        self.widget = widgets.VBox([widgets.HBox([self.stop_button, self.status]), self.curves, self.reading_box])
+        self.redraws = 0
+        self._stop = threading.Event()  # a click may arrive on another thread than the loop's
+        self._drawn = -np.inf
+        self._tasks: list[str] = []
+        self._read_step: int | None = None
+        self._done = 0
+
+    @classmethod
+    def displayed(cls, **options) -> LiveMonitor:
+        """A monitor shown in the current cell's output."""
+        from IPython.display import display
+
+        monitor = cls(**options)
+        display(monitor.widget)
+        return monitor
+
+    def _ask_stop(self, _button=None) -> None:
+        self._stop.set()
+        self.stop_button.disabled = True
+        self.status.value = "stopping after the current step"
+
+    def due(self) -> bool:
+        """Whether the last redraw is at least ``1 / redraws_per_second`` seconds old."""
+        return time.monotonic() - self._drawn >= self.interval
+
+    def should_stop(self) -> bool:
+        """Whether the Stop button was pressed."""
+        return self._stop.is_set()
+
+    def update(self, done: int, history: xr.Dataset, recorders: Sequence[ProbeRecorder] = ()) -> None:
+        """Redraw from ``history`` (``train_loss`` over ``(step, task)`` for the ``done`` steps, ``loss`` and
+        ``metric`` over ``(eval_step, task)``) and the latest record of the first recorder with a pairwise reading."""
+        tasks = [str(t) for t in history.task.values]
+        if tasks != self._tasks:
+            self._add_traces(tasks, [str(m) for m in history.metric_name.values])
+        steps, evals = history.step.values, history.eval_step.values
+        with self.curves.batch_update():
+            for t, task in enumerate(tasks):
+                train_trace, loss_trace, metric_trace = (self.curves.data[p * len(tasks) + t] for p in range(3))
+                train_trace.x, train_trace.y = thinned(steps, history.train_loss.values[:, t], self.points)
+                loss_trace.x, loss_trace.y = evals, history.loss.values[:, t]
+                metric_trace.x, metric_trace.y = evals, history.metric.values[:, t]
+        self._update_reading(done, recorders)
+        asked = history.attrs.get("steps", done)
+        self.status.value = f"{history.attrs.get('method', '')}: step {done} of {asked}"
+        self._done = done
+        self._drawn = time.monotonic()
+        self.redraws += 1
+
+    def _add_traces(self, tasks: list[str], metrics: list[str]) -> None:
+        self.curves.data = ()
+        colours = qualitative.Plotly
+        for panel in range(3):
+            for t, task in enumerate(tasks):
+                name = f"{task} ({metrics[t]})" if panel == 2 else task
+                self.curves.add_scatter(
+                    x=[], y=[], mode="lines" if panel == 0 else "lines+markers", name=name, legendgroup=task,
+                    showlegend=panel == 0, line=dict(color=colours[t % len(colours)]), row=1, col=panel + 1,
+                )
+        self._tasks = tasks
+
+    def _update_reading(self, done: int, recorders: Sequence[ProbeRecorder]) -> None:
+        """Redraw the heatmap when the chosen recorder has recorded since the last redraw (it records every ``every`` steps from 0)."""
+        recorder = _pairwise_recorder(recorders)
+        if recorder is None or done < 1:
+            return
+        latest = (done - 1) // recorder.every * recorder.every
+        if latest == self._read_step:
+            return
+        matrix = task_matrix(recorder.history, start=latest)
+        with self.reading.batch_update():
+            heatmap = self.reading.data[0]
+            heatmap.z, heatmap.x, heatmap.y = matrix.values, [str(t) for t in matrix.target.values], [str(s) for s in matrix.source.values]
+            self.reading.layout.title = f"{recorder.name} at step {latest} (row: source task)"
+        self.reading_box.children = (self.reading,)
+        self._read_step = latest
+
+    def close(self) -> None:
+        """The run is over: the button is disabled and the status says where the run ended."""
+        self.stop_button.disabled = True
+        self.status.value = f"{'stopped' if self.should_stop() else 'finished'} after {self._done} steps"

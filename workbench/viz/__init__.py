@@ -2,6 +2,7 @@
 
 from workbench.viz.affinity import affinity_dendrogram, affinity_graph, affinity_slider, payoff_figure, predicted_vs_measured, validity_figure
 from workbench.viz.conflict import agreement_over_training, cosine_matrix_slider, layer_conflict_heatmap, pair_cosine_over_time, reference_vs_measured
+from workbench.viz.explorers import Figures, conflict_explorer, conflict_views, methods_explorer
 from workbench.viz.merging import (
     interference_figure,
     lambda_curve_figure,
@@ -34,6 +35,10 @@ __all__ = [
     "delta_m_bars",
     "learning_curves",
     "tradeoff",
+    "Figures",
+    "conflict_explorer",
+    "conflict_views",
+    "methods_explorer",
     "interference_figure",
     "lambda_curve_figure",
     "mask_overlap_figure",

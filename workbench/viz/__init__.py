@@ -1,9 +1,11 @@
 """Plotly figure builders that take xarray objects."""
 
 from workbench.viz.affinity import affinity_dendrogram, affinity_graph, affinity_slider, payoff_figure, predicted_vs_measured, validity_figure
+from workbench.viz.affinity_explorer import affinity_explorer
 from workbench.viz.conflict import agreement_over_training, cosine_matrix_slider, layer_conflict_heatmap, pair_cosine_over_time, reference_vs_measured
 from workbench.viz.explorers import Figures, conflict_explorer, conflict_views, methods_explorer
 from workbench.viz.merging import (
+    MergeScorer,
     interference_figure,
     lambda_curve_figure,
     mask_overlap_figure,
@@ -22,6 +24,7 @@ from workbench.viz.saliency import (
     share_maps,
     token_attribution,
 )
+from workbench.viz.saliency_explorer import saliency_explorer
 
 __all__ = [
     "affinity_dendrogram",
@@ -52,4 +55,5 @@ __all__ = [
     "saliency_over_training",
     "share_maps",
     "token_attribution",
-    "agreement_over_training", "cosine_matrix_slider", "layer_conflict_heatmap", "pair_cosine_over_time", "reference_vs_measured", "use_offline_plotly"]
+    "agreement_over_training", "cosine_matrix_slider", "layer_conflict_heatmap", "pair_cosine_over_time", "reference_vs_measured", "use_offline_plotly",
+    "affinity_explorer", "saliency_explorer", "MergeScorer"]

@@ -2,6 +2,7 @@
 run cleanly after its current step (the history cut there, the checkpoint resuming to an unbroken run's numbers)."""
 
 import inspect
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -221,3 +222,74 @@ def test_a_study_shows_each_of_its_runs_to_the_monitor():
     transfer = measure_transfer(problem, 3, subsets="pairs", progress=False, monitor=monitor)
     assert monitor.closed == transfer.sizes["subset"] > 1
     assert monitor.updates.count((3, 3)) == 2 * monitor.closed  # each run: its last step's redraw and the final one
+
+
+class Interrupt(ProbeRecorder):
+    """Records the task saliency at step 0 and sends this process ``times`` SIGINTs at step ``at`` (the kernel's Interrupt)."""
+
+    def __init__(self, at: int, times: int = 1) -> None:
+        super().__init__("task_saliency", every=1000)
+        self.at, self.times = at, times
+
+    def maybe_record(self, step, *args, **kwargs):
+        if step == self.at:
+            for _ in range(self.times):
+                signal.raise_signal(signal.SIGINT)
+        return super().maybe_record(step, *args, **kwargs)
+
+
+def test_an_interrupt_stops_a_monitored_run_after_its_step_and_the_kernels_handler_comes_back():
+    before = signal.getsignal(signal.SIGINT)
+    run = _train(10, monitor=LiveMonitor(stop_on_interrupt=True), recorders=[Interrupt(at=3)])
+    assert run.history.attrs["stopped_at"] == 4 and run.history.sizes["step"] == 4
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_second_interrupt_interrupts_at_once():
+    before = signal.getsignal(signal.SIGINT)
+    monitor = LiveMonitor(stop_on_interrupt=True)
+    with pytest.raises(KeyboardInterrupt):
+        _train(10, monitor=monitor, recorders=[Interrupt(at=3, times=2)])
+    assert signal.getsignal(signal.SIGINT) is before and monitor.should_stop()
+
+
+def test_without_stop_on_interrupt_the_monitor_leaves_the_interrupt_alone():
+    before = signal.getsignal(signal.SIGINT)
+    LiveMonitor()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.slow
+def test_a_click_on_stop_reaches_a_run_in_a_kernel_and_the_cells_sent_meanwhile_still_run_in_order():
+    """A kernel reads widget messages between cells: the monitor must read its own button's click while the run's cell
+    runs, and hand back every other message (here the next cell) untouched."""
+    from jupyter_client.manager import start_new_kernel
+
+    from workbench import runner
+
+    manager, client = start_new_kernel(kernel_name=runner.ensure_kernel())
+    try:
+        setup = "from workbench.studies import load_problem\nfrom workbench.train import train\nproblem = load_problem('synthetic', n_tasks=2, n_samples=64, n_features=5, hidden=(8,))\n"
+        assert client.execute_interactive(setup, timeout=120)["content"]["status"] == "ok"
+        endless = "run = train(problem.make_model(problem.splits.tasks), problem.splits.train, 10**7, batch_size=16, progress=False, monitor=True)\n"
+        run_cell = client.execute(endless + "print('stopped at', run.history.attrs['stopped_at'], run.history.sizes['step'])")
+        next_cell = client.execute("print('next cell')")
+        printed, idle, stop = [], set(), None
+        while len(idle) < 2:
+            msg = client.get_iopub_msg(timeout=120)  # a run that never stops ends here, in Empty
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "comm_open" and content["data"]["state"].get("description") == "Stop":
+                stop = content["comm_id"]
+                client.shell_channel.send(client.session.msg("comm_msg", {"comm_id": stop, "data": {"method": "custom", "content": {"event": "click"}}}))
+            elif kind == "stream":
+                printed.append(content["text"])
+            elif kind == "error":
+                raise AssertionError("\n".join(content["traceback"]))
+            elif kind == "status" and content["execution_state"] == "idle":
+                idle.add(msg["parent_header"].get("msg_id"))
+        assert stop is not None and idle == {run_cell, next_cell}
+        words = "".join(printed).split()
+        assert words[:2] == ["stopped", "at"] and words[2] == words[3] and words[4:] == ["next", "cell"]
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)

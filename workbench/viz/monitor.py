@@ -10,6 +10,13 @@ training loop talks to any monitor through four calls, so that it stays testable
 - ``should_stop()``: whether the run is to end after the step just done;
 - ``close()``: the run is over.
 
+A kernel handles a cell's code and its widgets' messages on one thread, so a click on Stop waits for
+the training cell to end unless the cell reads it: at every redraw the monitor takes the messages that
+wait for the kernel's main shell (ipykernel 7, :func:`_take_clicks`), handles those of its own button
+and hands every other back to the kernel in order. The kernel's Interrupt (■) arrives as a signal: a
+displayed monitor takes the first interrupt as Stop (the run ends cleanly after its step) and a second
+as the usual ``KeyboardInterrupt``.
+
 The monitor draws at most ``redraws_per_second`` times a second whatever the step rate (the loop
 redraws once more at the end), and each curve with at most ``points`` points (consecutive steps
 averaged), so that a redraw costs the same at step 100 and at step 100 000.
@@ -17,6 +24,7 @@ averaged), so that a redraw costs the same at step 100 and at step 100 000.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -54,6 +62,39 @@ def thinned(x: np.ndarray, y: np.ndarray, points: int) -> tuple[np.ndarray, np.n
     return x[::size], np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
+def _take_clicks(comm) -> None:
+    """Handle the waiting messages of ``comm`` (the Stop button's) now, in a running cell of an ipykernel 7 kernel.
+
+    The messages of the main shell wait in an inproc socket that the kernel reads between cells; each
+    is read here, ``comm``'s handled at once, and every other scheduled for the kernel exactly as it
+    would have been (after this cell, in the order they came). Elsewhere (no kernel, another
+    ipykernel) it does nothing.
+    """
+    try:
+        import zmq
+        from ipykernel.kernelbase import Kernel
+
+        kernel = Kernel.instance() if Kernel.initialized() else None
+        pair = kernel.shell_channel_thread.manager._shell_channel_to_main
+        socket, handle_later = pair.to_socket, pair.to_stream._recv_callback
+    except (ImportError, AttributeError):
+        return
+    if comm is None or handle_later is None:
+        return
+    while True:
+        try:
+            frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        _, parts = kernel.session.feed_identities(frames, copy=False)
+        # header and content read unchecked: deserialize() would record the signature, and refuse the message handed back
+        header, content = (kernel.session.unpack(parts[i].bytes) for i in (1, 4))
+        if header.get("msg_type") == "comm_msg" and content.get("comm_id") == comm.comm_id:
+            comm.handle_msg(kernel.session.deserialize(parts, content=True, copy=False))
+        else:
+            kernel.io_loop.add_callback(handle_later, frames)
+
+
 def _pairwise_recorder(recorders: Sequence[ProbeRecorder]) -> ProbeRecorder | None:
     """The first recorder of a registered probe with a task × task reading, or ``None``."""
     for recorder in recorders:
@@ -67,10 +108,12 @@ class LiveMonitor:
 
     ``stop_button.click()`` (or a click in JupyterLab) asks the run to end after its current step.
     ``redraws`` counts the redraws done. Built undisplayed (``LiveMonitor()``) it works the same in a
-    plain process: nothing is sent anywhere.
+    plain process: nothing is sent anywhere. With ``stop_on_interrupt`` (a displayed monitor's default) the
+    first SIGINT (the kernel's Interrupt) until :meth:`close` asks the run to stop, and a second raises
+    ``KeyboardInterrupt`` as usual; it is installed only on the main thread (the only one that gets signals).
     """
 
-    def __init__(self, redraws_per_second: float = 4.0, points: int = 1000) -> None:
+    def __init__(self, redraws_per_second: float = 4.0, points: int = 1000, stop_on_interrupt: bool = False) -> None:
         if redraws_per_second <= 0:
             raise ValueError(f"redraws_per_second must be positive, got {redraws_per_second}")
         self.interval, self.points = 1.0 / redraws_per_second, points
@@ -91,13 +134,17 @@ class LiveMonitor:
         self._tasks: list[str] = []
         self._read_step: int | None = None
         self._done = 0
+        self._interrupt_handler = None
+        if stop_on_interrupt and threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, self._interrupted)
+            self._interrupt_handler = signal.SIG_DFL if previous is None else previous
 
     @classmethod
     def displayed(cls, **options) -> LiveMonitor:
-        """A monitor shown in the current cell's output."""
+        """A monitor shown in the current cell's output (``stop_on_interrupt`` unless ``options`` say otherwise)."""
         from IPython.display import display
 
-        monitor = cls(**options)
+        monitor = cls(**{"stop_on_interrupt": True, **options})
         display(monitor.widget)
         return monitor
 
@@ -105,6 +152,19 @@ class LiveMonitor:
         self._stop.set()
         self.stop_button.disabled = True
         self.status.value = "stopping after the current step"
+
+    def _interrupted(self, signum, frame) -> None:
+        if self.should_stop():  # the second interrupt: as if the monitor were not there
+            self._restore_interrupt()
+            signal.raise_signal(signum)
+            return
+        self._ask_stop()
+        self.status.value = "interrupted: stopping after the current step (interrupt again to stop at once)"
+
+    def _restore_interrupt(self) -> None:
+        if self._interrupt_handler is not None:
+            signal.signal(signal.SIGINT, self._interrupt_handler)
+            self._interrupt_handler = None
 
     def due(self) -> bool:
         """Whether the last redraw is at least ``1 / redraws_per_second`` seconds old."""
@@ -128,6 +188,7 @@ class LiveMonitor:
                 loss_trace.x, loss_trace.y = evals, history.loss.values[:, t]
                 metric_trace.x, metric_trace.y = evals, history.metric.values[:, t]
         self._update_reading(done, recorders)
+        _take_clicks(self.stop_button.comm)
         asked = history.attrs.get("steps", done)
         self.status.value = f"{history.attrs.get('method', '')}: step {done} of {asked}"
         self._done = done
@@ -163,6 +224,7 @@ class LiveMonitor:
         self._read_step = latest
 
     def close(self) -> None:
-        """The run is over: the button is disabled and the status says where the run ended."""
+        """The run is over: the interrupt is the kernel's again, the button disabled, the status says where the run ended."""
+        self._restore_interrupt()
         self.stop_button.disabled = True
         self.status.value = f"{'stopped' if self.should_stop() else 'finished'} after {self._done} steps"

@@ -68,18 +68,22 @@ def _take_clicks(comm) -> None:
     The messages of the main shell wait in an inproc socket that the kernel reads between cells; each
     is read here, ``comm``'s handled at once, and every other scheduled for the kernel exactly as it
     would have been (after this cell, in the order they came). Elsewhere (no kernel, another
-    ipykernel) it does nothing.
+    ipykernel, a thread other than the main one, which alone reads that socket) it does nothing.
     """
+    if comm is None or threading.current_thread() is not threading.main_thread():
+        return
     try:
         import zmq
         from ipykernel.kernelbase import Kernel
 
-        kernel = Kernel.instance() if Kernel.initialized() else None
+        if not Kernel.initialized():
+            return
+        kernel = Kernel.instance()
         pair = kernel.shell_channel_thread.manager._shell_channel_to_main
         socket, handle_later = pair.to_socket, pair.to_stream._recv_callback
     except (ImportError, AttributeError):
         return
-    if comm is None or handle_later is None:
+    if handle_later is None:
         return
     while True:
         try:

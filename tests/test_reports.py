@@ -58,7 +58,7 @@ def test_run_writes_notebook_html_and_results(conflict_report):
 
 @pytest.mark.slow
 def test_report_renders_every_figure_offline(conflict_report):
-    html = assert_renders_offline(conflict_report / "01_gradient_conflict.html", figures=5)
+    html = assert_renders_offline(conflict_report / "01_gradient_conflict.html", figures=7)  # the explorer: 2
     assert "Spearman rank correlation, |realised similarity| vs mean cosine" in html
     assert "Agreement of the probe with the reference during training" in html
     assert str(Path.cwd()) not in html and str(conflict_report) not in html, "the report names a path of this machine"
@@ -104,7 +104,7 @@ def test_conflict_report_on_real_tasks(tmp_path, dataset, layer):
     assert layer in history.layer.values.tolist()
     reference = results.load(folder / "01_gradient_conflict" / "reference.nc")
     assert reference.attrs["dataset"] == dataset and reference.sizes["task"] == history.sizes["task"]
-    html = assert_renders_offline(folder / "01_gradient_conflict.html", figures=5)
+    html = assert_renders_offline(folder / "01_gradient_conflict.html", figures=7)
     assert f"{dataset}: " in html and "LOAD REPORT" not in html
 
 
@@ -114,7 +114,7 @@ def test_methods_report(tmp_path):
     folder = run_quick("notebooks/02_mtl_methods.ipynb", {"quick": True}, tmp_path)
     from workbench.train import comparable_methods
 
-    html = assert_renders_offline(folder / "02_mtl_methods.html", figures=8)
+    html = assert_renders_offline(folder / "02_mtl_methods.html", figures=11)  # the explorer: 3
     assert "mean difference" in html and "not DPP" not in html  # the claims tables
     digits = results.load(folder / "02_mtl_methods" / "multidigits_methods.nc")
     assert digits.method.values.tolist() == comparable_methods(per_family=1) == ["ew", "upgrad", "gradnorm"] and digits.sizes["seed"] == 1

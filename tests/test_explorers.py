@@ -143,6 +143,8 @@ def test_the_conflict_explorer_refuses_unknown_selections(history, live):
         viz.conflict_explorer(history, pair=("t0", "t0"))
     with pytest.raises(ValueError, match=r"not a recorded gradient_conflict history.*missing \['layer_cosine'\]"):
         viz.conflict_explorer(history.drop_vars("layer_cosine"))
+    with pytest.raises(ValueError, match=r"gradient conflict is between tasks; this history has \['t0'\]"):
+        viz.conflict_explorer(history.isel(task=[0], other_task=[0]))
 
 
 def test_the_methods_explorer_is_widgets_interactively_and_every_methods_figures_in_a_batch_run(comparison, monkeypatch):

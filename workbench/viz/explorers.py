@@ -197,6 +197,8 @@ def conflict_explorer(history: xr.Dataset, layer: str = WHOLE, step: int | None 
     """
     views = conflict_views(history)
     tasks = [str(t) for t in views.task.values]
+    if len(tasks) < 2:
+        raise ValueError(f"gradient conflict is between tasks; this history has {tasks}")
     steps = [int(s) for s in views.step.values]
     layer = _choose(layer, views.view.values.tolist(), "layer")
     step = steps[-1] if step is None else _choose(step, steps, "step")

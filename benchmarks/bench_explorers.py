@@ -126,7 +126,84 @@ def methods(quick: bool) -> tuple[str, float, Callbacks]:
     return source, build, callbacks
 
 
-EXPLORERS: dict[str, Callable[[bool], tuple[str, float, Callbacks]]] = {"01 conflict": conflict, "02 methods": methods}
+def grouping_study():
+    """Notebook 03's synthetic study: the default report run's affinities and transfer, else the study run here at a small size."""
+    from workbench import results
+    from workbench.probes import PROBES
+    from workbench.studies import GroupingStudy, load_problem, study_task_grouping
+
+    saved = REPORTS / "03_task_affinity"
+    probes = PROBES.names(family="affinity")
+    if all((saved / f"synthetic_{name}.nc").exists() for name in ["transfer", *probes]):
+        affinities = {name: results.load(saved / f"synthetic_{name}.nc") for name in probes}
+        return GroupingStudy(affinities, results.load(saved / "synthetic_transfer.nc"), {}, {}, None), "reports/ (synthetic_*.nc)"
+    problem = load_problem("synthetic", seed=0, n_tasks=6, groups=[[0, 1, 2], [3, 4]], anti_pairs=[[0, 5]], n_samples=2000, hidden=(32, 32), validation_fraction=0.2)
+    return study_task_grouping(problem, 60, [0, 1], probe_every=5, progress=False), "made here (synthetic, 60 steps, 2 seeds)"
+
+
+def affinity(quick: bool) -> tuple[str, float, Callbacks]:
+    """03: the probe menu and the window of steps (all of training, or its second half)."""
+    from workbench import viz
+
+    study, source = grouping_study()
+    explorer, build = timed_build(lambda: viz.affinity_explorer(study, "synthetic", max_groups=3))
+    probe, window = explorer.children[0].children[:2]
+    steps = list(window.options)
+    history = next(iter(study.affinities.values()))
+    source += f": {history.sizes['step']} steps, {history.sizes['source']} tasks, k = 1…3"
+    return source, build, {
+        "probe menu": alternate(probe, probe.options[0], probe.options[-1]),
+        "step range": alternate(window, (steps[0], steps[-1]), (steps[len(steps) // 2], steps[-1])),
+    }
+
+
+def saliency(quick: bool) -> tuple[str, float, Callbacks]:
+    """04: the sample slider and the task menu, on 256 test images of the four MultiDigits tasks."""
+    import torch
+
+    from workbench import viz
+    from workbench.probes import input_attribution, task_saliency
+    from workbench.studies import load_problem
+    from workbench.train import train
+
+    digits = load_problem("multidigits", seed=0, tasks=["left", "right", "parity", "sum"], n_train=3000)
+    torch.manual_seed(0)
+    model = train(digits.make_model(digits.splits.tasks), digits.splits.train, 30, eval_every=30, progress=False).model
+    test = digits.splits.test.head(256)
+    attribution, saliency = input_attribution(model, (test.x, test.targets)), task_saliency(model, (test.x, test.targets))
+    explorer, build = timed_build(lambda: viz.saliency_explorer(attribution, saliency, "MultiDigits", images=test.x.numpy()))
+    sample, task = explorer.children[0].children
+    source = f"made here (multidigits, 30 steps): 256 test images {tuple(test.x.shape[2:])}, representation {dict(saliency.saliency.sizes)}"
+    return source, build, {"sample slider": alternate(sample, 0, 1), "task menu": alternate(task, task.options[0], task.options[-1])}
+
+
+def merging(quick: bool) -> tuple[str, float, Callbacks]:
+    """05: the λ slider and the merge menu over kept scores (every setting merged once first, live; its time in the results column)."""
+    from workbench import results, viz
+    from workbench.paths import data_dir
+    from workbench.studies import Recipe, lambda_curves, load_merge_set
+
+    os.environ.setdefault("WORKBENCH_PROGRESS", "0")  # the live merges' bars would print between the table's lines
+    tasks = ("left", "right", "parity", "greater")
+    recipe = Recipe("multidigits", tasks, 30, 20, options={"n_train": 400}) if quick else Recipe("multidigits", tasks, 300, 150, options={"n_train": 3000})
+    merges = load_merge_set(recipe, cache=data_dir("checkpoints"), progress=False)  # the notebook's cache: built once
+    saved = REPORTS / "05_model_merging" / "multidigits_lambda_curves.nc"
+    curves, source = (results.load(saved), f"reports/ ({saved.name})") if saved.exists() and not quick else (lambda_curves(merges, [0.3, 1.0]), "curves made here")
+    scorer = viz.MergeScorer(merges)
+    explorer, build = timed_build(lambda: viz.merge_explorer(scorer, curves, "MultiDigits", methods=scorer.methods))
+    method, lam = explorer.children[0].children
+    live = []
+    for name, value in [("task_arithmetic", 0.5), ("ties", 0.5), ("ties", 0.3)]:  # the settings the callbacks visit, merged once
+        start = time.perf_counter()
+        method.value, lam.value = name, value
+        live.append(time.perf_counter() - start)
+    source += f"; checkpoints of {recipe.key()}, {len(tasks)} tasks; a live merge and score {min(live):.2f}–{max(live):.2f} s; build includes one"
+    return source, build, {"λ slider": alternate(lam, 0.3, 0.5), "merge menu": alternate(method, "task_arithmetic", "ties")}
+
+
+EXPLORERS: dict[str, Callable[[bool], tuple[str, float, Callbacks]]] = {
+    "01 conflict": conflict, "02 methods": methods, "03 affinity": affinity, "04 saliency": saliency, "05 merging": merging,
+}
 
 
 def main() -> None:

@@ -131,8 +131,9 @@ def test_methods_report(tmp_path):
 def test_affinity_report(tmp_path):
     """Notebook 03, quick: affinities, transfer, groupings and the validity study on the three problems, offline."""
     folder = run_quick("notebooks/03_task_affinity.ipynb", {"quick": True}, tmp_path)
-    html = assert_renders_offline(folder / "03_task_affinity.html", figures=12)
+    html = assert_renders_offline(folder / "03_task_affinity.html", figures=13)  # the explorer's fallback among them
     assert "TAG affinity among the ten raters" in html and "measured losses (Standley)" in html
+    assert "averaged over steps up to " in html  # the affinity explorer's slider
     transfer = results.load(folder / "03_task_affinity" / "synthetic_transfer.nc")
     assert transfer.sizes["subset"] == 2 ** transfer.sizes["task"] - 1
     assert "best predictor of the measured transfer" in html  # the verdict on one dataset per task, stated
@@ -146,7 +147,8 @@ def test_affinity_report(tmp_path):
 def test_saliency_report(tmp_path):
     """Notebook 04, quick: saliency pictures, training curves, validity and Rep-MTL against equal weighting, offline."""
     folder = run_quick("notebooks/04_task_saliency.ipynb", {"quick": True}, tmp_path)
-    html = assert_renders_offline(folder / "04_task_saliency.html", figures=7)
+    html = assert_renders_offline(folder / "04_task_saliency.html", figures=8)  # the explorer's fallback among them
+    assert "saliency of parity" in html  # the saliency explorer's panels
     assert "rep_mtl minus equal weighting, test Δm% per seed" in html and "support recall: median" in html
     history = results.load(folder / "04_task_saliency" / "multidigits_saliency_history.nc")
     assert history.step.values.tolist() == [0, 10, 20, 30]

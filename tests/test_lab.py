@@ -145,6 +145,8 @@ def _drawn(page) -> str:
 def _move_a_widget(page) -> bool:
     """Change the first dropdown or slider of an explorer that offers another value; whether one was found."""
     for select in page.query_selector_all(".widget-dropdown select"):
+        if not (select.is_visible() and select.is_enabled()):
+            continue
         options = select.eval_on_selector_all("option", "nodes => nodes.map(n => n.value)")
         current = select.input_value()
         other = next((o for o in options if o != current), None)
@@ -152,6 +154,8 @@ def _move_a_widget(page) -> bool:
             select.select_option(other)
             return True
     for slider in page.query_selector_all(".widget-slider .noUi-handle, .widget-slider .slider-handle"):
+        if not slider.is_visible():
+            continue
         slider.focus()
         page.keyboard.press("ArrowRight")
         return True

@@ -51,6 +51,7 @@ benchmark: install
 	$(PY) benchmarks/bench_merge.py
 	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_monitor.py
+	$(PY) benchmarks/bench_explorers.py
 
 clean:
 	rm -rf $(VENV) reports/*.ipynb reports/*.html reports/*.nc reports/*.log reports/*.run.json reports/*.attempt.json reports/*.lock reports/.*.staging-* reports/*/

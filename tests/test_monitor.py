@@ -293,3 +293,13 @@ def test_a_click_on_stop_reaches_a_run_in_a_kernel_and_the_cells_sent_meanwhile_
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
+
+
+def test_a_study_refuses_a_run_ended_by_stop_naming_it():
+    """A comparison stacks every run's history: a run stopped midway is refused by name, not stacked short."""
+    from workbench.studies import compare_methods, load_problem
+
+    problem = load_problem("synthetic", seed=0, n_tasks=2, groups=[[0, 1]], n_samples=64, n_features=4, hidden=(6,))
+    with pytest.raises(RuntimeError, match=r"the t0 baseline of seed 0 was stopped at step 2 of 6; the study needs every run whole"):
+        compare_methods(problem, ["ew"], [0], 6, batch_size=16, monitor=CountingMonitor(stop_after=2), progress=False)
+    assert _train(4, monitor=CountingMonitor()).complete() is not None

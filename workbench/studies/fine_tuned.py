@@ -97,12 +97,12 @@ def fine_tuned_checkpoints(recipe: Recipe, cache: str | Path | None = None, prog
     torch.manual_seed(recipe.seed)
     pretrained = problem.make_model(splits.tasks)
     if recipe.pretrain_steps:
-        train(pretrained, splits.train, recipe.pretrain_steps, optimizer=optimizer, batch_size=recipe.batch_size, seed=recipe.seed, eval_every=recipe.pretrain_steps, progress=progress, monitor=monitor)
+        train(pretrained, splits.train, recipe.pretrain_steps, optimizer=optimizer, batch_size=recipe.batch_size, seed=recipe.seed, eval_every=recipe.pretrain_steps, progress=progress, monitor=monitor).complete("pre-training")
     _save(trainable_state(pretrained), files.base, recipe)
     for task in recipe.tasks:
         model = problem.make_model([t for t in splits.tasks if t.name == task])
         model.load_state_dict({k: v for k, v in pretrained.state_dict().items() if not k.startswith("heads.") or k.startswith(f"heads.{task}.")})
-        train(model, splits.train.subset([task]), recipe.finetune_steps, optimizer=optimizer, batch_size=recipe.batch_size, seed=recipe.seed, eval_every=recipe.finetune_steps, progress=progress, monitor=monitor)
+        train(model, splits.train.subset([task]), recipe.finetune_steps, optimizer=optimizer, batch_size=recipe.batch_size, seed=recipe.seed, eval_every=recipe.finetune_steps, progress=progress, monitor=monitor).complete(f"fine-tuning on {task}")
         _save(trainable_state(model), files.tasks[task], recipe)
     with atomic_write(folder / MANIFEST, suffix=".json") as temporary:
         temporary.write_text(json.dumps({"recipe": asdict(recipe), "key": recipe.key(), "files": ["base.safetensors", *(f"{t}.safetensors" for t in recipe.tasks)]}, indent=1, default=list))

@@ -85,7 +85,7 @@ def compare_methods(
             for task in tasks:
                 torch.manual_seed(seed)
                 model = problem.make_model([task], architecture=architecture)
-                run = train(model, splits.train.subset([task.name]), steps, eval_data=splits.validation.subset([task.name]), seed=seed, **options)
+                run = train(model, splits.train.subset([task.name]), steps, eval_data=splits.validation.subset([task.name]), seed=seed, **options).complete(f"the {task.name} baseline of seed {seed}")
                 single.append(_final_metrics(run.model, splits)[:, 0])
             results["single"].append(np.stack(single, axis=1))
             continue
@@ -94,7 +94,7 @@ def compare_methods(
         torch.manual_seed(seed)
         model = problem.make_model(tasks, architecture=architecture)
         recorders = [ProbeRecorder("gradient_conflict", every=conflict_every, by=problem.layers)] if conflict_every else []
-        run = train(model, splits.train, steps, method=method, eval_data=splits.validation, seed=seed, recorders=recorders, **options)
+        run = train(model, splits.train, steps, method=method, eval_data=splits.validation, seed=seed, recorders=recorders, **options).complete(f"{label}, seed {seed}")
         results["metric"].append(_final_metrics(run.model, splits))
         results["seconds"].append(float(np.median(run.history.step_seconds.values)))
         results["curve"].append(run.history.metric)

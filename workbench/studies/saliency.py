@@ -94,7 +94,7 @@ def attribution_validity_study(count: int = 20, steps: int = 200, n_samples: int
         config_seed = options.pop("seed")
         problem = load_problem("synthetic", seed=config_seed, n_samples=n_samples, hidden=(32, 32), **options)
         torch.manual_seed(config_seed)
-        run = train(problem.make_model(problem.splits.tasks), problem.splits.train, steps, optimizer=partial(torch.optim.Adam, lr=3e-3), seed=config_seed, eval_every=steps, progress=False, monitor=monitor)
+        run = train(problem.make_model(problem.splits.tasks), problem.splits.train, steps, optimizer=partial(torch.optim.Adam, lr=3e-3), seed=config_seed, eval_every=steps, progress=False, monitor=monitor).complete(f"configuration seed {config_seed}")
         held_out = problem.splits.validation
         recovery = attribution_recovery(input_attribution(run.model, held_out.probe_batch(len(held_out))).attribution, problem.truth["weights"])
         for name in scores:

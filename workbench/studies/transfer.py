@@ -80,7 +80,7 @@ def measure_transfer(
         run = train(
             model, splits.train.subset(members), steps, method=method, eval_data=splits.validation.subset(members),
             batch_size=batch_size, optimizer=optimizer, seed=seeds[s], eval_every=steps, device=device, progress=False, monitor=monitor,
-        )
+        ).complete(f"the run of {members}, seed {seeds[s]}")
         for index, split in enumerate(("validation", "test")):
             part = getattr(splits, split).subset(members)
             scores = run.model.evaluate_batches(part.batches(EVALUATION_BATCH))

@@ -94,7 +94,7 @@ def _probe_matrices(problem, optimizer, steps: int, every: int, batch_size: int,
     splits = problem.splits
     recorders = recorders_for(pairwise_probes(), every, splits.validation.probe_batch(256))
     torch.manual_seed(seed)
-    run = train(problem.make_model(splits.tasks), splits.train, steps, method="ew", optimizer=optimizer, batch_size=batch_size, seed=seed, recorders=recorders, eval_every=steps, progress=False, monitor=monitor)
+    run = train(problem.make_model(splits.tasks), splits.train, steps, method="ew", optimizer=optimizer, batch_size=batch_size, seed=seed, recorders=recorders, eval_every=steps, progress=False, monitor=monitor).complete(f"configuration seed {seed}")
     return {label: matrix for history in run.probes.values() for label, matrix in probe_readings(history).items()}
 
 

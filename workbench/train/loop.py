@@ -73,6 +73,14 @@ class TrainingResult:
     probes: dict[str, xr.Dataset] = field(default_factory=dict)
     method: Method | None = None
 
+    def complete(self, what: str = "the run") -> TrainingResult:
+        """This result, when the run did every step asked for; a run ended by the monitor's Stop is refused, naming
+        ``what`` and where it stopped (a study that combines runs needs each of them whole)."""
+        stopped = self.history.attrs.get("stopped_at")
+        if stopped is not None:
+            raise RuntimeError(f"{what} was stopped at step {stopped} of {self.history.attrs['steps']}; the study needs every run whole: run it again")
+        return self
+
 
 class _History:
     """The arrays a run fills step by step; part of every checkpoint."""

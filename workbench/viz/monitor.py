@@ -38,6 +38,7 @@ from plotly.subplots import make_subplots
 
 from workbench.probes.recorder import ProbeRecorder
 from workbench.probes.registry import Probe, task_matrix
+from workbench.progress import batch_run
 
 __all__ = ["LiveMonitor", "thinned"]
 
@@ -155,9 +156,12 @@ class LiveMonitor:
 
     @classmethod
     def displayed(cls, **options) -> LiveMonitor:
-        """A monitor shown in the current cell's output (``stop_on_interrupt`` unless ``options`` say otherwise)."""
+        """A monitor shown in the current cell's output (``stop_on_interrupt`` unless ``options`` say otherwise); refused
+        in a batch run, whose notebook becomes a report that no widget can drive."""
         from IPython.display import display
 
+        if batch_run():
+            raise RuntimeError("a live monitor is not displayed in a batch run (WORKBENCH_BATCH=1); train(monitor=True) is silent there")
         monitor = cls(**{"stop_on_interrupt": True, **options})
         display(monitor.widget)
         return monitor

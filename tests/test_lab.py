@@ -106,34 +106,44 @@ def browser():
 def _open(browser, lab, name: str):
     folder, url, token = lab
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{url}/lab/tree/{name}?token={token}")
+    # a workspace of its own, reset: JupyterLab would otherwise restore the last one, the previous notebook's tab active
+    page.goto(f"{url}/lab/workspaces/{Path(name).stem}/tree/{name}?reset&token={token}")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
     page.get_by_text("Python (workbench) | Idle").wait_for(timeout=120_000)  # the kernel is connected: cells can run
     return page
 
 
+def _prompts(page) -> list[str]:
+    return [p.strip() for p in page.eval_on_selector_all(".jp-CodeCell .jp-InputArea-prompt", "nodes => nodes.map(n => n.textContent)")]
+
+
 def _run_all(page) -> None:
-    """Run every cell (the Run menu) and wait until each code cell shows its execution count."""
+    """Run every cell (the Run menu) and wait until each code cell shows its execution count, or until execution
+    halted (no cell running, some never run: a cell failed, which the saved notebook then tells)."""
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-    page.wait_for_function(
-        """() => {
-            const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].map(p => p.textContent.trim());
-            return prompts.length > 0 && prompts.every(p => /^\\[\\d+\\]:$/.test(p));
-        }""",
-        timeout=RUN_TIMEOUT * 1000,
-    )
+    deadline, idle_since = time.monotonic() + RUN_TIMEOUT, None
+    while time.monotonic() < deadline:
+        prompts = _prompts(page)
+        if prompts and all(p[1:-2].isdigit() for p in prompts):
+            return
+        halted = "[*]:" not in prompts and any(p[1:-2].isdigit() for p in prompts)
+        idle_since = (idle_since or time.monotonic()) if halted else None
+        if idle_since and time.monotonic() - idle_since > 10:
+            return
+        time.sleep(1)
+    pytest.fail(f"the notebook did not finish in {RUN_TIMEOUT} s; its prompts: {prompts}")
 
 
 def _saved_errors(page, path: Path) -> list[str]:
     """Save the notebook and read the errors its outputs hold."""
+    before = path.stat().st_mtime_ns
     page.keyboard.press("Control+s")
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        nb = json.loads(path.read_text())
-        if all(c.get("execution_count") for c in nb["cells"] if c["cell_type"] == "code"):
-            break
-        time.sleep(0.5)
+    while path.stat().st_mtime_ns == before and time.monotonic() < deadline:
+        time.sleep(0.25)
+    time.sleep(0.5)  # the save's last bytes
+    nb = json.loads(path.read_text())
     return [f"{o['ename']}: {o['evalue']}" for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []) if o["output_type"] == "error"]
 
 
@@ -171,6 +181,7 @@ def test_a_notebook_runs_in_jupyterlab_and_its_explorer_redraws(lab, browser, no
     try:
         _run_all(page)
         assert _saved_errors(page, copy) == []
+        assert all(p[1:-2].isdigit() for p in _prompts(page)), f"{notebook}: cells left unrun: {_prompts(page)}"
         figures = page.eval_on_selector_all(".js-plotly-plot", "nodes => nodes.filter(n => n.querySelector('.main-svg')).length")
         assert figures >= 1, f"{notebook}: no figure rendered"
         text = page.inner_text(".jp-Notebook")

@@ -32,7 +32,7 @@ from workbench.gradients import Strategy, TaskJacobian, model_task_jacobian
 from workbench.probes.conflict import gramian_statistics
 from workbench.probes.lookahead import learning_rate, lookahead_parameters
 from workbench.probes.isolation import leaves_model_untouched
-from workbench.tasks import Inputs
+from workbench.tasks import Inputs, labelled_tasks
 
 __all__ = ["tag_affinity", "tag_affinity_loop", "cosine_affinity"]
 
@@ -48,7 +48,7 @@ def _losses_at(model, parameter_sets: dict[str, Tensor], x: Inputs, targets: Map
     """``(S, T)``: every task's loss with each of S sets of shared parameters (``{name in model: (S, *shape)}``)."""
     names = model.task_names
 
-    labelled = [t for t in names if targets[t].shape[0] > 0]
+    labelled = labelled_tasks({t: targets[t] for t in names})
 
     def losses(parameters: dict[str, Tensor]) -> Tensor:
         outputs = torch.func.functional_call(model, parameters, (x,))

@@ -34,7 +34,7 @@ from workbench.data.streamed import StreamedData
 from workbench.weights.trees import load_tree, save_tree
 from workbench.probes.recorder import ProbeRecorder
 from workbench.progress import batch_run, progress as progress_bar
-from workbench.tasks import EVALUATION_BATCH, MultiTaskData, MultiTaskModel, Task, to_device
+from workbench.tasks import EVALUATION_BATCH, MultiTaskData, MultiTaskModel, Task, labelled_tasks, to_device
 from workbench.train.method import Method
 from workbench.train.registry import make_method, method_for_tasks
 
@@ -306,7 +306,7 @@ def train(
                 evaluate(step)
             x, targets = next(batches)
             x, targets = to_device(x, device), {name: targets[name].to(device) for name in names}  # the data may hold more tasks
-            labelled = tuple(name for name in names if targets[name].shape[0] > 0)
+            labelled = tuple(labelled_tasks(targets))  # in task order: targets were just rebuilt in it
             began = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             jacobian = None

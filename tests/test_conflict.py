@@ -149,9 +149,11 @@ def test_summaries_over_training():
 
 def test_recorder_samples_every_k_steps(model, batch):
     recorder = ProbeRecorder(gradient_conflict, every=3, threshold=-0.2)
+    assert recorder.latest is None
     recorded = [recorder.maybe_record(step, model, batch) for step in range(7)]
     assert recorded == [True, False, False, True, False, False, True]
     history = recorder.history
+    xr.testing.assert_identical(recorder.latest.drop_attrs(), history.isel(step=[-1]).drop_attrs())
     assert history.step.values.tolist() == [0, 3, 6]
     assert history.attrs["threshold"] == -0.2 and history.attrs["every"] == 3
     assert history.attrs["batch"] == "training"

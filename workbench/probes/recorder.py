@@ -102,6 +102,12 @@ class ProbeRecorder:
         ds.attrs.update(every=self.every, batch="fixed" if self.batch is not None else "training")
         return ds
 
+    @property
+    def latest(self) -> xr.Dataset | None:
+        """The last record (with a ``step`` dim of one step), or ``None`` before the first: what a live view reads,
+        in constant time (:attr:`history` concatenates every record, which grows with the run)."""
+        return self._records[-1] if self._records else None
+
     def state_dict(self) -> list[dict]:
         """The records so far, as plain data (for a training checkpoint)."""
         return [record.to_dict(data="list") for record in self._records]

@@ -89,6 +89,26 @@ def test_the_views_hold_each_steps_matrices_and_the_conflict_frequency_up_to_it(
     assert views.sel(view="whole", quantity="frequency", step=20, task="t1", other_task="t2").item() == np.mean(cosine[[0, 2]] < 0)
 
 
+def test_an_explorer_is_shown_beside_a_note_for_when_its_kernel_is_gone_and_refused_in_a_batch_run(history, monkeypatch):
+    import IPython.display
+
+    from workbench.viz.explorer_kit import RERUN, LiveBox
+
+    monkeypatch.delenv("WORKBENCH_BATCH", raising=False)
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objects, **options: shown.append((objects, options)))
+    explorer = viz.conflict_explorer(history)
+    assert isinstance(explorer, LiveBox) and "wb-live" in explorer._dom_classes
+    explorer._ipython_display_()
+    (widget, raw), (note, _) = shown
+    assert raw == {"raw": True} and widget[0]["application/vnd.jupyter.widget-view+json"]["model_id"] == explorer.model_id
+    html = note[0].data
+    assert RERUN in html and '<div class="wb-live-note">' in html and ".jp-OutputArea:has(.wb-live:not(.jupyter-widgets-disconnected)) .wb-live-note {display: none}" in html
+    monkeypatch.setenv("WORKBENCH_BATCH", "1")
+    with pytest.raises(RuntimeError, match="batch run"):
+        explorer._ipython_display_()
+
+
 def test_the_conflict_explorer_is_widgets_interactively_and_precomputed_figures_in_a_batch_run(history, monkeypatch):
     import ipywidgets
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 
 from tests.browser import chromium
+from workbench.viz.explorer_kit import RERUN
+from workbench.viz.monitor import RESTARTED
 
 pytestmark = pytest.mark.slow
 playwright = pytest.importorskip("playwright.sync_api")
@@ -185,7 +187,8 @@ def test_a_notebook_runs_in_jupyterlab_and_its_explorer_redraws(lab, browser, no
         figures = page.eval_on_selector_all(".js-plotly-plot", "nodes => nodes.filter(n => n.querySelector('.main-svg')).length")
         assert figures >= 1, f"{notebook}: no figure rendered"
         text = page.inner_text(".jp-Notebook")
-        assert "Error displaying widget" not in text
+        assert "Error displaying widget" not in text and RERUN not in text
+        explorers = len(page.query_selector_all(".jp-OutputArea .wb-live"))
         widgets = page.query_selector_all(".jp-OutputArea .widget-dropdown, .jp-OutputArea .widget-slider, .jp-OutputArea .widget-select-multiple")
         if widgets:
             before = _drawn(page)
@@ -194,9 +197,33 @@ def test_a_notebook_runs_in_jupyterlab_and_its_explorer_redraws(lab, browser, no
             while _drawn(page) == before and time.monotonic() < deadline:
                 time.sleep(0.25)
             assert _drawn(page) != before, f"{notebook}: moving an explorer's widget changed nothing drawn"
+        assert explorers >= (1 if widgets else 0), f"{notebook}: widgets outside an explorer's box"
+        _saved_errors(page, copy)  # saved with the explorers alive
+        _restart_kernel(page)
+        assert _rerun_notes(page) == explorers, f"{notebook}: after a kernel restart"
+        page.close()
+        page = _open(browser, lab, copy.name)  # the saved notebook reopened: its widget models are gone
+        assert _rerun_notes(page) == explorers, f"{notebook}: reopened after a kernel restart"
     finally:
         page.close()
     assert (ROOT / "notebooks" / notebook).read_bytes() == tracked, "the tracked notebook changed"
+
+
+def _restart_kernel(page) -> None:
+    page.get_by_role("menuitem", name="Kernel", exact=True).click()
+    page.get_by_role("menuitem", name="Restart Kernel…").click()  # its name ends with its shortcut
+    page.locator(".jp-Dialog button.jp-mod-accept", has_text="Restart").click()
+    page.get_by_text("Python (workbench) | Idle").wait_for(timeout=120_000)
+
+
+def _rerun_notes(page) -> int:
+    """How many "re-run this cell" notes show, once no widget is loading; an "Error displaying widget" fails."""
+    deadline = time.monotonic() + 30
+    while "Loading widget..." in page.inner_text(".jp-Notebook") and time.monotonic() < deadline:
+        time.sleep(0.25)
+    text = page.inner_text(".jp-Notebook")
+    assert "Error displaying widget" not in text
+    return text.count(RERUN)
 
 
 MONITORED = [
@@ -234,5 +261,8 @@ def test_the_training_monitor_draws_live_and_its_stop_button_ends_the_run(lab, b
         stopped = int(page.inner_text(".jp-Notebook").split("stopped after ")[1].split(" ")[0])
         assert 0 < stopped < 200_000
         assert _saved_errors(page, path) == []
+        _restart_kernel(page)
+        text = page.inner_text(".jp-Notebook")
+        assert RESTARTED in text and "Error displaying widget" not in text
     finally:
         page.close()

@@ -12,6 +12,7 @@ Two settings, apart on purpose:
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable
 from typing import TypeVar
@@ -36,5 +37,40 @@ def quiet() -> bool:
 
 
 def progress(iterable: Iterable[T], desc: str, enabled: bool = True, **options) -> Iterable[T]:
-    """``iterable`` wrapped in a tqdm bar unless ``enabled`` is false or progress is :func:`quiet`."""
-    return tqdm(iterable, desc=desc, disable=not enabled or quiet(), **options)
+    """``iterable`` wrapped in a tqdm bar unless ``enabled`` is false or progress is :func:`quiet`.
+
+    In a kernel the bar is tqdm's widget until it closes, then its last line of text (see :func:`_bar`).
+    """
+    return _bar()(iterable, desc=desc, disable=not enabled or quiet(), **options)
+
+
+@functools.cache
+def _bar() -> type:
+    """``tqdm.auto``'s bar; in a kernel, one whose widget is replaced by its last line of text when it closes.
+
+    A widget lives only as long as its kernel: a saved notebook reopened on a new one would show each finished
+    bar as "Error displaying widget: model not found". The text (``train: 100%|██████| 200/200 [00:02<00:00]``,
+    or where an error or an interrupt stopped it) is what the saved notebook keeps instead.
+    """
+    from tqdm.notebook import tqdm_notebook
+
+    if not issubclass(tqdm, tqdm_notebook):
+        return tqdm
+
+    from IPython.display import display
+
+    class NotebookBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            self._shown = None
+            super().__init__(*args, display=False, **kwargs)
+            if not self.disable:
+                self._shown = display(self.container, display_id=True)
+                self.displayed = True
+
+        def close(self) -> None:
+            shown, self._shown = self._shown, None
+            super().close()
+            if shown is not None and self.leave:
+                shown.update({"text/plain": self.format_meter(**self.format_dict)}, raw=True)
+
+    return NotebookBar

@@ -25,7 +25,7 @@ from workbench.probes.grouping import affinity_scores, select_groups
 from workbench.probes.registry import PROBES, task_matrix
 from workbench.progress import batch_run
 from workbench.studies.transfer import grouping_loss, subset_label
-from workbench.viz.explorer_kit import busy, menu_slider, show
+from workbench.viz.explorer_kit import LiveBox, busy, menu_slider, show, shown_traces
 
 __all__ = ["AffinityView", "affinity_view", "affinity_view_figure", "affinity_explorer"]
 
@@ -187,9 +187,9 @@ def affinity_explorer(study, title: str, max_groups: int = 3, probe: str | None 
                     fig.add_trace(trace, row=row, col=col)
         per_pair = 3 * len(steps)
         return menu_slider(
-            fig, lambda i, j: [i * per_pair + 3 * j <= t < i * per_pair + 3 * j + 3 for t in range(len(fig.data))],
+            fig, shown_traces(lambda i, j: [i * per_pair + 3 * j <= t < i * per_pair + 3 * j + 3 for t in range(len(fig.data))],
+                              lambda i, j: f"{title}: {label(*pairs[i])}, steps {steps[0]}–{steps[j]}"),
             [label(*pair) for pair in pairs], [str(s) for s in steps], prefix="averaged over steps up to ",
-            titles=lambda i, j: f"{title}: {label(*pairs[i])}, steps {steps[0]}–{steps[j]}",
         )
 
     import ipywidgets as widgets
@@ -214,4 +214,4 @@ def affinity_explorer(study, title: str, max_groups: int = 3, probe: str | None 
     for control in controls:
         control.observe(redraw, "value")
     redraw()
-    return widgets.VBox([widgets.HBox([*menus, probe_menu, window, status]), output])
+    return LiveBox([widgets.HBox([*menus, probe_menu, window, status]), output])

@@ -9,7 +9,7 @@ that the exported report can be explored without a kernel.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,7 @@ from plotly.subplots import make_subplots
 
 from workbench.probes.conflict import conflict_frequency
 from workbench.progress import batch_run
+from workbench.viz.explorer_kit import LiveBox, figure_menu, menu_slider
 from workbench.viz.methods import delta_m_bars, learning_curves, tradeoff
 
 __all__ = ["Figures", "WHOLE", "conflict_views", "conflict_explorer", "methods_explorer"]
@@ -47,27 +48,6 @@ def _choose(value, options: Sequence, what: str):
     if value not in list(options):
         raise ValueError(f"unknown {what} {value!r}; choose one of {list(options)}")
     return value
-
-
-def _menu_figure(figures: Mapping[str, go.Figure], active: str) -> go.Figure:
-    """One figure holding every figure's traces, the ``active`` one's shown, and a dropdown that shows another's
-    traces with its title and axis titles (the figures share everything else of their layout)."""
-    labels = list(figures)
-    owner = [label for label in labels for _ in figures[label].data]
-    fig = go.Figure(figures[active])
-    fig.data = ()
-    fig.add_traces([trace.update(visible=label == active) for label in labels for trace in go.Figure(figures[label]).data])
-
-    def shown(label: str) -> list:
-        layout = figures[label].layout
-        return [
-            {"visible": [o == label for o in owner]},
-            {"title.text": layout.title.text, "xaxis.title.text": layout.xaxis.title.text, "yaxis.title.text": layout.yaxis.title.text},
-        ]
-
-    buttons = [dict(label=label, method="update", args=shown(label)) for label in labels]
-    fig.update_layout(updatemenus=[dict(buttons=buttons, active=labels.index(active), direction="down", x=1.0, xanchor="right", y=1.18, yanchor="top")])
-    return fig
 
 
 def _replace(widget: go.FigureWidget, fig: go.Figure) -> None:
@@ -159,27 +139,13 @@ def _restyle_args(views: xr.DataArray, view: str, step: int) -> list:
     return [{"z": z}, {"title.text": _heatmap_title(view, step)}, [0, 1, 2]]
 
 
-def _step_slider(views: xr.DataArray, view: str, step: int) -> dict:
-    steps = [int(s) for s in views.step.values]
-    return dict(
-        active=steps.index(step), currentvalue=dict(prefix="step "), pad=dict(t=40),
-        steps=[dict(label=str(s), method="update", args=_restyle_args(views, view, s)) for s in steps],
-    )
-
-
 def _static_conflict_heatmaps(views: xr.DataArray, view: str, step: int) -> go.Figure:
-    """The heatmaps with a step slider and a layer menu (which puts the layer's own slider in place, at the last step)."""
-    fig = _conflict_heatmaps(views, view, step)
-    last = int(views.step.values[-1])
-    buttons = []
-    for v in views.view.values:
-        data, layout, traces = _restyle_args(views, str(v), last)
-        buttons.append(dict(label=str(v), method="update", args=[data, {**layout, "sliders": [_step_slider(views, str(v), last)]}, traces]))
-    fig.update_layout(
-        sliders=[_step_slider(views, view, step)],
-        updatemenus=[dict(buttons=buttons, active=list(views.view.values).index(view), direction="down", x=1.0, xanchor="right", y=1.22, yanchor="top")],
+    """The heatmaps with a layer menu and a step slider (which moves within the layer chosen)."""
+    layers, steps = [str(v) for v in views.view.values], [int(s) for s in views.step.values]
+    return menu_slider(
+        _conflict_heatmaps(views, view, step), lambda i, j: _restyle_args(views, layers[i], steps[j]), layers, [str(s) for s in steps],
+        prefix="step ", chosen=layers.index(view), active=steps.index(step), menu_y=1.22,
     )
-    return fig
 
 
 def conflict_explorer(history: xr.Dataset, layer: str = WHOLE, step: int | None = None, pair: tuple[str, str] | None = None):
@@ -206,7 +172,7 @@ def conflict_explorer(history: xr.Dataset, layer: str = WHOLE, step: int | None 
     _choose(pair, _pairs(tasks) + [(b, a) for a, b in _pairs(tasks)], "task pair")
     if batch_run():
         lines = {f"{a}–{b}": _pair_lines(views, (a, b)) for a, b in _pairs(tasks)}
-        return Figures([_static_conflict_heatmaps(views, layer, step), _menu_figure(lines, "{}–{}".format(*sorted(pair, key=tasks.index)))])
+        return Figures([_static_conflict_heatmaps(views, layer, step), figure_menu(lines, "{}–{}".format(*sorted(pair, key=tasks.index)))])
     import ipywidgets as widgets
 
     heatmaps = go.FigureWidget(_conflict_heatmaps(views, layer, step))
@@ -229,7 +195,7 @@ def conflict_explorer(history: xr.Dataset, layer: str = WHOLE, step: int | None 
     step_slider.observe(redraw, "value")
     for trace in heatmaps.data:
         trace.on_click(show_pair)
-    return widgets.VBox([widgets.HBox([layer_menu, step_slider]), heatmaps, curves])
+    return LiveBox([widgets.HBox([layer_menu, step_slider]), heatmaps, curves])
 
 
 # ---- 02: training methods ----
@@ -271,9 +237,9 @@ def methods_explorer(
     split = _choose(split, _SPLITS, "split")
     if batch_run():
         return Figures([
-            _menu_figure({s: delta_m_bars(comparison, s) for s in _SPLITS}, split),
-            _menu_figure({f"{_trade_off_label(p)}, {s}": tradeoff(comparison, p, s) for p in _pairs(tasks) for s in _SPLITS}, f"{_trade_off_label(pair)}, {split}"),
-            _menu_figure({t: learning_curves(comparison, t) for t in tasks}, task),
+            figure_menu({s: delta_m_bars(comparison, s) for s in _SPLITS}, split),
+            figure_menu({f"{_trade_off_label(p)}, {s}": tradeoff(comparison, p, s) for p in _pairs(tasks) for s in _SPLITS}, f"{_trade_off_label(pair)}, {split}"),
+            figure_menu({t: learning_curves(comparison, t) for t in tasks}, task),
         ])
     import ipywidgets as widgets
 
@@ -300,4 +266,4 @@ def methods_explorer(
         for control in controls:
             control.observe(draw, "value")
         draw()
-    return widgets.VBox([widgets.HBox([picked, widgets.VBox([task_menu, pair_menu, split_toggle])]), bars, trade, curves])
+    return LiveBox([widgets.HBox([picked, widgets.VBox([task_menu, pair_menu, split_toggle])]), bars, trade, curves])

@@ -15,7 +15,7 @@ from plotly.subplots import make_subplots
 
 from workbench.merge import MERGES, applies_to, make_merge
 from workbench.progress import batch_run
-from workbench.viz.explorer_kit import busy, show
+from workbench.viz.explorer_kit import LiveBox, busy, show
 
 __all__ = [
     "lambda_curve_figure", "per_task_curves_figure", "merge_option_widgets", "scores_figure", "MergeScorer", "merge_explorer", "merge_comparison_figure", "task_vector_heatmap", "mask_overlap_figure", "interference_figure",
@@ -197,7 +197,7 @@ def merge_explorer(
     for widget in (w for made in options.values() for w in made.values()):
         widget.observe(redraw, "value")
     redraw()
-    return widgets.VBox([widgets.HBox([method, lam]), option_row, status, progress, output])
+    return LiveBox([widgets.HBox([method, lam]), option_row, status, progress, output])
 
 
 def merge_comparison_figure(scores: xr.Dataset, title: str) -> go.Figure:

@@ -39,10 +39,12 @@ from plotly.subplots import make_subplots
 from workbench.probes.recorder import ProbeRecorder
 from workbench.probes.registry import Probe, task_matrix
 from workbench.progress import batch_run
+from workbench.viz.explorer_kit import LiveBox
 
 __all__ = ["LiveMonitor", "thinned"]
 
 _PANELS = ("training loss", "validation loss", "validation metric")
+RESTARTED = "This live monitor stopped with the kernel that trained: re-run the cell to train and watch again."
 
 
 def thinned(x: np.ndarray, y: np.ndarray, points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,14 +110,6 @@ def _pairwise_recorder(recorders: Sequence[ProbeRecorder]) -> ProbeRecorder | No
     return None
 
 
-def _latest_record(recorder: ProbeRecorder) -> xr.Dataset | None:
-    """The recorder's last record (with its ``step`` dim of one step), or ``None`` before the first.
-
-    Read from the recorder's list of records: :attr:`ProbeRecorder.history` concatenates every record,
-    which grows with the run (27 ms at 40 records of the CNN's gradient conflict, 273 ms at 400), and the
-    recorder has no public accessor for its last one.
-    """
-    return recorder._records[-1] if recorder._records else None
 
 
 class LiveMonitor:
@@ -142,7 +136,7 @@ class LiveMonitor:
         self.stop_button.on_click(self._ask_stop)
         self.status = widgets.HTML("waiting for the first step")
         self.reading_box = widgets.Box([])
-        self.widget = widgets.VBox([widgets.HBox([self.stop_button, self.status]), self.curves, self.reading_box])
+        self.widget = LiveBox([widgets.HBox([self.stop_button, self.status]), self.curves, self.reading_box], note=RESTARTED)
         self.redraws = 0
         self._stop = threading.Event()  # a click may arrive on another thread than the loop's
         self._drawn = -np.inf
@@ -228,7 +222,7 @@ class LiveMonitor:
     def _update_reading(self, recorders: Sequence[ProbeRecorder]) -> None:
         """Redraw the heatmap when the chosen recorder has recorded since the last redraw."""
         recorder = _pairwise_recorder(recorders)
-        record = _latest_record(recorder) if recorder is not None else None
+        record = recorder.latest if recorder is not None else None
         if record is None or int(record.step[-1]) == self._read_step:
             return
         latest = int(record.step[-1])

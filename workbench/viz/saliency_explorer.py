@@ -17,7 +17,7 @@ import xarray as xr
 from plotly.subplots import make_subplots
 
 from workbench.progress import batch_run
-from workbench.viz.explorer_kit import menu_slider, show
+from workbench.viz.explorer_kit import LiveBox, menu_slider, show, shown_traces
 
 __all__ = ["saliency_traces", "saliency_sample_figure", "saliency_explorer"]
 
@@ -157,8 +157,8 @@ def saliency_explorer(
                     add(maps, saliency_cells, (s, None))
                 add(inputs[shared:], input_cells[shared:], (s, t))
         return menu_slider(
-            fig, lambda i, j: [s == shown[j] and t in (None, order[i]) for s, t in keys], order, [str(s) for s in shown], prefix="sample ",
-            titles=lambda i, j: name(shown[j], order[i]), active=0,
+            fig, shown_traces(lambda i, j: [s == shown[j] and t in (None, order[i]) for s, t in keys], lambda i, j: name(shown[j], order[i])),
+            order, [str(s) for s in shown], prefix="sample ", active=0,
         )
 
     import ipywidgets as widgets
@@ -174,4 +174,4 @@ def saliency_explorer(
     sample_slider.observe(redraw, "value")
     task_menu.observe(redraw, "value")
     redraw()
-    return widgets.VBox([widgets.HBox([sample_slider, task_menu]), output])
+    return LiveBox([widgets.HBox([sample_slider, task_menu]), output])

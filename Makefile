@@ -10,11 +10,13 @@ LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: install test reports lab benchmark chromium clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[test,lab,digits,text,solvers]"
+	# LibMTL, the reference the architectures are tested against, without its torchvision (which could pull another torch)
+	$(PY) -m pip install --quiet --no-deps "libmtl==1.1.5"
 	$(VENV)/bin/workbench kernel
 	touch $@
 

@@ -23,7 +23,7 @@ def kernel(monkeypatch):
     """As in a kernel: tqdm.auto's bar is tqdm's notebook bar; what is displayed is collected."""
     shown: list[Handle] = []
     monkeypatch.setattr(IPython.display, "display", lambda obj, display_id=None: Handle(shown, obj))
-    monkeypatch.setattr(bars, "tqdm", tqdm.notebook.tqdm_notebook)
+    monkeypatch.setattr(bars, "tqdm", tqdm.notebook.tqdm_notebook)  # tqdm.notebook is imported above, as tqdm.auto does in a kernel
     for name in ("WORKBENCH_BATCH", "WORKBENCH_PROGRESS"):
         monkeypatch.delenv(name, raising=False)
     bars._bar.cache_clear()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Iterable
 from typing import TypeVar
 
@@ -52,9 +53,8 @@ def _bar() -> type:
     bar as "Error displaying widget: model not found". The text (``train: 100%|██████| 200/200 [00:02<00:00]``,
     or where an error or an interrupt stopped it) is what the saved notebook keeps instead.
     """
-    from tqdm.notebook import tqdm_notebook
-
-    if not issubclass(tqdm, tqdm_notebook):
+    notebook = sys.modules.get("tqdm.notebook")  # tqdm.auto imports it in a kernel only; it would import ipywidgets
+    if notebook is None or not issubclass(tqdm, notebook.tqdm_notebook):
         return tqdm
 
     from IPython.display import display

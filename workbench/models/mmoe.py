@@ -31,41 +31,65 @@ from workbench.models.backbone import Backbone
 from workbench.models.encoders import mlp_encoder
 from workbench.tasks import Inputs, MultiTaskModel, Task
 
-__all__ = ["MMoEEncoder", "TaskSlot", "mmoe"]
+__all__ = ["MMoEEncoder", "SoftmaxGate", "TaskSlot", "mmoe", "experts_encoder"]
+
+
+class SoftmaxGate(nn.Linear):
+    """``(B, F) -> (B, n)``: softmax of a linear map of the features, MMoE's and CGC's gate."""
+
+    def forward(self, features: Tensor) -> Tensor:
+        return torch.softmax(super().forward(features), dim=-1)
 
 
 class MMoEEncoder(nn.Module):
-    """``x -> Z`` of shape ``(B, T, C)``: the gated mixture of ``experts`` for each of ``tasks``.
+    """``x -> Z`` of shape ``(B, T, C)``: for each of ``tasks``, its gate's mixture of the shared experts and its own.
 
     With a ``trunk``, the experts and the gates read the trunk's features, flattened to ``(B, F)``;
     without one, the experts read the input itself and the gates the flattened input ``(B, F)``.
-    ``make_expert()`` builds one expert (its output is flattened to ``(B, C)``); the gates are linear
-    maps of the ``features`` F to ``n_experts`` logits.
+    ``make_expert()`` builds one expert (its output is flattened to ``(B, C)``). There are ``n_experts``
+    shared experts and ``own_experts`` more per task, seen by that task's gate only (CGC; MMoE has none).
+    ``make_gate(F, n)`` builds a task's gate, a module ``(B, F) -> (B, n)`` of weights over its ``n``
+    experts, shared ones first (:class:`SoftmaxGate` by default).
     """
 
     def __init__(
-        self, tasks: Sequence[str], features: int, make_expert: Callable[[], nn.Module], n_experts: int = 4, trunk: nn.Module | None = None
+        self, tasks: Sequence[str], features: int, make_expert: Callable[[], nn.Module], n_experts: int = 4, trunk: nn.Module | None = None,
+        own_experts: int = 0, make_gate: Callable[[int, int], nn.Module] = SoftmaxGate,
     ) -> None:
         super().__init__()
-        if n_experts < 1 or not tasks:
-            raise ValueError(f"MMoE needs at least one expert and one task, got {n_experts} experts and tasks {list(tasks)}")
+        if n_experts + own_experts < 1 or n_experts < 0 or own_experts < 0 or not tasks:
+            raise ValueError(f"a mixture of experts needs at least one expert per task and one task, got {n_experts} shared experts, "
+                             f"{own_experts} per task and tasks {list(tasks)}")
         self.task_order = list(tasks)
         self.trunk = trunk
         self.experts = nn.ModuleList(make_expert() for _ in range(n_experts))
-        self.gates = nn.ModuleDict({task: nn.Linear(features, n_experts) for task in tasks})
+        self.own_experts = nn.ModuleDict({task: nn.ModuleList(make_expert() for _ in range(own_experts)) for task in tasks} if own_experts else {})
+        self.gates = nn.ModuleDict({task: make_gate(features, n_experts + own_experts) for task in tasks})
 
     def forward(self, x: Inputs) -> Tensor:
+        return torch.stack(self.mixtures(x)[0], dim=1)
+
+    def mixtures(self, x: Inputs) -> tuple[list[Tensor], list[Tensor]]:
+        """Each task's mixture ``(B, C)`` and its gate's weights ``(B, n)`` over its experts, shared ones first."""
         if self.trunk is None:
             inputs, features = x, x.flatten(1)
         else:
             inputs = features = self.trunk(x).flatten(1)
-        experts = torch.stack([expert(inputs).flatten(1) for expert in self.experts], dim=1)  # (B, E, C)
-        gates = torch.stack([torch.softmax(self.gates[t](features), dim=-1) for t in self.task_order], dim=1)  # (B, T, E)
-        return torch.einsum("bte,bec->btc", gates, experts)
+        shared = [expert(inputs).flatten(1) for expert in self.experts]
+        mixtures, weights = [], []
+        for task in self.task_order:
+            experts = torch.stack(shared + [expert(inputs).flatten(1) for expert in self.own_experts[task]] if self.own_experts else shared, dim=1)  # (B, n, C)
+            gate = self.gates[task](features)
+            mixtures.append(torch.einsum("be,bec->bc", gate, experts))
+            weights.append(gate)
+        return mixtures, weights
 
     def task_parameters(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
-        """Each task's gate: trained on its own loss, never shared."""
-        return {task: [(f"gates.{task}.{name}", p) for name, p in self.gates[task].named_parameters()] for task in self.task_order}
+        """Each task's gate and own experts: trained on its own loss, never shared."""
+        own = {task: [(f"gates.{task}.{name}", p) for name, p in self.gates[task].named_parameters()] for task in self.task_order}
+        for task, experts in self.own_experts.items():
+            own[task] += [(f"own_experts.{task}.{name}", p) for name, p in experts.named_parameters()]
+        return own
 
 
 class TaskSlot(nn.Module):
@@ -79,22 +103,32 @@ class TaskSlot(nn.Module):
         return z[:, self.index]
 
 
+def experts_encoder(
+    tasks: Sequence[Task], backbone: Backbone, n_experts: int, expert_hidden: Sequence[int], experts: Literal["mlp", "backbone"], *,
+    architecture: str, **encoder_options,
+) -> tuple[MMoEEncoder, int]:
+    """An :class:`MMoEEncoder` whose experts are MLPs on the backbone as a trunk (``experts="mlp"``) or fresh
+    backbones on the input (``"backbone"``), and the width ``C`` of one expert's output; errors name ``architecture``."""
+    names = [t.name for t in tasks]
+    if experts == "mlp":
+        features = math.prod(backbone.shape)
+        return MMoEEncoder(names, features, lambda: mlp_encoder(features, expert_hidden), n_experts, backbone.make(), **encoder_options), expert_hidden[-1]
+    if experts == "backbone":
+        if backbone.inputs is None:
+            raise ValueError(f"{architecture}: experts='backbone' gates on the flattened input, which the {backbone.name} backbone's named inputs are not; "
+                             "use experts='mlp'")
+        return MMoEEncoder(names, math.prod(backbone.inputs), backbone.make, n_experts, **encoder_options), math.prod(backbone.shape)
+    raise ValueError(f"{architecture}: experts must be 'mlp' or 'backbone', not {experts!r}")
+
+
+def slot_heads(tasks: Sequence[Task], width: int) -> dict[str, nn.Module]:
+    """A linear head per task on its slot ``Z[:, t]`` of width ``width``."""
+    return {t.name: nn.Sequential(TaskSlot(i), nn.Linear(width, t.out_features)) for i, t in enumerate(tasks)}
+
+
 def mmoe(
     tasks: Sequence[Task], backbone: Backbone, n_experts: int = 4, expert_hidden: Sequence[int] = (64,), experts: Literal["mlp", "backbone"] = "mlp"
 ) -> MultiTaskModel:
     """An MMoE of ``n_experts`` experts on ``backbone`` (see the module docstring) with a linear head per task on its slot."""
-    names = [t.name for t in tasks]
-    if experts == "mlp":
-        trunk = backbone.make()
-        features = math.prod(backbone.shape)
-        encoder = MMoEEncoder(names, features, lambda: mlp_encoder(features, expert_hidden), n_experts, trunk)
-        width = expert_hidden[-1]
-    elif experts == "backbone":
-        if backbone.inputs is None:
-            raise ValueError(f"experts='backbone' gates on the flattened input, which the {backbone.name} backbone's named inputs are not; use experts='mlp'")
-        encoder = MMoEEncoder(names, math.prod(backbone.inputs), backbone.make, n_experts)
-        width = math.prod(backbone.shape)
-    else:
-        raise ValueError(f"experts must be 'mlp' or 'backbone', not {experts!r}")
-    heads = {t.name: nn.Sequential(TaskSlot(i), nn.Linear(width, t.out_features)) for i, t in enumerate(tasks)}
-    return MultiTaskModel(encoder, tasks, heads=heads)
+    encoder, width = experts_encoder(tasks, backbone, n_experts, expert_hidden, experts, architecture="mmoe")
+    return MultiTaskModel(encoder, tasks, heads=slot_heads(tasks, width))

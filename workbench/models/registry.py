@@ -6,7 +6,8 @@
 signature, after the tasks and the backbone), and its paper.
 
 - **hard sharing**: ``hps``, one shared encoder and a linear head per task;
-- **mixture of experts**: ``mmoe``, a softmax gate per task over shared experts.
+- **mixture of experts**: ``mmoe``, a softmax gate per task over shared experts; ``cgc``, shared experts and
+  each task's own; ``dselect_k``, a gate per task that selects k of the shared experts.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ ARCHITECTURES: Registry[Entry] = Registry("architecture", [
           paper="Caruana 1997, Multitask learning", fixed=_FIXED),
     Entry("mmoe", "mixture of experts", "a softmax gate per task over shared experts", "workbench.models.mmoe.mmoe",
           paper="Ma et al. 2018, Modeling task relationships in multi-task learning with multi-gate mixture-of-experts", fixed=_FIXED),
+    Entry("cgc", "mixture of experts", "shared experts and each task's own, a softmax gate per task over both", "workbench.models.cgc.cgc",
+          paper="Tang et al. 2020, Progressive layered extraction (PLE): a novel multi-task learning model for personalized recommendations",
+          fixed=_FIXED),
+    Entry("dselect_k", "mixture of experts", "a gate per task that selects k shared experts through smooth binary codes",
+          "workbench.models.dselect_k.dselect_k",
+          paper="Hazimeh et al. 2021, DSelect-k: differentiable selection in the mixture of experts with applications to multi-task learning",
+          fixed=_FIXED),
 ])
 
 

@@ -1,0 +1,102 @@
+"""The architectures LibMTL 1.1.5 also has, against LibMTL's own code: with the same weights loaded into both, the
+forward outputs agree to 1e-6, on an MLP and a CNN backbone (DSelect-k once LibMTL's binary codes are put right).
+
+LibMTL is installed without its dependencies (``make install``): its package ``__init__`` imports torchvision for
+its ResNets, which this project does not need, so its architecture modules are loaded under a bare package.
+"""
+
+import importlib
+import importlib.util
+import sys
+import types
+from functools import partial
+
+import pytest
+import torch
+from torch import nn
+
+from workbench.models import Backbone, conv_encoder, make_architecture, mlp_encoder
+from workbench.tasks import classification_task, regression_task
+
+TASKS = [regression_task("a"), regression_task("b"), classification_task("c", 3)]
+BACKBONES = {
+    "MLP": Backbone("MLP", partial(mlp_encoder, 5, (8, 6)), (6,), inputs=(5,)),
+    "CNN": Backbone("CNN", partial(conv_encoder, 1, (4, 3)), (3, 4, 4), inputs=(1, 8, 8)),
+}
+
+
+@pytest.fixture(scope="module")
+def libmtl():
+    """LibMTL's ``architecture`` package, its package ``__init__`` (torchvision) left out."""
+    spec = importlib.util.find_spec("LibMTL")
+    assert spec is not None, "LibMTL is not installed: make install puts in libmtl==1.1.5 without its dependencies"
+    saved = {name: module for name, module in sys.modules.items() if name == "LibMTL" or name.startswith("LibMTL.")}
+    package = types.ModuleType("LibMTL")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["LibMTL"] = package
+    try:
+        yield importlib.import_module("LibMTL.architecture")
+    finally:
+        for name in [n for n in sys.modules if n == "LibMTL" or n.startswith("LibMTL.")]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
+def _decoders(model) -> dict[str, nn.Module]:
+    """LibMTL's decoders: each task's linear head of ``model`` on the flattened mixture."""
+    return {t: nn.Sequential(nn.Flatten(), model.heads[t][1]) for t in model.task_names}
+
+
+def _reference(libmtl, name: str, model, backbone: Backbone):
+    """LibMTL's ``name`` with ``model``'s weights: its experts, gates and heads."""
+    encoder = model.encoder
+    common = dict(task_name=model.task_names, encoder_class=backbone.make, decoders=_decoders(model), rep_grad=False, multi_input=False,
+                  device=torch.device("cpu"), img_size=list(backbone.inputs))
+    n = len(encoder.experts)
+    if name == "mmoe":
+        reference = libmtl.MMoE(**common, num_experts=[n])
+    elif name == "cgc":
+        reference = libmtl.CGC(**common, num_experts=[n] + [len(encoder.own_experts[t]) for t in model.task_names])
+        for task in model.task_names:
+            for mine, theirs in zip(encoder.own_experts[task], reference.experts_specific[task]):
+                theirs.load_state_dict(mine.state_dict())
+    else:
+        gate = encoder.gates[model.task_names[0]]
+        reference = libmtl.DSelect_k(**common, num_experts=[n], num_nonzeros=gate.k, kgamma=gate.gamma)
+        for task in model.task_names:
+            reference._z_logits[task].load_state_dict(encoder.gates[task].selectors.state_dict())
+            reference._w_logits[task].load_state_dict(encoder.gates[task].selector_weights.state_dict())
+        # LibMTL 1.1.5 builds the experts' binary codes with astype(bool) on the strings "0" and "1", which are both
+        # True: every code is all ones, so every expert gets the same weight and nothing is selected. Its codes are
+        # put right here (most significant bit first, as its np.binary_repr means), and the rest is compared.
+        assert reference._binary_codes.all()
+        reference._binary_codes = gate.codes.unsqueeze(0)
+    for mine, theirs in zip(encoder.experts, reference.experts_shared):
+        theirs.load_state_dict(mine.state_dict())
+    if reference.gate_specific is not None:
+        for task in model.task_names:
+            reference.gate_specific[task][0].load_state_dict(encoder.gates[task].state_dict())
+    return reference
+
+
+OPTIONS = {"mmoe": {"n_experts": 3}, "cgc": {"n_experts": 2, "own_experts": 2}, "dselect_k": {"n_experts": 3, "k": 2}}
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("name", OPTIONS)
+def test_the_forward_outputs_equal_libmtl_s(libmtl, name, backbone):
+    torch.manual_seed(0)
+    model = make_architecture(name, TASKS, BACKBONES[backbone], experts="backbone", **OPTIONS[name]).eval()
+    if name == "dselect_k":  # selectors far from their initial ±1/100, so that the smooth step's cubic and its flat parts both count
+        for gate in model.encoder.gates.values():
+            nn.init.normal_(gate.selectors.weight, std=2.0)
+    reference = _reference(libmtl, name, model, BACKBONES[backbone]).eval()
+    x = torch.randn(11, *BACKBONES[backbone].inputs, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours, theirs = model(x), reference(x)
+    assert list(theirs) == model.task_names
+    for task in model.task_names:
+        torch.testing.assert_close(ours[task], theirs[task], rtol=0, atol=1e-6)
+    if name == "dselect_k":
+        weights = model.encoder.mixtures(x)[1][0]
+        assert ((weights > 0) & (weights < 1)).any() and (weights == 0).any(), "the smooth step was neither all flat nor all cubic"

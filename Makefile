@@ -54,6 +54,7 @@ benchmark: install
 	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_monitor.py
 	$(PY) benchmarks/bench_explorers.py
+	$(PY) benchmarks/bench_architectures.py
 
 clean:
 	rm -rf $(VENV) reports/*.ipynb reports/*.html reports/*.nc reports/*.log reports/*.run.json reports/*.attempt.json reports/*.lock reports/.*.staging-* reports/*/

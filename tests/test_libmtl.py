@@ -9,6 +9,7 @@ import importlib
 import importlib.util
 import sys
 import types
+from contextlib import contextmanager
 from functools import partial
 
 import pytest
@@ -27,7 +28,13 @@ BACKBONES = {
 
 @pytest.fixture(scope="module")
 def libmtl():
-    """LibMTL's ``architecture`` package, its package ``__init__`` (torchvision) left out."""
+    with libmtl_architectures() as package:
+        yield package
+
+
+@contextmanager
+def libmtl_architectures():
+    """LibMTL's ``architecture`` package, its package ``__init__`` (torchvision) left out (the benchmark uses it too)."""
     spec = importlib.util.find_spec("LibMTL")
     assert spec is not None, "LibMTL is not installed: make install puts in libmtl==1.1.5 without its dependencies"
     saved = {name: module for name, module in sys.modules.items() if name == "LibMTL" or name.startswith("LibMTL.")}

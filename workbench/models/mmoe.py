@@ -75,10 +75,13 @@ class MMoEEncoder(nn.Module):
             inputs, features = x, x.flatten(1)
         else:
             inputs = features = self.trunk(x).flatten(1)
-        shared = [expert(inputs).flatten(1) for expert in self.experts]
+        shared = torch.stack([expert(inputs).flatten(1) for expert in self.experts], dim=1) if len(self.experts) else None  # (B, S, C)
         mixtures, weights = [], []
         for task in self.task_order:
-            experts = torch.stack(shared + [expert(inputs).flatten(1) for expert in self.own_experts[task]] if self.own_experts else shared, dim=1)  # (B, n, C)
+            experts = shared
+            if self.own_experts:
+                own = torch.stack([expert(inputs).flatten(1) for expert in self.own_experts[task]], dim=1)
+                experts = own if shared is None else torch.cat([shared, own], dim=1)  # (B, n, C)
             gate = self.gates[task](features)
             mixtures.append(torch.einsum("be,bec->bc", gate, experts))
             weights.append(gate)

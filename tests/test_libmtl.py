@@ -107,3 +107,72 @@ def test_the_forward_outputs_equal_libmtl_s(libmtl, name, backbone):
     if name == "dselect_k":
         weights = model.encoder.mixtures(x)[1][0]
         assert ((weights > 0) & (weights < 1)).any() and (weights == 0).any(), "the smooth step was neither all flat nor all cubic"
+
+
+class TinyResNet(nn.Module):
+    """What LibMTL's Cross-stitch and PLE cut a ResNet by: a stem (conv1, bn1, relu, maxpool) and layer1 to layer4."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1, self.relu, self.maxpool = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2)
+        self.layer1 = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+        self.layer2 = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.ReLU())
+        self.layer3 = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.layer4 = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), nn.Tanh())
+
+    def stem(self) -> nn.Module:
+        return nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool)
+
+    def forward(self, x):
+        return self.layer4(self.layer3(self.layer2(self.layer1(self.stem()(x)))))
+
+
+def _resnet(stages) -> Backbone:
+    return Backbone("TinyResNet", TinyResNet, (6, 2, 2), inputs=(1, 8, 8), stages=stages)
+
+
+def test_cross_stitch_equals_libmtl_s_with_its_one_weight_per_source_task(libmtl):
+    # LibMTL stitches after layer1, layer2 and layer3: the stem and layer1 are one stage
+    backbone = _resnet(lambda m: [nn.Sequential(*m.stem(), m.layer1), m.layer2, m.layer3, m.layer4])
+    torch.manual_seed(0)
+    model = make_architecture("cross_stitch", TASKS, backbone).eval()
+    reference = libmtl.Cross_stitch(task_name=model.task_names, encoder_class=TinyResNet, decoders=_decoders(model), rep_grad=False,
+                                    multi_input=False, device=torch.device("cpu")).eval()
+    encoder, theirs = model.encoder, reference.encoder
+    with torch.no_grad():
+        theirs.cross_unit.normal_()
+        for l in range(3):
+            encoder.stitches[l] = theirs.cross_unit[l].expand(len(TASKS), -1)  # α_ij = c_j for every target i
+    for t, task in enumerate(model.task_names):
+        first = encoder.columns[task][0]
+        for i in range(4):
+            first[i].load_state_dict(theirs.resnet_conv[task][i].state_dict())
+        first[4].load_state_dict(theirs.resnet_layer["0"][t].state_dict())
+        for l in range(1, 4):
+            encoder.columns[task][l].load_state_dict(theirs.resnet_layer[str(l)][t].state_dict())
+    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours, expected = model(x), reference(x)
+    for task in model.task_names:
+        torch.testing.assert_close(ours[task], expected[task], rtol=0, atol=1e-6)
+
+
+def test_ple_equals_libmtl_s_on_its_five_levels(libmtl):
+    backbone = _resnet(lambda m: [m.stem(), m.layer1, m.layer2, m.layer3, m.layer4])
+    torch.manual_seed(0)
+    model = make_architecture("ple", TASKS, backbone, n_experts=2, own_experts=1).eval()
+    reference = libmtl.PLE(task_name=model.task_names, encoder_class=TinyResNet, decoders=_decoders(model), rep_grad=False, multi_input=False,
+                           device=torch.device("cpu"), img_size=[1, 8, 8], num_experts=[2, 1, 1, 1]).eval()
+    encoder, theirs = model.encoder, reference.encoder
+    for level in range(5):
+        for k, expert in enumerate(encoder.experts):
+            theirs.shared_layer[str(level)][k].load_state_dict(expert[level].state_dict())
+        for task in model.task_names:
+            for k, expert in enumerate(encoder.own_experts[task]):
+                theirs.specific_layer[str(level)][task][k].load_state_dict(expert[level].state_dict())
+            theirs.gate_specific[task][level][0].load_state_dict(encoder.gates[task][level].state_dict())
+    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours, expected = model(x), reference(x)
+    for task in model.task_names:
+        torch.testing.assert_close(ours[task], expected[task], rtol=0, atol=1e-6)

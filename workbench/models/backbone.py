@@ -15,7 +15,7 @@ from torch import nn
 
 from workbench.gradients import Grouping
 
-__all__ = ["Backbone"]
+__all__ = ["Backbone", "sequential_stages"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,8 @@ class Backbone:
     for a CNN's spatial map. ``inputs`` is one sample's input shape when the inputs are one tensor
     (``(F,)``, ``(1, H, W)``), ``None`` for named inputs (token ids). ``layers`` is the grouping of
     its parameters that per-layer probes use (tensors of an MLP or CNN, blocks of a transformer).
+    ``stages(encoder)`` cuts a built encoder into consecutive stages whose composition is the encoder,
+    for the architectures that act between stages (Cross-stitch, PLE); :func:`sequential_stages` by default.
     """
 
     name: str
@@ -33,3 +35,27 @@ class Backbone:
     shape: tuple[int, ...]
     inputs: tuple[int, ...] | None = None
     layers: Grouping = "tensor"
+    stages: Callable[[nn.Module], list[nn.Module]] | None = None
+
+    def make_stages(self, architecture: str) -> list[nn.Module]:
+        """A fresh encoder cut into its stages; errors name ``architecture``."""
+        encoder = self.make()
+        cut = self.stages or sequential_stages
+        try:
+            return cut(encoder)
+        except TypeError as error:
+            raise ValueError(f"{architecture} acts between the stages of the {self.name} backbone, which cannot be cut: {error}; "
+                             "give the Backbone a stages function") from None
+
+
+def sequential_stages(encoder: nn.Module) -> list[nn.Module]:
+    """An ``nn.Sequential`` cut into stages: each layer with parameters and the parameter-free layers after it
+    (an MLP's Linear and its activation; a CNN's convolution, ReLU and pooling). Their composition is ``encoder``."""
+    if not isinstance(encoder, nn.Sequential):
+        raise TypeError(f"only an nn.Sequential is cut by default, not a {type(encoder).__name__}")
+    stages: list[list[nn.Module]] = []
+    for layer in encoder:
+        if any(True for _ in layer.parameters()) or not stages:
+            stages.append([])
+        stages[-1].append(layer)
+    return [nn.Sequential(*layers) for layers in stages]

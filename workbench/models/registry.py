@@ -7,7 +7,9 @@ signature, after the tasks and the backbone), and its paper.
 
 - **hard sharing**: ``hps``, one shared encoder and a linear head per task;
 - **mixture of experts**: ``mmoe``, a softmax gate per task over shared experts; ``cgc``, shared experts and
-  each task's own; ``dselect_k``, a gate per task that selects k of the shared experts.
+  each task's own; ``dselect_k``, a gate per task that selects k of the shared experts; ``ple``, levels of
+  CGC on the backbone's stages;
+- **task columns**: ``cross_stitch``, a copy of the backbone per task, mixed between stages.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ ARCHITECTURES: Registry[Entry] = Registry("architecture", [
           "workbench.models.dselect_k.dselect_k",
           paper="Hazimeh et al. 2021, DSelect-k: differentiable selection in the mixture of experts with applications to multi-task learning",
           fixed=_FIXED),
+    Entry("ple", "mixture of experts", "levels of CGC on the backbone's stages, each task's gated output the next level's input",
+          "workbench.models.ple.ple",
+          paper="Tang et al. 2020, Progressive layered extraction (PLE): a novel multi-task learning model for personalized recommendations",
+          fixed=_FIXED),
+    Entry("cross_stitch", "task columns", "a copy of the backbone per task, their stages' outputs mixed by learned weights",
+          "workbench.models.cross_stitch.cross_stitch", paper="Misra et al. 2016, Cross-stitch networks for multi-task learning", fixed=_FIXED),
 ])
 
 

@@ -2,6 +2,7 @@
 
 from functools import partial
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -107,3 +108,87 @@ def test_cgc_s_tasks_see_the_shared_experts_and_their_own_only():
 def test_bad_options_are_refused_naming_the_architecture_and_the_option(name, options, message):
     with pytest.raises(ValueError, match=message):
         make_architecture(name, TASKS, MLP, **options)
+
+
+def _read(model, x):
+    from workbench.probes import make_probe
+
+    return make_probe("expert_gates")(model, (x, {t: torch.randn(len(x)) for t in model.task_names}))
+
+
+@pytest.mark.parametrize("name", ["mmoe", "cgc", "dselect_k", "ple"])
+def test_each_task_s_utilisation_is_a_distribution_over_the_experts_it_weighs(name):
+    torch.manual_seed(0)
+    options = {"ple": {}, "mmoe": {"n_experts": 3}, "cgc": {"n_experts": 2, "own_experts": 2}, "dselect_k": {"n_experts": 4, "k": 2}}[name]
+    model = make_architecture(name, TASKS, MLP, **options)
+    reading = _read(model, torch.randn(9, 5))
+    np.testing.assert_allclose(reading.utilisation.sum("expert").values, 1.0, rtol=1e-6)
+    assert ((reading.gate_entropy >= 0) & (reading.gate_entropy <= np.log(reading.sizes["expert"]) + 1e-9)).all()
+    assert ((reading.ownership >= 1 / len(TASKS) - 1e-9) & (reading.ownership <= 1 + 1e-9)).all()
+    np.testing.assert_allclose(np.diag(reading.gate_overlap.values), 1.0, rtol=1e-6)
+    if name == "cgc":  # a task never weighs another's own experts
+        assert float(reading.utilisation.sel(task="a", expert="b 0").max()) == 0.0
+
+
+def test_the_readings_of_gates_that_pick_one_expert_each():
+    torch.manual_seed(0)
+    model = make_architecture("cgc", TASKS, MLP, experts="backbone", n_experts=1, own_experts=1)
+    x = torch.randn(8, 5)
+    for task in model.task_names:  # each task on its own expert
+        _all_mass_on(model, "cgc", task, 1)
+    reading = _read(model, x).isel(level=0)
+    assert reading.utilisation.sel(task="a").values.round(6).tolist() == [0.0, 1.0, 0.0]  # shared 0, a 0, b 0
+    np.testing.assert_allclose(reading.gate_entropy.values, 0.0, atol=1e-6)
+    np.testing.assert_allclose(reading.ownership.sel(expert=["a 0", "b 0"]).values, 1.0)
+    assert abs(float(reading.gate_overlap.sel(task="a", other_task="b"))) < 1e-6  # no expert in common
+    for task in model.task_names:  # both tasks on the shared expert
+        _all_mass_on(model, "cgc", task, 0)
+    shared = _read(model, x).isel(level=0)
+    np.testing.assert_allclose(float(shared.ownership.sel(expert="shared 0")), 0.5, rtol=1e-6)
+    np.testing.assert_allclose(float(shared.gate_overlap.sel(task="a", other_task="b")), 1.0, rtol=1e-6)
+
+
+def test_a_dead_expert_reads_as_dead_and_still():
+    torch.manual_seed(0)
+    model = make_architecture("mmoe", TASKS, MLP, experts="backbone", n_experts=2)
+    with torch.no_grad():  # expert 1's ReLU never opens
+        model.encoder.experts[1][0].weight.zero_()
+        model.encoder.experts[1][0].bias.fill_(-1.0)
+    reading = _read(model, torch.randn(10, 5)).isel(level=0)
+    assert float(reading.dead_fraction.sel(expert="shared 1")) == 1.0 and float(reading.output_std.sel(expert="shared 1")) == 0.0
+    assert float(reading.dead_fraction.sel(expert="shared 0")) < 1.0 and float(reading.output_std.sel(expert="shared 0")) > 0.0
+
+
+def test_the_gates_probe_refuses_an_architecture_without_gates_and_records_over_training():
+    from workbench.probes import ProbeRecorder
+    from workbench.tasks import MultiTaskData
+    from workbench.train import train
+
+    with pytest.raises(ValueError, match="expert_gates reads the gates of a gated architecture .* a Sequential, has none"):
+        _read(make_architecture("hps", TASKS, MLP), torch.randn(4, 5))
+    torch.manual_seed(0)
+    data = MultiTaskData(torch.randn(64, 5), {"a": torch.randn(64), "b": torch.randn(64)}, TASKS)
+    run = train(make_architecture("ple", TASKS, MLP), data, 6, batch_size=16, recorders=[ProbeRecorder("expert_gates", every=2)], progress=False)
+    history = run.probes["expert_gates"]
+    assert history.utilisation.dims == ("step", "level", "task", "expert") and history.step.values.tolist() == [0, 2, 4]
+
+
+def test_the_utilisation_picture_has_a_slider_over_the_steps_and_a_menu_over_the_levels():
+    from workbench.probes import ProbeRecorder
+    from workbench.tasks import MultiTaskData
+    from workbench.train import train
+    from workbench.viz import expert_utilisation
+
+    torch.manual_seed(0)
+    data = MultiTaskData(torch.randn(64, 5), {"a": torch.randn(64), "b": torch.randn(64)}, TASKS)
+    two_stages = Backbone("MLP", partial(mlp_encoder, 5, (8, 6)), (6,), inputs=(5,))
+    run = train(make_architecture("ple", TASKS, two_stages), data, 6, batch_size=16, recorders=[ProbeRecorder("expert_gates", every=2)], progress=False)
+    history = run.probes["expert_gates"]
+    fig = expert_utilisation(history)
+    assert [b.label for b in fig.layout.updatemenus[0].buttons] == ["level 0", "level 1"]
+    slider = fig.layout.sliders[0]
+    assert [s.label for s in slider.steps] == ["0", "2", "4"] and slider.active == 2
+    drawn = np.array(slider.steps[1].args[0]["z"][0], dtype=float)
+    np.testing.assert_allclose(drawn, history.utilisation.isel(level=0).sel(step=2).values, atol=1e-4)
+    with pytest.raises(ValueError, match="draws an expert_gates reading"):
+        expert_utilisation(history.assign_attrs(probe="gradient_conflict"))

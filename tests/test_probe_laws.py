@@ -5,6 +5,8 @@ returns a labelled Dataset, leaves the model, its buffers and the random generat
 task × task reading is a ``(source, target)`` matrix over the model's tasks; a run with every probe recorded ends
 as the same run without."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,9 @@ import xarray as xr
 from torch import nn
 
 from tests.conftest import tiny_batch, tiny_model
-from workbench.probes import PROBES, ProbeRecorder, make_probe, task_matrix
+from workbench.models import mlp_encoder
+from workbench.models.mmoe import MMoEEncoder, slot_heads
+from workbench.probes import PROBES, ProbeRecorder, applies_to, make_probe, task_matrix
 from workbench.tasks import MultiTaskData, MultiTaskModel, TaskInputs, classification_task, masked_batch, regression_task
 from workbench.train import train
 
@@ -31,6 +35,23 @@ def cnn_batch(n: int = 10, seed: int = 1):
 
 
 MODELS = {"MLP": lambda: (tiny_model(), tiny_batch(tiny_model())), "CNN with batch norm and dropout": lambda: (cnn_with_norm_and_dropout(), cnn_batch())}
+
+
+def gated(model: MultiTaskModel, x, seed: int = 0) -> MultiTaskModel:
+    """An MMoE with ``model``'s encoder as its trunk (two MLP experts of 5 units on its flattened features)."""
+    torch.manual_seed(seed)
+    sample = x.groups[0] if isinstance(x, TaskInputs) else x
+    with torch.no_grad():
+        features = math.prod(model.encoder.eval()(sample[:2]).shape[1:])
+    model.encoder.train()
+    tasks = list(model.tasks.values())
+    encoder = MMoEEncoder(model.task_names, features, lambda: mlp_encoder(features, (5,)), 2, trunk=model.encoder)
+    return MultiTaskModel(encoder, tasks, heads=slot_heads(tasks, 5))
+
+
+def subject(name: str, model: MultiTaskModel, batch) -> MultiTaskModel:
+    """``model``, or the gated model on its encoder for a probe that reads gates."""
+    return gated(model, batch[0]) if PROBES[name].traits.get("needs") == "gates" else model
 
 
 def stepped_optimizer(model, batch):
@@ -56,6 +77,7 @@ def snapshot(model):
 @pytest.mark.parametrize("name", list(PROBES))
 def test_a_probe_leaves_the_model_its_buffers_and_the_random_state_as_it_found_them(name, model_name):
     model, batch = MODELS[model_name]()
+    model = subject(name, model, batch)
     optimizer = stepped_optimizer(model, batch)
     model.train()
     (state, rng), optimizer_state = snapshot(model), optimizer.state_dict()
@@ -72,6 +94,7 @@ def test_a_probe_leaves_the_model_its_buffers_and_the_random_state_as_it_found_t
 @pytest.mark.parametrize("name", list(PROBES))
 def test_a_probe_returns_a_labelled_dataset_and_its_pairwise_reading_is_a_task_matrix(name, model_name):
     model, batch = MODELS[model_name]()
+    model = subject(name, model, batch)
     result = call(name, model, batch, stepped_optimizer(model, batch))
     assert isinstance(result, xr.Dataset) and result.attrs["probe"] == name
     entry = PROBES[name]
@@ -90,17 +113,25 @@ def test_a_probe_returns_a_labelled_dataset_and_its_pairwise_reading_is_a_task_m
         assert task_matrix(result, layer=layer).shape == values.shape
 
 
-def test_a_run_with_every_probe_recorded_ends_as_the_run_without():
+@pytest.mark.parametrize("architecture", ["hard sharing", "gated"])
+def test_a_run_with_every_probe_recorded_ends_as_the_run_without(architecture):
     x, targets = cnn_batch(n=32)
     data = MultiTaskData(x, targets, TASKS)
     held_out = cnn_batch(n=8, seed=9)
-    plain = train(cnn_with_norm_and_dropout(), data, 6, method="ew", batch_size=8, progress=False)
-    recorders = [ProbeRecorder(name, every=1, batch=None if PROBES[name].traits["batch"] == "training" else held_out) for name in PROBES]
-    watched = train(cnn_with_norm_and_dropout(), data, 6, method="ew", batch_size=8, recorders=recorders, progress=False)
+
+    def fresh():
+        model = cnn_with_norm_and_dropout()
+        return gated(model, x) if architecture == "gated" else model
+
+    plain = train(fresh(), data, 6, method="ew", batch_size=8, progress=False)
+    applying = [name for name in PROBES if applies_to(name, fresh())]
+    recorders = [ProbeRecorder(name, every=1, batch=None if PROBES[name].traits["batch"] == "training" else held_out) for name in applying]
+    watched = train(fresh(), data, 6, method="ew", batch_size=8, recorders=recorders, progress=False)
     for (key, a), (_, b) in zip(plain.model.state_dict().items(), watched.model.state_dict().items()):
         assert torch.equal(a, b), key
     np.testing.assert_array_equal(plain.history.train_loss.values, watched.history.train_loss.values)
-    assert set(watched.probes) == set(PROBES) and all(h.sizes["step"] == 6 for h in watched.probes.values())
+    assert set(watched.probes) == set(applying) and all(h.sizes["step"] == 6 for h in watched.probes.values())
+    assert ("expert_gates" in applying) == (architecture == "gated")
 
 
 @pytest.mark.parametrize("name", list(PROBES))
@@ -110,7 +141,7 @@ def test_an_unknown_option_is_refused_and_every_entry_states_what_it_is(name):
     with pytest.raises(ValueError, match=f"probe {name!r} has no options"):
         ProbeRecorder(name, no_such_option=1)
     entry = PROBES[name]
-    assert entry.family in {"conflict", "affinity", "saliency"} and entry.summary and entry.paper
+    assert entry.family in {"conflict", "affinity", "saliency", "experts"} and entry.summary and entry.paper
     assert entry.traits["batch"] in {"training", "held_out"}
 
 
@@ -132,8 +163,8 @@ def _task_dims(variable: xr.DataArray) -> list[str]:
 
 @pytest.mark.parametrize("name", list(PROBES))
 def test_a_probe_reports_nan_for_a_task_labelled_nowhere_in_the_batch_and_measures_the_others(name):
-    model = cnn_with_norm_and_dropout()
     batch = masked_cnn_batch()
+    model = subject(name, cnn_with_norm_and_dropout(), batch)
     result = call(name, model, batch, stepped_optimizer(model, cnn_batch()))
     with_tasks = [v for v in result.data_vars.values() if _task_dims(v)]
     assert with_tasks, f"{name} has no per-task variable to check"
@@ -147,11 +178,11 @@ def test_a_probe_reports_nan_for_a_task_labelled_nowhere_in_the_batch_and_measur
 
 @pytest.mark.parametrize("name", list(PROBES))
 def test_a_probe_runs_on_a_batch_per_task(name):
-    model = cnn_with_norm_and_dropout()
     batch = per_task_cnn_batch()
+    model = subject(name, cnn_with_norm_and_dropout(), batch)
     result = call(name, model, batch, stepped_optimizer(model, cnn_batch()))
     assert isinstance(result, xr.Dataset) and result.attrs["probe"] == name
-    if PROBES[name].family in ("conflict", "affinity"):
+    if PROBES[name].family in ("conflict", "affinity", "experts"):
         assert np.isfinite(task_matrix(result).values).all(), f"{name}: every task is labelled on its own samples"
     for variable in result.data_vars.values():
         assert not np.isinf(variable.values).any()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -31,7 +32,17 @@ from workbench.models.backbone import Backbone
 from workbench.models.encoders import mlp_encoder
 from workbench.tasks import Inputs, MultiTaskModel, Task
 
-__all__ = ["MMoEEncoder", "SoftmaxGate", "TaskSlot", "mmoe", "experts_encoder"]
+__all__ = ["GateReading", "MMoEEncoder", "SoftmaxGate", "TaskSlot", "mmoe", "experts_encoder", "slot_heads"]
+
+
+@dataclass(frozen=True)
+class GateReading:
+    """A task's gate at one level of gated experts, on a batch of ``B`` samples: ``weights`` ``(B, n)`` over the
+    ``n`` experts it weighs (``experts``, their names), and those experts' ``outputs`` ``(B, n, ...)`` on the task's input."""
+
+    experts: list[str]
+    weights: Tensor
+    outputs: Tensor
 
 
 class SoftmaxGate(nn.Linear):
@@ -71,21 +82,36 @@ class MMoEEncoder(nn.Module):
 
     def mixtures(self, x: Inputs) -> tuple[list[Tensor], list[Tensor]]:
         """Each task's mixture ``(B, C)`` and its gate's weights ``(B, n)`` over its experts, shared ones first."""
+        mixtures, weights = [], []
+        for experts, gate in self._gated(x):
+            mixtures.append(torch.einsum("be,bec->bc", gate, experts))
+            weights.append(gate)
+        return mixtures, weights
+
+    def _gated(self, x: Inputs) -> list[tuple[Tensor, Tensor]]:
+        """Per task: the outputs ``(B, n, C)`` of the experts it sees, shared ones first, and its gate's weights ``(B, n)``."""
         if self.trunk is None:
             inputs, features = x, x.flatten(1)
         else:
             inputs = features = self.trunk(x).flatten(1)
         shared = torch.stack([expert(inputs).flatten(1) for expert in self.experts], dim=1) if len(self.experts) else None  # (B, S, C)
-        mixtures, weights = [], []
+        gated = []
         for task in self.task_order:
             experts = shared
             if self.own_experts:
                 own = torch.stack([expert(inputs).flatten(1) for expert in self.own_experts[task]], dim=1)
                 experts = own if shared is None else torch.cat([shared, own], dim=1)  # (B, n, C)
-            gate = self.gates[task](features)
-            mixtures.append(torch.einsum("be,bec->bc", gate, experts))
-            weights.append(gate)
-        return mixtures, weights
+            gated.append((experts, self.gates[task](features)))
+        return gated
+
+    def expert_names(self, task: str) -> list[str]:
+        """The experts ``task``'s gate weighs, in its order: ``shared 0``, …, then ``{task} 0``, …."""
+        return [f"shared {e}" for e in range(len(self.experts))] + ([f"{task} {e}" for e in range(len(self.own_experts[task]))] if self.own_experts else [])
+
+    def gate_readings(self, x: Inputs) -> dict[str, dict[str, GateReading]]:
+        """The gates on ``x``: one level, ``{"experts": {task: GateReading}}``."""
+        return {"experts": {task: GateReading(self.expert_names(task), gate, experts)
+                            for task, (experts, gate) in zip(self.task_order, self._gated(x))}}
 
     def task_parameters(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """Each task's gate and own experts: trained on its own loss, never shared."""

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from workbench.models.backbone import Backbone
-from workbench.models.mmoe import SoftmaxGate, slot_heads
+from workbench.models.mmoe import GateReading, SoftmaxGate, slot_heads
 from workbench.tasks import Inputs, MultiTaskModel, Task
 
 __all__ = ["PLEEncoder", "ple"]
@@ -49,13 +49,28 @@ class PLEEncoder(nn.Module):
         self.gates = nn.ModuleDict({task: nn.ModuleList(SoftmaxGate(width, n_experts + own_experts) for width in features) for task in tasks})
 
     def forward(self, x: Inputs) -> Tensor:
+        return self._levels(x)[0]
+
+    def _levels(self, x: Inputs) -> tuple[Tensor, dict[str, dict[str, GateReading]]]:
+        """``Z`` and, per level, each task's gate reading."""
         h = {task: x for task in self.task_order}
+        readings: dict[str, dict[str, GateReading]] = {}
         for level in range(len(self.gates[self.task_order[0]])):
+            readings[f"level {level}"] = {}
             for task in self.task_order:
                 experts = torch.stack([e[level](h[task]) for e in [*self.experts, *self.own_experts[task]]], dim=1)  # (B, n, ...)
                 gate = self.gates[task][level](h[task].flatten(1))
+                readings[f"level {level}"][task] = GateReading(self.expert_names(task), gate, experts)
                 h[task] = torch.einsum("be,be...->b...", gate, experts)
-        return torch.stack([h[task].flatten(1) for task in self.task_order], dim=1)
+        return torch.stack([h[task].flatten(1) for task in self.task_order], dim=1), readings
+
+    def expert_names(self, task: str) -> list[str]:
+        """The experts ``task``'s gates weigh, in their order: ``shared 0``, …, then ``{task} 0``, …."""
+        return [f"shared {e}" for e in range(len(self.experts))] + [f"{task} {e}" for e in range(len(self.own_experts[task]))]
+
+    def gate_readings(self, x: Inputs) -> dict[str, dict[str, GateReading]]:
+        """The gates on ``x``, level by level: ``{"level 0": {task: GateReading}, …}``."""
+        return self._levels(x)[1]
 
     def task_parameters(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """Each task's own experts and gates."""

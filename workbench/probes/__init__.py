@@ -8,9 +8,10 @@ task-vector probes of fine-tuned checkpoints (which read weights, not batches).
 
 from workbench.probes.affinity import cosine_affinity, tag_affinity, tag_affinity_loop
 from workbench.probes.conflict import conflict_frequency, gradient_conflict, gramian_statistics, mean_cosine, s_conflict_score, upper_pairs
+from workbench.probes.experts import expert_gates
 from workbench.probes.grouping import affinity_scores, grouping_table, measured_scores, select_groups
 from workbench.probes.recorder import ProbeRecorder, recorders_for
-from workbench.probes.registry import PROBES, Probe, make_probe, pairwise_probes, probe_table, task_matrix
+from workbench.probes.registry import PROBES, Probe, applies_to, make_probe, pairwise_probes, probe_table, task_matrix
 from workbench.probes.saliency import input_attribution, saliency_conflict, saliency_measures, task_saliency
 from workbench.probes.task_vectors import mask_overlap, task_vector_similarity
 from workbench.probes.isolation import untouched
@@ -21,9 +22,11 @@ __all__ = [
     "Probe",
     "ProbeRecorder",
     "affinity_scores",
+    "applies_to",
     "attribution_recovery",
     "conflict_frequency",
     "cosine_affinity",
+    "expert_gates",
     "gradient_conflict",
     "gramian_statistics",
     "grouping_table",

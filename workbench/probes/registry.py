@@ -11,10 +11,13 @@ model and the batch except what the training loop hands in, the ``optimizer`` an
 - ``layered``: the variable of the same reading per layer, if it has one;
 - ``directed``: whether ``source → target`` differs from ``target → source``;
 - ``batch``: the batch a study records it on: ``"training"`` (TAG's lookahead is a training step;
-  the gradient-cosine affinity is its cheap twin) or a fixed ``"held_out"`` one.
+  the gradient-cosine affinity is its cheap twin) or a fixed ``"held_out"`` one;
+- ``needs``: what the model must have for the probe to apply (``"gates"``: a gated architecture), if
+  anything (:meth:`Probe.applies_to`).
 
 Families: **conflict** (the per-task gradients against each other), **affinity** (predictors of
-transfer between tasks), **saliency** (the tasks in the shared representation and in the inputs).
+transfer between tasks), **saliency** (the tasks in the shared representation and in the inputs),
+**experts** (which experts of a gated architecture serve which task).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from torch import Tensor
 from workbench.registry import Entry, Registry
 from workbench.tasks import Inputs
 
-__all__ = ["PROBES", "Probe", "make_probe", "pairwise_probes", "probe_table", "task_matrix"]
+__all__ = ["PROBES", "Probe", "applies_to", "make_probe", "pairwise_probes", "probe_table", "task_matrix"]
 
 _P = "workbench.probes"
 _FIXED = ("model", "batch", "optimizer", "jacobian")
@@ -53,6 +56,9 @@ PROBES: Registry[Entry] = Registry("probe", [
            "Wang et al. 2025, Rep-MTL", pairwise=None),
     _entry("input_attribution", "saliency", "gradient × input of each task's loss: pixels, or word pieces", "saliency.input_attribution",
            "Simonyan et al. 2014; Shrikumar et al. 2016 (gradient × input)", pairwise=None),
+    _entry("expert_gates", "experts", "gate mass per task on each expert, gate entropy, shared experts owned by one task, dead and collapsed experts",
+           "experts.expert_gates", "Ma et al. 2018 (MMoE's gates); Wang et al. 2024, HoME (expert collapse and degradation)",
+           pairwise="gate_overlap", needs="gates"),
 ])
 
 
@@ -67,6 +73,10 @@ class Probe:
     def name(self) -> str:
         return self.entry.name
 
+    def applies_to(self, model) -> bool:
+        """Whether the probe can read ``model`` (a probe that ``needs`` gates reads a gated architecture only)."""
+        return applies_to(self.name, model)
+
     def takes(self, parameter: str) -> bool:
         """Whether the probe's function has the parameter ``parameter`` (``"optimizer"``, ``"jacobian"``)."""
         return parameter in inspect.signature(self.entry.target()).parameters
@@ -78,9 +88,19 @@ class Probe:
         return f"Probe({self.name!r}, {self.options})"
 
 
-def pairwise_probes() -> list[str]:
-    """Every registered probe with a task × task reading, in registration order."""
-    return [name for name, entry in PROBES.items() if entry.traits["pairwise"]]
+def applies_to(name: str, model) -> bool:
+    """Whether the registered probe ``name`` can read ``model``: what its entry ``needs``, the model has."""
+    needs = PROBES.entry(name).traits.get("needs")
+    if needs is None:
+        return True
+    from workbench.probes.experts import has_gates
+
+    return {"gates": has_gates}[needs](model)
+
+
+def pairwise_probes(model=None) -> list[str]:
+    """Every registered probe with a task × task reading, in registration order; given ``model``, those that apply to it."""
+    return [name for name, entry in PROBES.items() if entry.traits["pairwise"] and (model is None or applies_to(name, model))]
 
 
 def make_probe(name: str, **options: Any) -> Probe:

@@ -10,7 +10,8 @@ pair. Each probe is then scored by its Spearman correlation with two truths:
 - the **measured transfer** ``gain_{i→j}`` (over the directed pairs; a symmetric probe counts for
   both directions).
 
-The probes are every registered probe with a task × task reading (:data:`~workbench.probes.PROBES`),
+The probes are every registered probe with a task × task reading that applies to the study's hard-sharing
+models (:data:`~workbench.probes.PROBES`; the gates' probe does not),
 each recorded on the batch its entry names (TAG's lookahead and the gradient-cosine affinity on the
 training batch, the others on a fixed held-out batch). Each gives its readings
 (:func:`probe_readings`): averaged over all of training, over its first fifth (early) and over its
@@ -92,9 +93,10 @@ def probe_readings(history: xr.Dataset) -> dict[str, np.ndarray]:
 def _probe_matrices(problem, optimizer, steps: int, every: int, batch_size: int, seed: int, monitor: bool | Monitor = False) -> dict[str, np.ndarray]:
     """One multi-task run with every pairwise probe recorded; every reading's ``(task, task)`` matrix (rows: source)."""
     splits = problem.splits
-    recorders = recorders_for(pairwise_probes(), every, splits.validation.probe_batch(256))
     torch.manual_seed(seed)
-    run = train(problem.make_model(splits.tasks), splits.train, steps, method="ew", optimizer=optimizer, batch_size=batch_size, seed=seed, recorders=recorders, eval_every=steps, progress=False, monitor=monitor).complete(f"configuration seed {seed}")
+    model = problem.make_model(splits.tasks)
+    recorders = recorders_for(pairwise_probes(model), every, splits.validation.probe_batch(256))
+    run = train(model, splits.train, steps, method="ew", optimizer=optimizer, batch_size=batch_size, seed=seed, recorders=recorders, eval_every=steps, progress=False, monitor=monitor).complete(f"configuration seed {seed}")
     return {label: matrix for history in run.probes.values() for label, matrix in probe_readings(history).items()}
 
 

@@ -26,7 +26,7 @@ def test_a_sequential_is_cut_into_stages_that_compose_to_it(make, x):
 
 def test_cross_stitch_with_identity_stitches_is_one_independent_network_per_task():
     torch.manual_seed(0)
-    model = make_architecture("cross_stitch", TASKS, MLP, alpha_self=1.0, alpha_other=0.0)
+    model = make_architecture("cross_stitch", TASKS, MLP, alpha_self=1.0)
     x = torch.randn(6, 5)
     z = model.represent(x)
     for t, task in enumerate(model.task_names):
@@ -81,6 +81,13 @@ def test_backbones_and_options_that_do_not_fit_are_refused_naming_the_architectu
         make_architecture(name, TASKS, backbone, **options)
 
 
-def test_cross_stitch_needs_two_tasks():
-    with pytest.raises(ValueError, match="cross_stitch mixes the columns of two or more tasks, got 1"):
-        make_architecture("cross_stitch", TASKS[:1], MLP)
+def test_cross_stitch_of_one_task_is_its_backbone_and_its_rows_start_summing_to_one():
+    torch.manual_seed(0)
+    alone = make_architecture("cross_stitch", TASKS[:1], MLP)
+    x = torch.randn(4, 5)
+    torch.testing.assert_close(alone.represent(x)[:, 0], nn.Sequential(*alone.encoder.columns["a"])(x))
+    three = make_architecture("cross_stitch", TASKS, MLP, alpha_self=0.7)
+    torch.testing.assert_close(three.encoder.stitches.sum(-1), torch.ones(2, 3))
+    assert float(three.encoder.stitches[0, 0, 1]) == pytest.approx(0.15)
+    with pytest.raises(ValueError, match=r"cross_stitch: alpha_self, .* must lie in \[0, 1\], got 1.5"):
+        make_architecture("cross_stitch", TASKS, MLP, alpha_self=1.5)

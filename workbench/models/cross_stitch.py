@@ -4,8 +4,10 @@ One copy of the backbone per task, cut into its stages (:meth:`~workbench.models
 After every stage but the last, task ``i``'s next input is a linear mix of all the tasks' outputs of that
 stage, ``h̃_i = Σ_j α^l_{ij} h_j``, one learned scalar per (stitch ``l``, task ``i``, task ``j``); the
 last stage's output of column ``t``, flattened, is task ``t``'s representation. ``α`` starts at
-``alpha_self`` on the diagonal and ``alpha_other`` off it (0.9 and 0.1, as in Vandenhende et al.'s code).
-With ``α = I`` the columns are independent networks, one per task.
+``alpha_self`` on the diagonal and shares the rest of each row evenly, ``(1 − alpha_self) / (T − 1)``
+(0.9 and 0.1 for two tasks, as in Vandenhende et al.'s code), so every row sums to 1. With ``α = I``
+the columns are independent networks, one per task; with one task (a single-task baseline) it is the
+backbone itself.
 
 LibMTL's port keeps one scalar per (stitch, source task ``j``), the same for every target ``i``, so
 every column reads the same mix; here that is the special case ``α^l_{ij} = c^l_j`` (``tests/test_libmtl.py``
@@ -40,7 +42,7 @@ class CrossStitchEncoder(nn.Module):
     output of stage ``l`` in task ``i``'s input to stage ``l + 1``.
     """
 
-    def __init__(self, tasks: Sequence[str], make_stages: Callable[[], list[nn.Module]], alpha_self: float = 0.9, alpha_other: float = 0.1) -> None:
+    def __init__(self, tasks: Sequence[str], make_stages: Callable[[], list[nn.Module]], alpha_self: float = 0.9) -> None:
         super().__init__()
         self.task_order = list(tasks)
         self.columns = nn.ModuleDict({task: nn.ModuleList(make_stages()) for task in tasks})
@@ -48,8 +50,8 @@ class CrossStitchEncoder(nn.Module):
         if depth < 2:
             raise ValueError(f"cross_stitch stitches between stages; the backbone has {depth} stage")
         n = len(tasks)
-        alpha = torch.full((n, n), float(alpha_other))
-        alpha.fill_diagonal_(float(alpha_self))
+        alpha = torch.full((n, n), (1.0 - alpha_self) / (n - 1) if n > 1 else 0.0)
+        alpha.fill_diagonal_(float(alpha_self) if n > 1 else 1.0)
         self.stitches = nn.Parameter(alpha.repeat(depth - 1, 1, 1))
 
     def forward(self, x: Inputs) -> Tensor:
@@ -67,9 +69,9 @@ class CrossStitchEncoder(nn.Module):
         return {task: [(f"columns.{task}.{last}.{name}", p) for name, p in self.columns[task][-1].named_parameters()] for task in self.task_order}
 
 
-def cross_stitch(tasks: Sequence[Task], backbone: Backbone, alpha_self: float = 0.9, alpha_other: float = 0.1) -> MultiTaskModel:
+def cross_stitch(tasks: Sequence[Task], backbone: Backbone, alpha_self: float = 0.9) -> MultiTaskModel:
     """A column of ``backbone`` per task, cross-stitched after every stage but the last, a linear head per task."""
-    if len(tasks) < 2:
-        raise ValueError(f"cross_stitch mixes the columns of two or more tasks, got {len(tasks)}")
-    encoder = CrossStitchEncoder([t.name for t in tasks], lambda: backbone.make_stages("cross_stitch"), alpha_self, alpha_other)
+    if not 0.0 <= alpha_self <= 1.0:
+        raise ValueError(f"cross_stitch: alpha_self, each task's initial weight on its own column, must lie in [0, 1], got {alpha_self}")
+    encoder = CrossStitchEncoder([t.name for t in tasks], lambda: backbone.make_stages("cross_stitch"), alpha_self)
     return MultiTaskModel(encoder, tasks, heads=slot_heads(tasks, math.prod(backbone.shape)))

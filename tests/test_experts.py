@@ -164,7 +164,7 @@ def test_the_gates_probe_refuses_an_architecture_without_gates_and_records_over_
     from workbench.tasks import MultiTaskData
     from workbench.train import train
 
-    with pytest.raises(ValueError, match="expert_gates reads the gates of a gated architecture .* a Sequential, has none"):
+    with pytest.raises(ValueError, match="expert_gates reads the gates of a gated architecture, .* a Sequential, has none"):
         _read(make_architecture("hps", TASKS, MLP), torch.randn(4, 5))
     torch.manual_seed(0)
     data = MultiTaskData(torch.randn(64, 5), {"a": torch.randn(64), "b": torch.randn(64)}, TASKS)
@@ -192,3 +192,44 @@ def test_the_utilisation_picture_has_a_slider_over_the_steps_and_a_menu_over_the
     np.testing.assert_allclose(drawn, history.utilisation.isel(level=0).sel(step=2).values, atol=1e-4)
     with pytest.raises(ValueError, match="draws an expert_gates reading"):
         expert_utilisation(history.assign_attrs(probe="gradient_conflict"))
+
+
+def test_a_task_routed_moe_of_one_expert_is_hard_sharing_with_that_expert():
+    torch.manual_seed(0)
+    model = make_architecture("task_moe", TASKS, MLP, experts="backbone", n_experts=1, k=1)
+    x = torch.randn(6, 5)
+    z = model.represent(x)
+    for t in range(len(TASKS)):
+        torch.testing.assert_close(z[:, t], model.encoder.experts[0](x))
+
+
+def test_each_task_routes_a_sample_to_k_experts_and_only_those_run_on_it():
+    torch.manual_seed(0)
+    model = make_architecture("task_moe", TASKS, MLP, experts="backbone", n_experts=4, k=2)
+    x = torch.randn(9, 5)
+    _, weights = model.encoder.mixtures(x)
+    for gate in weights:
+        assert ((gate > 0).sum(-1) == 2).all()
+        torch.testing.assert_close(gate.sum(-1), torch.ones(9))
+    ran = []
+    for e, expert in enumerate(model.encoder.experts):
+        expert.register_forward_hook(lambda module, inputs, output, e=e: ran.append((e, len(inputs[0]))))
+    for task in model.task_names:  # every task sends every sample to experts 0 and 2
+        with torch.no_grad():
+            gate = model.encoder.gates[task].logits
+            gate.weight.zero_()
+            gate.bias.copy_(torch.tensor([5.0, -5.0, 4.0, -5.0]))
+    model.represent(x)
+    assert dict(ran[-4:]) == {0: 9, 1: 0, 2: 9, 3: 0}
+
+
+def test_a_noisy_router_is_noisy_in_training_only():
+    torch.manual_seed(0)
+    model = make_architecture("task_moe", TASKS, MLP, n_experts=4, k=1, noisy=True)
+    x = torch.randn(32, 5)
+    model.eval()
+    torch.testing.assert_close(model.represent(x), model.represent(x))
+    model.train()
+    assert not torch.equal(model.encoder.mixtures(x)[1][0], model.encoder.mixtures(x)[1][0])
+    with pytest.raises(ValueError, match=r"task_moe: k \(the experts each sample goes to\) must be between 1 and the 4 experts, got 5"):
+        make_architecture("task_moe", TASKS, MLP, n_experts=4, k=5)

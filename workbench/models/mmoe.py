@@ -134,19 +134,19 @@ class TaskSlot(nn.Module):
 
 def experts_encoder(
     tasks: Sequence[Task], backbone: Backbone, n_experts: int, expert_hidden: Sequence[int], experts: Literal["mlp", "backbone"], *,
-    architecture: str, **encoder_options,
+    architecture: str, encoder_class: type[MMoEEncoder] = MMoEEncoder, **encoder_options,
 ) -> tuple[MMoEEncoder, int]:
-    """An :class:`MMoEEncoder` whose experts are MLPs on the backbone as a trunk (``experts="mlp"``) or fresh
-    backbones on the input (``"backbone"``), and the width ``C`` of one expert's output; errors name ``architecture``."""
+    """An ``encoder_class`` (:class:`MMoEEncoder`) whose experts are MLPs on the backbone as a trunk (``experts="mlp"``)
+    or fresh backbones on the input (``"backbone"``), and the width ``C`` of one expert's output; errors name ``architecture``."""
     names = [t.name for t in tasks]
     if experts == "mlp":
         features = math.prod(backbone.shape)
-        return MMoEEncoder(names, features, lambda: mlp_encoder(features, expert_hidden), n_experts, backbone.make(), **encoder_options), expert_hidden[-1]
+        return encoder_class(names, features, lambda: mlp_encoder(features, expert_hidden), n_experts, backbone.make(), **encoder_options), expert_hidden[-1]
     if experts == "backbone":
         if backbone.inputs is None:
             raise ValueError(f"{architecture}: experts='backbone' gates on the flattened input, which the {backbone.name} backbone's named inputs are not; "
                              "use experts='mlp'")
-        return MMoEEncoder(names, math.prod(backbone.inputs), backbone.make, n_experts, **encoder_options), math.prod(backbone.shape)
+        return encoder_class(names, math.prod(backbone.inputs), backbone.make, n_experts, **encoder_options), math.prod(backbone.shape)
     raise ValueError(f"{architecture}: experts must be 'mlp' or 'backbone', not {experts!r}")
 
 

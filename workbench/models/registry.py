@@ -8,7 +8,7 @@ signature, after the tasks and the backbone), and its paper.
 - **hard sharing**: ``hps``, one shared encoder and a linear head per task;
 - **mixture of experts**: ``mmoe``, a softmax gate per task over shared experts; ``cgc``, shared experts and
   each task's own; ``dselect_k``, a gate per task that selects k of the shared experts; ``ple``, levels of
-  CGC on the backbone's stages;
+  CGC on the backbone's stages; ``task_moe``, top-k routing per task, sparse;
 - **task columns**: ``cross_stitch``, a copy of the backbone per task, mixed between stages.
 """
 
@@ -40,6 +40,10 @@ ARCHITECTURES: Registry[Entry] = Registry("architecture", [
     Entry("ple", "mixture of experts", "levels of CGC on the backbone's stages, each task's gated output the next level's input",
           "workbench.models.ple.ple",
           paper="Tang et al. 2020, Progressive layered extraction (PLE): a novel multi-task learning model for personalized recommendations",
+          fixed=_FIXED),
+    Entry("task_moe", "mixture of experts", "each task's router sends a sample to its top k experts, and only those run on it",
+          "workbench.models.task_moe.task_moe",
+          paper="Liang et al. 2022, M3ViT: mixture-of-experts vision transformer for efficient multi-task learning; Shazeer et al. 2017 (top-k gating)",
           fixed=_FIXED),
     Entry("cross_stitch", "task columns", "a copy of the backbone per task, their stages' outputs mixed by learned weights",
           "workbench.models.cross_stitch.cross_stitch", paper="Misra et al. 2016, Cross-stitch networks for multi-task learning", fixed=_FIXED),

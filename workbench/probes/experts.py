@@ -1,6 +1,7 @@
 """Which experts serve which task, and whether they collapse: the gates of a gated architecture on a batch.
 
-For a model whose encoder reads out its gates (``gate_readings``: MMoE, CGC, DSelect-k, PLE), per level ``l``
+For a model whose encoder reads out its gates (``gate_readings``: MMoE, CGC, DSelect-k, PLE, the task-routed
+MoE), per level ``l``
 of gated experts, task ``t`` and expert ``e`` (definitions as in ``../shared/references/architectures.md``):
 
 - ``utilisation`` ``U[l, t, e]``: the mean over the task's samples of its gate's weight on ``e`` (0 on an
@@ -78,7 +79,7 @@ def expert_gates(model, batch: tuple[Inputs | TaskInputs, Mapping[str, Tensor]])
     ``gate_entropy`` and ``sample_entropy`` ``(level, task)``, ``ownership``, ``dead_fraction`` and
     ``output_std`` ``(level, expert)``, ``gate_overlap`` ``(task, other_task)``."""
     if not has_gates(model):
-        raise ValueError(f"expert_gates reads the gates of a gated architecture (mmoe, cgc, dselect_k, ple); "
+        raise ValueError(f"expert_gates reads the gates of a gated architecture, whose encoder reads them out (gate_readings); "
                          f"this model's encoder, a {type(model.encoder).__name__}, has none")
     tasks = model.task_names
     per_task = _per_task(model, batch[0])

@@ -18,6 +18,7 @@ from workbench.data.per_task import TaskDatasets, task_datasets
 from workbench.data.streamed import StreamedData
 from workbench.data.table import TableRows, table_data
 from workbench.data.synthetic import SyntheticTasks, block_similarity, make_synthetic
+from workbench.data.tabular import make_tabular
 
 __all__ = [
     "ImageFolder",
@@ -34,6 +35,7 @@ __all__ = [
     "make_lexicon_per_task",
     "make_multidigits",
     "make_synthetic",
+    "make_tabular",
     "multidigits_image_folder",
     "table_data",
     "task_datasets",

@@ -26,6 +26,7 @@ DATA_SHAPES = {
     "synthetic": ("shared", "missing_labels", "per_task"),
     "multidigits": ("shared", "missing_labels", "image_folder"),
     "lexicon": ("shared", "per_task"),
+    "tabular": ("shared", "missing_labels"),
 }
 """The data shapes each dataset has, for :func:`load_problem`'s ``data``:
 
@@ -78,7 +79,10 @@ def load_problem(dataset: str, seed: int = 0, data: str = "shared", **options: A
       ``trainable_layers`` for MiniLM; its layers are the transformer blocks; an MMoE puts MLP experts
       of 128 units on MiniLM. With ``cache_frozen=True`` (the default) the inputs carry the output of
       MiniLM's frozen blocks, computed once (:meth:`~workbench.models.TransformerEncoder.cache_frozen`),
-      so that training and probing run the trainable blocks only; tasks sharing their inputs share it.
+      so that training and probing run the trainable blocks only; tasks sharing their inputs share it;
+    - ``"tabular"``: :func:`~workbench.data.make_tabular` options (tasks of planted pairwise cosine and
+      polynomial complexity, numerical and one-hot categorical features) plus ``hidden`` (MLP widths),
+      ``validation_fraction`` and ``test_fraction``; the truth holds the tasks' weights.
 
     ``data="missing_labels"`` removes ``labels_removed`` (default :data:`LABELS_REMOVED`) of each task's
     training labels at random, seeded by ``seed``; validation and test keep all. Refused, naming what
@@ -91,7 +95,7 @@ def load_problem(dataset: str, seed: int = 0, data: str = "shared", **options: A
     if "labels_removed" in options and data != "missing_labels":
         raise ValueError(f"labels_removed applies to data='missing_labels', not data={data!r}")
     labels_removed = options.pop("labels_removed", LABELS_REMOVED) if data == "missing_labels" else 0.0
-    builder = {"synthetic": _synthetic, "multidigits": _multidigits, "lexicon": _lexicon}[dataset]
+    builder = {"synthetic": _synthetic, "multidigits": _multidigits, "lexicon": _lexicon, "tabular": _tabular}[dataset]
     return builder(seed, data, labels_removed, options)
 
 
@@ -111,6 +115,21 @@ def _synthetic(seed: int, shape: str, labels_removed: float, options: dict[str, 
     features = synthetic.data.x.shape[1]
     backbone = Backbone("MLP", partial(mlp_encoder, features, hidden), (hidden[-1],), inputs=(features,), layers="tensor")
     return Problem("synthetic", splits, backbone, {"mmoe": {"experts": "backbone"}}, {"weights": synthetic.weights})
+
+
+def _tabular(seed: int, shape: str, labels_removed: float, options: dict[str, Any]) -> Problem:
+    """The tabular tasks with an MLP backbone on their inputs (numbers and one-hot categories)."""
+    from workbench.data import make_tabular
+
+    hidden = tuple(options.pop("hidden", (64, 64)))
+    fractions = {k: options.pop(k) for k in ("validation_fraction", "test_fraction") if k in options}
+    tabular = make_tabular(seed=seed, **options)
+    splits = tabular.splits(seed=seed, **fractions)
+    if labels_removed:
+        splits = MultiTaskSplits(splits.train.without_labels(labels_removed, seed=seed), splits.validation, splits.test, splits.reference)
+    width = tabular.data.x.shape[1]
+    backbone = Backbone("MLP", partial(mlp_encoder, width, hidden), (hidden[-1],), inputs=(width,), layers="tensor")
+    return Problem("tabular", splits, backbone, {}, {"weights": tabular.weights})
 
 
 def _synthetic_per_task(seed: int, options: dict[str, Any], fractions: dict[str, float], n_samples: int, n_tasks: int):

@@ -233,3 +233,15 @@ def test_a_noisy_router_is_noisy_in_training_only():
     assert not torch.equal(model.encoder.mixtures(x)[1][0], model.encoder.mixtures(x)[1][0])
     with pytest.raises(ValueError, match=r"task_moe: k \(the experts each sample goes to\) must be between 1 and the 4 experts, got 5"):
         make_architecture("task_moe", TASKS, MLP, n_experts=4, k=5)
+
+
+def test_an_expert_no_sample_was_routed_to_served_nothing_rather_than_died():
+    torch.manual_seed(0)
+    model = make_architecture("task_moe", TASKS, MLP, experts="backbone", n_experts=3, k=1)
+    for task in model.task_names:  # every sample to expert 0
+        with torch.no_grad():
+            model.encoder.gates[task].logits.weight.zero_()
+            model.encoder.gates[task].logits.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
+    reading = _read(model, torch.randn(8, 5)).isel(level=0)
+    assert np.isnan(reading.dead_fraction.sel(expert=["shared 1", "shared 2"]).values).all()
+    assert float(reading.utilisation.sel(expert="shared 1").max()) == 0.0 and np.isfinite(float(reading.dead_fraction.sel(expert="shared 0")))

@@ -114,11 +114,17 @@ def test_methods_report(tmp_path):
     folder = run_quick("notebooks/02_mtl_methods.ipynb", {"quick": True}, tmp_path)
     from workbench.train import comparable_methods
 
-    html = assert_renders_offline(folder / "02_mtl_methods.html", figures=11)  # the explorer: 3
+    from workbench.models import ARCHITECTURES
+    from workbench.studies import gated_architectures, load_problem
+
+    gated = gated_architectures(load_problem("multidigits", n_train=50, n_validation=20, n_test=20))
+    html = assert_renders_offline(folder / "02_mtl_methods.html", figures=11 + len(gated))  # the explorer: 3; a gates heatmap per gated architecture
     assert "mean difference" in html and "not DPP" not in html  # the claims tables
     digits = results.load(folder / "02_mtl_methods" / "multidigits_methods.nc")
     assert digits.method.values.tolist() == comparable_methods(per_family=1) == ["ew", "upgrad", "gradnorm"] and digits.sizes["seed"] == 1
-    assert results.load(folder / "02_mtl_methods" / "multidigits_mmoe.nc").method.values.tolist() == ["ew"]  # every other architecture
+    architectures = results.load(folder / "02_mtl_methods" / "multidigits_architectures.nc")
+    assert architectures.method.values.tolist() == ["ew"] and architectures.architecture.values.tolist() == list(ARCHITECTURES)  # every one
+    assert "max_shared_ownership" in html and "gate mass per task on each expert" in html
     assert results.load(folder / "02_mtl_methods" / "lexicon_methods.nc").sizes["task"] == 4
     assert "multidigits: best Δm%" in html and "lexicon: best Δm%" in html  # the verdict on another shape of the data, stated
     sparse = results.load(folder / "02_mtl_methods" / "multidigits_missing_labels_claimed_methods.nc")

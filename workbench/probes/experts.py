@@ -12,8 +12,9 @@ of gated experts, task ``t`` and expert ``e`` (definitions as in ``../shared/ref
 - ``ownership`` ``[l, e] = max_t U[l, t, e] / Σ_t U[l, t, e]``: towards 1 a shared expert has become one
   task's (HoME's expert degradation), ``1/T`` when the tasks use it alike;
 - ``dead_fraction`` ``[l, e]``: the fraction of the expert's output units that are exactly 0 on the
-  samples it served (HoME's collapse symptom: ReLU experts whose units die), and ``output_std`` ``[l, e]``,
-  the spread of its outputs over samples (mean over units): an expert whose outputs stop varying is collapsed;
+  samples it served, those a gate gave it weight (HoME's collapse symptom: ReLU experts whose units die),
+  and ``output_std`` ``[l, e]``, the spread of its outputs over those samples (mean over units): an expert
+  whose outputs stop varying is collapsed; both NaN for an expert that served no sample;
 - ``gate_overlap`` ``[t, t']``: the cosine of ``U[l, t]`` and ``U[l, t']``, averaged over levels: how much two
   tasks share their experts, the probe's task × task reading.
 
@@ -102,10 +103,11 @@ def expert_gates(model, batch: tuple[Inputs | TaskInputs, Mapping[str, Tensor]])
             utilisation[li, ti, [experts.index(e) for e in own]] = weights.mean(0).numpy()
             sample_entropy[li, ti] = float(_entropy(weights.numpy()).mean())
             for k, name in enumerate(own):
-                served[name].append(outputs[:, k].flatten(1).double().cpu())
+                used = weights[:, k] > 0  # the samples the expert served for this task (a top-k router skips the rest)
+                served[name].append(outputs[used.to(outputs.device), k].flatten(1).double().cpu())
         for ei, name in enumerate(experts):
-            if served[name]:
-                out = torch.cat(served[name])
+            out = torch.cat(served[name]) if served[name] else torch.zeros(0)
+            if len(out):
                 dead[li, ei] = float((out == 0).double().mean())
                 spread[li, ei] = float(out.std(0).mean()) if len(out) > 1 else np.nan
     with np.errstate(invalid="ignore", divide="ignore"):

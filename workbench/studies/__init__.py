@@ -3,6 +3,7 @@
 - :mod:`~workbench.studies.problems`: each dataset by name with its backbone (:func:`load_problem`);
 - :mod:`~workbench.studies.methods`: training methods compared over seeds, Δm% (:func:`compare_methods`),
   and :mod:`~workbench.studies.claims`, the published claims about them (:func:`check_claims`);
+- :mod:`~workbench.studies.architectures`: every architecture under the same methods, and what their gates do;
 - :mod:`~workbench.studies.transfer`: ground-truth transfer by training every subset (:func:`measure_transfer`);
 - :mod:`~workbench.studies.grouping`: every affinity probe against the measured transfer, groupings and their payoff;
 - :mod:`~workbench.studies.validity`: every pairwise probe against the truth over random synthetic problems;
@@ -11,6 +12,7 @@
 - :mod:`~workbench.studies.fine_tuned` and :mod:`~workbench.studies.merging`: fine-tuned sets and every merge of them.
 """
 
+from workbench.studies.architectures import architecture_summary, compare_architectures, expert_summary, expert_usage, gated_architectures
 from workbench.studies.claims import check_claims, claimed_methods
 from workbench.studies.fine_tuned import FineTunedSet, Recipe, fine_tuned_checkpoints
 from workbench.studies.grouping import GroupingStudy, study_task_grouping
@@ -33,13 +35,18 @@ __all__ = [
     "MergeSet",
     "Problem",
     "Recipe",
+    "architecture_summary",
     "attribution_validity_study",
     "check_claims",
     "claimed_methods",
     "claims_across_shapes",
+    "compare_architectures",
     "compare_merges",
     "compare_methods",
+    "expert_summary",
+    "expert_usage",
     "fine_tuned_checkpoints",
+    "gated_architectures",
     "grouping_loss",
     "interference_correlations",
     "lambda_curves",

@@ -55,6 +55,7 @@ def compare_methods(
     device: torch.device | str | None = None,
     progress: bool = True,
     monitor: bool | Monitor = False,
+    single_task: xr.DataArray | None = None,
 ) -> xr.Dataset:
     """Train every method (and one single-task model per task) for ``steps`` steps under each seed.
 
@@ -70,7 +71,8 @@ def compare_methods(
     validation metric during training), ``weights`` ``(method, seed, step, task)`` and, with the
     probe, ``conflict`` ``(method, seed, task, other_task)``: the fraction of recorded steps in which
     a pair's gradients on the shared encoder had a negative cosine. ``monitor`` goes to every run's
-    :func:`~workbench.train.train`.
+    :func:`~workbench.train.train`. ``single_task``: the baselines' metrics ``(seed, split, task)`` to
+    compare against instead of training them (another comparison's ``single_task``, covering ``seeds``).
     """
     specs = _specs(methods)
     splits = problem.splits
@@ -78,7 +80,13 @@ def compare_methods(
     names = [t.name for t in tasks]
     options = dict(batch_size=batch_size, optimizer=optimizer, eval_every=eval_every, device=device, progress=False, monitor=monitor)
     results: dict[str, list] = {key: [] for key in ("metric", "single", "seconds", "curve", "weights", "conflict")}
-    runs = [(seed, label) for seed in seeds for label in [None, *specs]]
+    if single_task is not None:
+        missing = sorted(set(seeds) - set(single_task.seed.values.tolist()))
+        if missing or set(single_task.task.values) != set(names):
+            raise ValueError(f"single_task must hold the baselines of seeds {list(seeds)} and tasks {names}; it lacks seeds {missing} "
+                             f"or has tasks {single_task.task.values.tolist()}")
+        results["single"] = [single_task.sel(seed=seed, split=list(SPLITS), task=names).values for seed in seeds]
+    runs = [(seed, label) for seed in seeds for label in ([] if single_task is not None else [None]) + list(specs)]
     for seed, label in progress_bar(runs, "methods", enabled=progress):
         if label is None:  # the single-task baselines of this seed
             single = []

@@ -1,0 +1,66 @@
+"""Architectures compared on one problem, and the gates of the gated ones over training."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from workbench.models import ARCHITECTURES, Backbone
+from workbench.studies import (
+    architecture_summary, compare_architectures, compare_methods, expert_summary, expert_usage, gated_architectures, load_problem,
+)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return load_problem("synthetic", n_tasks=2, n_samples=120, n_features=6, hidden=(8, 6))
+
+
+def test_every_architecture_is_compared_under_the_same_methods_reusing_what_was_run(problem):
+    hard = compare_methods(problem, ["ew", "mgda"], [0], 4, batch_size=16, progress=False)
+    result = compare_architectures(problem, ["ew"], [0], 4, architectures=["hps", "mmoe", "ple"], done={"hps": hard}, batch_size=16, progress=False)
+    assert result.architecture.values.tolist() == ["hps", "mmoe", "ple"] and result.method.values.tolist() == ["ew"]
+    np.testing.assert_array_equal(result.delta_m.sel(architecture="hps").values, hard.delta_m.sel({"method": ["ew"]}).values)
+    built = {name: sum(p.numel() for p in problem.make_model(problem.splits.tasks, architecture=name).parameters()) for name in ("hps", "mmoe", "ple")}
+    assert dict(zip(result.architecture.values, result.parameters.values.tolist())) == built
+    table = architecture_summary(result)
+    assert list(table.index.names) == ["architecture", "method"] and table.loc[("hps", "ew"), "steps_of_hps"] == 1.0
+    assert (table["parameters"] > 0).all()
+
+
+class Opaque(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(6, 6)
+
+    def forward(self, x):
+        return torch.tanh(self.linear(x))
+
+
+def test_an_architecture_that_refuses_the_backbone_is_left_out_with_its_reason_unless_asked_for(problem):
+    opaque = replace(problem, backbone=Backbone("Opaque", Opaque, (6,), inputs=(6,)))
+    result = compare_architectures(opaque, ["ew"], [0], 2, batch_size=16, progress=False)
+    assert set(result.attrs["skipped"]) == {"ple", "cross_stitch"} and "cannot be cut" in result.attrs["skipped"]["ple"]
+    assert set(result.architecture.values) == set(ARCHITECTURES) - {"ple", "cross_stitch"}
+    assert "ple" not in gated_architectures(opaque) and "mmoe" in gated_architectures(opaque) and "hps" not in gated_architectures(opaque)
+    with pytest.raises(ValueError, match="ple acts between the stages of the Opaque backbone"):
+        compare_architectures(opaque, ["ew"], [0], 2, architectures=["ple"], batch_size=16, progress=False)
+
+
+def test_the_gates_over_training_and_their_summary(problem):
+    usage = {name: expert_usage(problem, name, 6, every=3, batch_size=16) for name in ("mmoe", "ple")}
+    assert usage["mmoe"].step.values.tolist() == [0, 3] and usage["ple"].sizes["level"] == 2
+    table = expert_summary(usage)
+    assert list(table.index) == ["mmoe", "ple"]
+    assert (table.gate_entropy <= table.entropy_ceiling + 1e-9).all() and (table.max_shared_ownership >= 0.5 - 1e-9).all()
+    assert ((table.max_dead_fraction >= 0) & (table.max_dead_fraction <= 1)).all()
+
+
+def test_every_architecture_is_scored_against_hard_sharing_s_single_task_baselines(problem):
+    result = compare_architectures(problem, ["ew"], [0, 1], 3, architectures=["mmoe", "hps"], batch_size=16, progress=False)
+    assert result.architecture.values.tolist() == ["mmoe", "hps"]
+    np.testing.assert_array_equal(result.single_task.sel(architecture="mmoe").values, result.single_task.sel(architecture="hps").values)
+    with pytest.raises(ValueError, match=r"single_task must hold the baselines of seeds \[0, 5\]"):
+        compare_methods(problem, ["ew"], [0, 5], 3, single_task=result.single_task.sel(architecture="hps"), batch_size=16, progress=False)

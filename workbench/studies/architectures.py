@@ -1,0 +1,126 @@
+"""Architectures compared on one problem: every registered architecture trained by the same methods (Δm%, cost),
+and what the gates of the gated ones do over training (which experts serve which task, whether they collapse)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from workbench.models.registry import ARCHITECTURES
+from workbench.probes.recorder import ProbeRecorder
+from workbench.probes.registry import applies_to
+from workbench.studies.methods import compare_methods
+from workbench.train.loop import train
+
+__all__ = ["compare_architectures", "architecture_summary", "gated_architectures", "expert_usage", "expert_summary"]
+
+
+def _builds(problem, name: str) -> str | None:
+    """Why architecture ``name`` cannot be built on ``problem``'s backbone, or ``None`` when it can."""
+    try:
+        problem.make_model(problem.splits.tasks, architecture=name)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def compare_architectures(
+    problem, methods: Sequence[str], seeds: Sequence[int] = (0,), steps: int = 300, *, architectures: Sequence[str] | None = None,
+    done: Mapping[str, xr.Dataset] | None = None, **options: Any,
+) -> xr.Dataset:
+    """:func:`~workbench.studies.compare_methods` of ``methods`` for each architecture, along a new ``architecture`` dim.
+
+    Every architecture's Δm% is against the same single-task baselines, hard sharing's (the backbone
+    trained on one task), so that the architectures compare with each other: hard sharing runs first
+    (or comes from ``done``) and lends its baselines to the others.
+
+    ``architectures``: registered names, every registered one by default; one that refuses the problem's
+    backbone is left out, its reason in ``attrs["skipped"]`` (an architecture asked for by name is not:
+    its error is raised). ``done``: comparisons already run under the same seeds and steps (as notebook
+    02's hard-sharing comparison of every method), used for their architecture, cut to ``methods``.
+    ``options`` go to ``compare_methods``. Adds ``parameters`` ``(architecture)``, the trainable parameters.
+    """
+    done = dict(done or {})
+    asked = architectures is not None
+    names = list(architectures) if asked else list(ARCHITECTURES)
+    skipped = {} if asked else {name: reason for name in names if (reason := _builds(problem, name))}
+    chosen = sorted((name for name in names if name not in skipped), key=lambda name: name != "hps")
+    comparisons, parameters, baselines = {}, {}, None
+    for name in chosen:
+        if name in done:
+            comparison = done[name].sel({"method": list(methods)})
+        else:
+            comparison = compare_methods(problem, methods, seeds, steps, architecture=name, single_task=baselines if name != "hps" else None, **options)
+        if name == "hps":
+            baselines = comparison.single_task
+        comparisons[name] = comparison.expand_dims(architecture=[name])
+        model = problem.make_model(problem.splits.tasks, architecture=name)
+        parameters[name] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    order = [name for name in names if name in comparisons]
+    result = xr.concat([comparisons[name] for name in order], dim="architecture", data_vars="minimal", join="exact", combine_attrs="drop_conflicts")
+    result["parameters"] = ("architecture", [parameters[name] for name in order])
+    result.attrs.update(skipped=skipped)
+    return result
+
+
+def architecture_summary(comparison: xr.Dataset, split: str = "test", unit: str = "hps"):
+    """A table (pandas DataFrame) per architecture and method: Δm% mean and standard deviation over seeds,
+    ms per step and its ratio to architecture ``unit`` under the same method, and the trainable parameters."""
+    import pandas as pd
+
+    chosen = comparison.sel(split=split)
+    ddof = 1 if comparison.sizes["seed"] > 1 else 0
+    seconds = comparison.seconds_per_step.mean("seed")
+    table = pd.DataFrame({
+        "delta_m_mean": chosen.delta_m.mean("seed").to_series(),
+        "delta_m_std": chosen.delta_m.std("seed", ddof=ddof).to_series(),
+        "ms_per_step": (seconds * 1e3).to_series(),
+    })
+    if unit in comparison.architecture.values:
+        table[f"steps_of_{unit}"] = (seconds / seconds.sel(architecture=unit)).to_series()
+    table["parameters"] = comparison.parameters.to_series().reindex(table.index.get_level_values("architecture")).values
+    return table
+
+
+def gated_architectures(problem) -> list[str]:
+    """The registered architectures that build on ``problem``'s backbone and read out their gates (``expert_gates`` applies)."""
+    return [name for name in ARCHITECTURES if _builds(problem, name) is None
+            and applies_to("expert_gates", problem.make_model(problem.splits.tasks, architecture=name))]
+
+
+def expert_usage(problem, architecture: str, steps: int, every: int = 10, *, method: str = "ew", seed: int = 0, held_out: int = 256,
+                 **options: Any) -> xr.Dataset:
+    """The ``expert_gates`` history of one run of ``architecture`` trained by ``method`` (recorded every ``every``
+    steps on a fixed batch of ``held_out`` validation samples); ``options`` go to :func:`~workbench.train.train`."""
+    splits = problem.splits
+    torch.manual_seed(seed)
+    model = problem.make_model(splits.tasks, architecture=architecture)
+    recorder = ProbeRecorder("expert_gates", every=every, batch=splits.validation.probe_batch(held_out))
+    run = train(model, splits.train, steps, method=method, seed=seed, recorders=[recorder], progress=False, **options)
+    history = run.complete(f"{architecture}'s gates").probes["expert_gates"]
+    return history.assign_attrs(architecture=architecture)
+
+
+def expert_summary(usage: Mapping[str, xr.Dataset]):
+    """A table (pandas DataFrame) per architecture, at the last recorded step, over levels and tasks: the mean gate
+    entropy against its ceiling ``log n``, the largest ownership of a shared expert (towards 1: a shared expert
+    serves one task), the largest dead fraction and the smallest output spread of an expert (collapse)."""
+    import pandas as pd
+
+    rows = {}
+    for name, history in usage.items():
+        last = history.isel(step=-1)
+        shared = [e for e in last.expert.values if str(e).startswith("shared ")]
+        rows[name] = {
+            "gate_entropy": float(last.gate_entropy.mean()),
+            "entropy_ceiling": float(np.log(last.sizes["expert"])),
+            "sample_entropy": float(last.sample_entropy.mean()),
+            "max_shared_ownership": float(last.ownership.sel(expert=shared).max()) if shared else np.nan,
+            "max_dead_fraction": float(last.dead_fraction.max()),
+            "min_output_std": float(last.output_std.min()),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")

@@ -125,6 +125,8 @@ def test_methods_report(tmp_path):
     architectures = results.load(folder / "02_mtl_methods" / "multidigits_architectures.nc")
     assert architectures.method.values.tolist() == ["ew"] and architectures.architecture.values.tolist() == list(ARCHITECTURES)  # every one
     assert "max_shared_ownership" in html and "gate mass per task on each expert" in html
+    assert "ple beats mmoe" in html and "task cosine -0.3" in html  # the architecture claims' verdicts, stated
+    assert results.load(folder / "02_mtl_methods" / "tabular_task_cosine_-0.3_architectures.nc").architecture.values.tolist() == ["hps", "mmoe", "cgc", "ple"]
     assert results.load(folder / "02_mtl_methods" / "lexicon_methods.nc").sizes["task"] == 4
     assert "multidigits: best Δm%" in html and "lexicon: best Δm%" in html  # the verdict on another shape of the data, stated
     sparse = results.load(folder / "02_mtl_methods" / "multidigits_missing_labels_claimed_methods.nc")

@@ -64,3 +64,19 @@ def test_every_architecture_is_scored_against_hard_sharing_s_single_task_baselin
     np.testing.assert_array_equal(result.single_task.sel(architecture="mmoe").values, result.single_task.sel(architecture="hps").values)
     with pytest.raises(ValueError, match=r"single_task must hold the baselines of seeds \[0, 5\]"):
         compare_methods(problem, ["ew"], [0, 5], 3, single_task=result.single_task.sel(architecture="hps"), batch_size=16, progress=False)
+
+
+def test_the_published_architecture_claims_are_checked_in_every_setting():
+    from workbench.studies import ARCHITECTURE_CLAIMS, check_architecture_claims
+
+    settings = {}
+    for cosine in (-0.3, 0.8):
+        tabular = load_problem("tabular", n_tasks=3, n_features=6, correlation=cosine, n_samples=150, hidden=(8, 6))
+        settings[f"task cosine {cosine:+.1f}"] = compare_architectures(tabular, ["ew"], [0, 1], 3, architectures=["hps", "mmoe", "cgc", "ple"],
+                                                                        batch_size=16, progress=False)
+    table = check_architecture_claims(settings)
+    assert list(table.index) == [(setting, f"{a} beats {b}") for setting in settings for a, b, _ in ARCHITECTURE_CLAIMS]
+    row = table.loc[("task cosine -0.3", "ple beats mmoe")]
+    delta = settings["task cosine -0.3"].delta_m.sel({"split": "test", "method": "ew"})
+    assert row["mean difference"] == pytest.approx(float((delta.sel(architecture="ple") - delta.sel(architecture="mmoe")).mean()))
+    assert row["verdict"] in {"holds, clearly", "holds within the noise", "reversed, clearly", "does not hold, within the noise"}

@@ -12,7 +12,9 @@
 - :mod:`~workbench.studies.fine_tuned` and :mod:`~workbench.studies.merging`: fine-tuned sets and every merge of them.
 """
 
-from workbench.studies.architectures import architecture_summary, compare_architectures, expert_summary, expert_usage, gated_architectures
+from workbench.studies.architectures import (
+    ARCHITECTURE_CLAIMS, architecture_summary, check_architecture_claims, claimed_architectures, compare_architectures, expert_summary, expert_usage, gated_architectures,
+)
 from workbench.studies.claims import check_claims, claimed_methods
 from workbench.studies.fine_tuned import FineTunedSet, Recipe, fine_tuned_checkpoints
 from workbench.studies.grouping import GroupingStudy, study_task_grouping
@@ -28,6 +30,7 @@ from workbench.studies.transfer import grouping_loss, measure_transfer, pairwise
 from workbench.studies.validity import probe_readings, validity_study
 
 __all__ = [
+    "ARCHITECTURE_CLAIMS",
     "DATA_SHAPES",
     "DATASETS",
     "FineTunedSet",
@@ -37,7 +40,9 @@ __all__ = [
     "Recipe",
     "architecture_summary",
     "attribution_validity_study",
+    "check_architecture_claims",
     "check_claims",
+    "claimed_architectures",
     "claimed_methods",
     "claims_across_shapes",
     "compare_architectures",

@@ -13,10 +13,20 @@ import xarray as xr
 from workbench.models.registry import ARCHITECTURES
 from workbench.probes.recorder import ProbeRecorder
 from workbench.probes.registry import applies_to
+from workbench.studies.claims import paired_verdict
 from workbench.studies.methods import compare_methods
 from workbench.train.loop import train
 
-__all__ = ["compare_architectures", "architecture_summary", "gated_architectures", "expert_usage", "expert_summary"]
+__all__ = [
+    "ARCHITECTURE_CLAIMS", "compare_architectures", "architecture_summary", "check_architecture_claims", "claimed_architectures",
+    "gated_architectures", "expert_usage", "expert_summary",
+]
+
+ARCHITECTURE_CLAIMS = [
+    ("ple", "mmoe", "Tang et al. 2020: PLE above MMoE, most of all where the tasks' correlation is weak or negative (the seesaw)"),
+    ("cgc", "mmoe", "Tang et al. 2020: CGC, PLE's single level, above MMoE"),
+]
+"""The published orderings of architectures tested: ``(better, worse, source)``."""
 
 
 def _builds(problem, name: str) -> str | None:
@@ -124,3 +134,29 @@ def expert_summary(usage: Mapping[str, xr.Dataset]):
             "min_output_std": float(last.output_std.min()),
         }
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def claimed_architectures() -> list[str]:
+    """Hard sharing (the baselines' architecture) and the architectures :data:`ARCHITECTURE_CLAIMS` name, in registration order."""
+    named = {name for better, worse, _ in ARCHITECTURE_CLAIMS for name in (better, worse)}
+    return [name for name in ARCHITECTURES if name == "hps" or name in named]
+
+
+def check_architecture_claims(settings: Mapping[str, xr.Dataset], split: str = "test", method: str = "ew"):
+    """A table (pandas DataFrame) of :data:`ARCHITECTURE_CLAIMS` in every setting: ``settings`` maps a label
+    (``"task cosine -0.3"``) to a :func:`compare_architectures` result holding both architectures. Each row
+    gives both mean Δm% under ``method``, their mean difference paired by seed and the verdict (clearly:
+    beyond two standard errors), as :func:`~workbench.studies.check_claims` does for methods."""
+    import pandas as pd
+
+    rows = []
+    for label, comparison in settings.items():
+        delta = comparison.delta_m.sel({"split": split, "method": method})
+        for better, worse, source in ARCHITECTURE_CLAIMS:
+            if better in comparison.architecture.values and worse in comparison.architecture.values:
+                ours, theirs = delta.sel(architecture=better), delta.sel(architecture=worse)
+                differences = (ours - theirs).values
+                rows.append({"setting": label, "claim": f"{better} beats {worse}", "source": source,
+                             "measured": f"{float(ours.mean()):+.2f} vs {float(theirs.mean()):+.2f}",
+                             "mean difference": float(differences.mean()), "verdict": paired_verdict(differences)})
+    return pd.DataFrame(rows, columns=["setting", "claim", "source", "measured", "mean difference", "verdict"]).set_index(["setting", "claim"])

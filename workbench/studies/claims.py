@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
-__all__ = ["PUBLISHED_DELTA_M", "PUBLISHED_COST", "CLAIMS", "check_claims", "claimed_methods"]
+__all__ = ["PUBLISHED_DELTA_M", "PUBLISHED_COST", "CLAIMS", "check_claims", "claimed_methods", "paired_verdict"]
 
 # NYUv2, SegNet-MTAN, Δm% (lower is better); "ew" is linear scalarisation with equal weights (LS).
 PUBLISHED_DELTA_M = {"ew": 5.59, "mgda": 1.38, "pcgrad": 3.97, "cagrad": 0.20, "imtl_g": -0.76, "nash_mtl": -4.04, "famo": -4.10}
@@ -24,7 +24,7 @@ CLAIMS = [(m, "ew") for m in ("mgda", "pcgrad", "cagrad", "imtl_g", "nash_mtl", 
 PUBLISHED_COST = {"famo": 1.08, "cagrad": 4.47, "mgda": 5.58, "nash_mtl": 6.11, "pcgrad": 8.08}
 
 
-def _verdict(differences: np.ndarray) -> str:
+def paired_verdict(differences: np.ndarray) -> str:
     """'holds' when the mean paired difference is negative; 'clearly' beyond two standard errors."""
     mean = differences.mean()
     if len(differences) < 2:
@@ -63,7 +63,7 @@ def check_claims(comparison: xr.Dataset, split: str = "test", unit: str = "ew"):
                 "claim": f"{better} beats {worse} (published Δm% {PUBLISHED_DELTA_M[better]:+.2f} vs {PUBLISHED_DELTA_M[worse]:+.2f})",
                 "measured": f"{float(ours.mean()):+.2f} vs {float(theirs.mean()):+.2f}",
                 "mean difference": float(differences.mean()),
-                "verdict": _verdict(differences),
+                "verdict": paired_verdict(differences),
             })
     seconds = comparison.seconds_per_step.mean("seed")
     if unit in comparison.method.values:

@@ -245,3 +245,42 @@ def test_an_expert_no_sample_was_routed_to_served_nothing_rather_than_died():
     reading = _read(model, torch.randn(8, 5)).isel(level=0)
     assert np.isnan(reading.dead_fraction.sel(expert=["shared 1", "shared 2"]).values).all()
     assert float(reading.utilisation.sel(expert="shared 1").max()) == 0.0 and np.isfinite(float(reading.dead_fraction.sel(expert="shared 0")))
+
+
+def _adatt_gate_on_own(model, task: str, m: int) -> None:
+    """Make ``task``'s gate at every level put all its mass on its own first expert."""
+    tasks = model.task_names
+    for level in model.encoder.levels:
+        with torch.no_grad():
+            gate = level.gates[task]
+            gate.weight.zero_()
+            gate.bias.fill_(-100.0)
+            gate.bias[tasks.index(task) * m] = 100.0
+
+
+def test_adatt_s_output_is_its_gate_s_fusion_plus_its_own_residual():
+    torch.manual_seed(0)
+    model = make_architecture("adatt", TASKS, MLP, widths=(4,), experts_per_task=1)
+    x = torch.randn(6, 5)
+    features = model.encoder.trunk(x).flatten(1)
+    level = model.encoder.levels[0]
+    _adatt_gate_on_own(model, "a", 1)
+    own = level.experts["a"][0](features)
+    torch.testing.assert_close(model.represent(x)[:, 0], 2 * own)  # the gate's whole mass on f_a, plus the residual f_a
+    with torch.no_grad():  # b's experts do not reach a, whose gate ignores them
+        for p in level.experts["b"].parameters():
+            p.add_(1.0)
+    torch.testing.assert_close(model.represent(x)[:, 0], 2 * own)
+
+
+def test_adatt_with_several_experts_weighs_its_residual_and_refuses_bad_options():
+    torch.manual_seed(0)
+    model = make_architecture("adatt", TASKS, MLP, widths=(4, 3), experts_per_task=3)
+    for level in model.encoder.levels:
+        for v in level.residual.values():
+            assert v.shape == (3,) and (v.abs() <= np.sqrt(1 / 3)).all()
+    assert model.represent(torch.randn(2, 5)).shape == (2, 2, 3)
+    with pytest.raises(ValueError, match=r"adatt needs at least one expert per task \(m=0\)"):
+        make_architecture("adatt", TASKS, MLP, experts_per_task=0)
+    with pytest.raises(ValueError, match=r"one level of positive width \(widths=\[\]\)"):
+        make_architecture("adatt", TASKS, MLP, widths=())

@@ -9,6 +9,7 @@ signature, after the tasks and the backbone), and its paper.
 - **mixture of experts**: ``mmoe``, a softmax gate per task over shared experts; ``cgc``, shared experts and
   each task's own; ``dselect_k``, a gate per task that selects k of the shared experts; ``ple``, levels of
   CGC on the backbone's stages; ``task_moe``, top-k routing per task, sparse;
+- **task fusion**: ``adatt``, each task's experts fused into every task's output by its gate;
 - **task columns**: ``cross_stitch``, a copy of the backbone per task, mixed between stages.
 """
 
@@ -45,6 +46,9 @@ ARCHITECTURES: Registry[Entry] = Registry("architecture", [
           "workbench.models.task_moe.task_moe",
           paper="Liang et al. 2022, M3ViT: mixture-of-experts vision transformer for efficient multi-task learning; Shazeer et al. 2017 (top-k gating)",
           fixed=_FIXED),
+    Entry("adatt", "task fusion", "each task's experts, fused into every task's output by its gate, plus a residual of its own",
+          "workbench.models.adatt.adatt",
+          paper="Li et al. 2023, AdaTT: adaptive task-to-task fusion network for multitask learning in recommendations", fixed=_FIXED),
     Entry("cross_stitch", "task columns", "a copy of the backbone per task, their stages' outputs mixed by learned weights",
           "workbench.models.cross_stitch.cross_stitch", paper="Misra et al. 2016, Cross-stitch networks for multi-task learning", fixed=_FIXED),
 ])

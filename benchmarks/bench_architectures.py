@@ -1,5 +1,6 @@
-"""Milliseconds per training step of every registered architecture against hard sharing, and of the
-architectures LibMTL 1.1.5 also has against LibMTL's implementation on the same inputs.
+"""Milliseconds per training step of every registered architecture against hard sharing, and of MMoE, CGC and
+DSelect-k against LibMTL 1.1.5's implementations on the same inputs (its PLE and Cross-stitch are built on a
+ResNet's stages, not on this CNN, and are not timed here).
 
 Backbone: MultiDigits' CNN (``load_problem("multidigits")``, its backbone and its two default tasks), a
 batch of 64 images. A step is forward, the summed loss's backward and Adam's step (equal weighting). Each

@@ -51,6 +51,7 @@ def test_the_model_contract_holds(name, backbone):
     assert shared, "an architecture shares some parameters"
     for task, params in own.items():
         assert params and not params & shared, f"task {task!r}'s parameters are its own"
+        assert not any(params & other for name, other in own.items() if name != task), f"task {task!r} shares its own parameters"
     assert shared | set().union(*own.values()) == {id(p) for p in model.parameters() if p.requires_grad}
     build(name, backbone, **{option: default for option, default in ARCHITECTURES[name].options().items()})  # the defaults build too
 

@@ -116,14 +116,19 @@ def _read(model, x):
     return make_probe("expert_gates")(model, (x, {t: torch.randn(len(x)) for t in model.task_names}))
 
 
-@pytest.mark.parametrize("name", ["mmoe", "cgc", "dselect_k", "ple"])
+@pytest.mark.parametrize("name", ["mmoe", "cgc", "dselect_k", "ple", "task_moe", "adatt"])
 def test_each_task_s_utilisation_is_a_distribution_over_the_experts_it_weighs(name):
     torch.manual_seed(0)
-    options = {"ple": {}, "mmoe": {"n_experts": 3}, "cgc": {"n_experts": 2, "own_experts": 2}, "dselect_k": {"n_experts": 4, "k": 2}}[name]
+    options = {"ple": {}, "mmoe": {"n_experts": 3}, "cgc": {"n_experts": 2, "own_experts": 2}, "dselect_k": {"n_experts": 4, "k": 2},
+               "task_moe": {"n_experts": 3, "k": 2}, "adatt": {"widths": (4, 3), "experts_per_task": 2}}[name]
     model = make_architecture(name, TASKS, MLP, **options)
     reading = _read(model, torch.randn(9, 5))
     np.testing.assert_allclose(reading.utilisation.sum("expert").values, 1.0, rtol=1e-6)
-    assert ((reading.gate_entropy >= 0) & (reading.gate_entropy <= np.log(reading.sizes["expert"]) + 1e-9)).all()
+    sizes = {"ple": 2, "mmoe": 3, "cgc": 4, "dselect_k": 4, "task_moe": 3, "adatt": 4}[name]  # the experts each task's gate weighs
+    assert (reading.gate_size == sizes).all()
+    assert ((reading.gate_entropy >= 0) & (reading.gate_entropy <= np.log(reading.gate_size) + 1e-9)).all()
+    own = reading.own_share.values
+    assert np.isnan(own).all() if name in ("mmoe", "dselect_k", "task_moe") else ((own > 0) & (own < 1)).all()
     assert ((reading.ownership >= 1 / len(TASKS) - 1e-9) & (reading.ownership <= 1 + 1e-9)).all()
     np.testing.assert_allclose(np.diag(reading.gate_overlap.values), 1.0, rtol=1e-6)
     if name == "cgc":  # a task never weighs another's own experts

@@ -46,7 +46,9 @@ def test_an_architecture_that_refuses_the_backbone_is_left_out_with_its_reason_u
     assert set(result.architecture.values) == set(ARCHITECTURES) - {"ple", "cross_stitch"}
     assert "ple" not in gated_architectures(opaque) and "mmoe" in gated_architectures(opaque) and "hps" not in gated_architectures(opaque)
     with pytest.raises(ValueError, match="ple acts between the stages of the Opaque backbone"):
-        compare_architectures(opaque, ["ew"], [0], 2, architectures=["ple"], batch_size=16, progress=False)
+        compare_architectures(opaque, ["ew"], [0], 2, architectures=["hps", "ple"], batch_size=16, progress=False)
+    with pytest.raises(ValueError, match="against hard sharing's single-task baselines: include 'hps' among the architectures \\['mmoe'\\]"):
+        compare_architectures(opaque, ["ew"], [0], 2, architectures=["mmoe"], batch_size=16, progress=False)
 
 
 def test_the_gates_over_training_and_their_summary(problem):
@@ -56,6 +58,14 @@ def test_the_gates_over_training_and_their_summary(problem):
     assert list(table.index) == ["mmoe", "ple"]
     assert (table.gate_entropy <= table.entropy_ceiling + 1e-9).all() and (table.max_shared_ownership >= 0.5 - 1e-9).all()
     assert ((table.max_dead_fraction >= 0) & (table.max_dead_fraction <= 1)).all()
+
+
+def test_a_reused_comparison_that_was_run_otherwise_is_refused_naming_what_differs(problem):
+    hard = compare_methods(problem, ["ew"], [0], 4, batch_size=16, progress=False)
+    with pytest.raises(ValueError, match=r"done\['hps'\] is no comparison this one can reuse: it ran 4 steps, not 3; its seeds are \[0\], not \[0, 1\]"):
+        compare_architectures(problem, ["ew"], [0, 1], 3, architectures=["hps", "mmoe"], done={"hps": hard}, batch_size=16, progress=False)
+    with pytest.raises(ValueError, match="its architecture is 'hps'"):
+        compare_architectures(problem, ["ew"], [0], 4, architectures=["hps", "mmoe"], done={"mmoe": hard}, batch_size=16, progress=False)
 
 
 def test_every_architecture_is_scored_against_hard_sharing_s_single_task_baselines(problem):

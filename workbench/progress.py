@@ -70,7 +70,7 @@ def _bar() -> type:
         def close(self) -> None:
             shown, self._shown = self._shown, None
             super().close()
-            if shown is not None and self.leave:
-                shown.update({"text/plain": self.format_meter(**self.format_dict)}, raw=True)
+            if shown is not None:  # a bar that does not stay leaves nothing
+                shown.update({"text/plain": self.format_meter(**self.format_dict) if self.leave else ""}, raw=True)
 
     return NotebookBar

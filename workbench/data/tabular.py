@@ -16,7 +16,9 @@ Categorical features (the workbench's addition; MultiTab-Bench's are numerical):
 of the ``D`` features are cut into ``categories`` bins of equal probability; the tasks read each bin's
 mean value of the feature (so the category is all there is to know of it) and the inputs carry the
 category one-hot. The inputs are then ``D − categorical`` numbers followed by ``categorical × categories``
-indicators. The ground truth is ``P`` (``similarity`` and ``realised`` alike: the cosines are exact).
+indicators. The ground truth is ``P`` (``similarity`` and ``realised`` alike: the weight vectors' cosines
+are exact). With categorical features the projections ``s_t`` read the bins' means, whose variance is
+below 1, so the correlation of the tasks' projections departs from ``P`` somewhat; the weights' is exact.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from workbench.models.backbone import Backbone
-from workbench.models.mmoe import slot_heads
+from workbench.models.mmoe import GateReading, slot_heads
 from workbench.tasks import Inputs, MultiTaskModel, Task
 
 __all__ = ["AdaTTEncoder", "adatt"]
@@ -42,15 +42,18 @@ class _Level(nn.Module):
         self.gates = nn.ModuleDict({t: nn.Linear(width_in, len(tasks) * m) for t in tasks})
         self.residual = nn.ParameterDict({t: nn.Parameter(torch.empty(m).uniform_(-math.sqrt(1 / m), math.sqrt(1 / m))) for t in tasks} if m > 1 else {})
 
-    def forward(self, h: dict[str, Tensor]) -> dict[str, Tensor]:
+    def forward(self, h: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, GateReading]]:
+        """Each task's fused output, and its gate's reading over every task's experts."""
         own = {t: torch.stack([expert(h[t]) for expert in experts], dim=1) for t, experts in self.experts.items()}  # (B, m, C)
         every = torch.cat([own[t] for t in self.experts], dim=1)  # (B, T·m, C), task by task
-        fused = {}
+        names = [f"{t} {k}" for t, experts in self.experts.items() for k in range(len(experts))]
+        fused, readings = {}, {}
         for t in self.experts:
             gate = torch.softmax(self.gates[t](h[t]), dim=-1)
             residual = torch.einsum("k,bkc->bc", self.residual[t], own[t]) if self.residual else own[t][:, 0]
             fused[t] = torch.einsum("be,bec->bc", gate, every) + residual
-        return fused
+            readings[t] = GateReading(names, gate, every)
+        return fused, readings
 
 
 class AdaTTEncoder(nn.Module):
@@ -66,11 +69,23 @@ class AdaTTEncoder(nn.Module):
         self.levels = nn.ModuleList(_Level(tasks, a, b, m) for a, b in zip(sizes, sizes[1:]))
 
     def forward(self, x: Inputs) -> Tensor:
+        return self._levels(x)[0]
+
+    def _levels(self, x: Inputs) -> tuple[Tensor, dict[str, dict[str, GateReading]]]:
         features = self.trunk(x).flatten(1)
         h = {t: features for t in self.task_order}
-        for level in self.levels:
-            h = level(h)
-        return torch.stack([h[t] for t in self.task_order], dim=1)
+        readings = {}
+        for i, level in enumerate(self.levels):
+            h, readings[f"level {i}"] = level(h)
+        return torch.stack([h[t] for t in self.task_order], dim=1), readings
+
+    def expert_names(self, task: str) -> list[str]:
+        """Every task's gate weighs every task's experts: ``{task} 0``, … task by task."""
+        return [f"{t} {k}" for t in self.task_order for k in range(len(self.levels[0].experts[t]))]
+
+    def gate_readings(self, x: Inputs) -> dict[str, dict[str, GateReading]]:
+        """The gates on ``x``, level by level: ``{"level 0": {task: GateReading}, …}``."""
+        return self._levels(x)[1]
 
     def task_parameters(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
         """Each task's gate and residual weights at the last level: before it, a task's fused output is the input

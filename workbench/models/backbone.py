@@ -40,12 +40,12 @@ class Backbone:
     def make_stages(self, architecture: str) -> list[nn.Module]:
         """A fresh encoder cut into its stages; errors name ``architecture``."""
         encoder = self.make()
-        cut = self.stages or sequential_stages
-        try:
-            return cut(encoder)
-        except TypeError as error:
-            raise ValueError(f"{architecture} acts between the stages of the {self.name} backbone, which cannot be cut: {error}; "
-                             "give the Backbone a stages function") from None
+        if self.stages is not None:
+            return self.stages(encoder)
+        if not isinstance(encoder, nn.Sequential):
+            raise ValueError(f"{architecture} acts between the stages of the {self.name} backbone, which cannot be cut: only an nn.Sequential "
+                             f"is cut by default, not a {type(encoder).__name__}; give the Backbone a stages function")
+        return sequential_stages(encoder)
 
 
 def sequential_stages(encoder: nn.Module) -> list[nn.Module]:

@@ -48,7 +48,8 @@ class CrossStitchEncoder(nn.Module):
         self.columns = nn.ModuleDict({task: nn.ModuleList(make_stages()) for task in tasks})
         depth = len(self.columns[self.task_order[0]])
         if depth < 2:
-            raise ValueError(f"cross_stitch stitches between stages; the backbone has {depth} stage")
+            raise ValueError(f"cross_stitch stitches between stages; the backbone has {depth} stage (it needs two layers with parameters, "
+                             "or a stages function that cuts it in two or more)")
         n = len(tasks)
         alpha = torch.full((n, n), (1.0 - alpha_self) / (n - 1) if n > 1 else 0.0)
         alpha.fill_diagonal_(float(alpha_self) if n > 1 else 1.0)

@@ -95,10 +95,7 @@ def ple(tasks: Sequence[Task], backbone: Backbone, n_experts: int = 1, own_exper
     """PLE with ``n_experts`` shared and ``own_experts`` per task, each a copy of ``backbone`` whose stages are its levels."""
     if backbone.inputs is None:
         raise ValueError(f"ple's gates read each level's input flattened, which the {backbone.name} backbone's named inputs are not")
-    probe = backbone.make_stages("ple")
-    was = [stage.training for stage in probe]
-    widths = _level_widths([stage.eval() for stage in probe], backbone.inputs)
-    for stage, training in zip(probe, was):
-        stage.train(training)
+    with torch.random.fork_rng():  # a throwaway copy, to read the widths, leaving the random state as it was
+        widths = _level_widths([stage.eval() for stage in backbone.make_stages("ple")], backbone.inputs)
     encoder = PLEEncoder([t.name for t in tasks], lambda: backbone.make_stages("ple"), widths, n_experts, own_experts)
     return MultiTaskModel(encoder, tasks, heads=slot_heads(tasks, math.prod(backbone.shape)))

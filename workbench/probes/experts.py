@@ -1,20 +1,25 @@
 """Which experts serve which task, and whether they collapse: the gates of a gated architecture on a batch.
 
 For a model whose encoder reads out its gates (``gate_readings``: MMoE, CGC, DSelect-k, PLE, the task-routed
-MoE), per level ``l``
-of gated experts, task ``t`` and expert ``e`` (definitions as in ``../shared/references/architectures.md``):
+MoE, AdaTT), per level ``l``
+of gated experts, task ``t`` and expert ``e``:
 
 - ``utilisation`` ``U[l, t, e]``: the mean over the task's samples of its gate's weight on ``e`` (0 on an
   expert its gate does not weigh, another task's own);
-- ``gate_entropy`` ``H[l, t] = −Σ_e U log U`` (nats; 0 when one expert takes all, ``log n`` when ``n``
-  share evenly) and ``sample_entropy``, the mean over samples of each sample's gate entropy: low per sample
-  but high overall is routing by input;
+- ``gate_entropy`` ``H[l, t] = −Σ_e U log U`` (nats; 0 when one expert takes all, ``log n`` when the
+  ``gate_size`` ``n`` experts the gate weighs share evenly) and ``sample_entropy``, the mean over samples of
+  each sample's gate entropy: low per sample but high overall is routing by input;
+- ``own_share`` ``[l, t]``: the share of the task's gate mass on experts of its own (CGC, PLE, AdaTT; NaN
+  without any), the sheet's underfitting measure: low when a task leans on the shared experts;
 - ``ownership`` ``[l, e] = max_t U[l, t, e] / Σ_t U[l, t, e]``: towards 1 a shared expert has become one
   task's (HoME's expert degradation), ``1/T`` when the tasks use it alike;
 - ``dead_fraction`` ``[l, e]``: the fraction of the expert's output units that are exactly 0 on the
   samples it served, those a gate gave it weight (HoME's collapse symptom: ReLU experts whose units die),
   and ``output_std`` ``[l, e]``, the spread of its outputs over those samples (mean over units): an expert
-  whose outputs stop varying is collapsed; both NaN for an expert that served no sample;
+  whose outputs stop varying is collapsed; both NaN for an expert that served no sample. (The sheet's spread
+  of the experts' output means and deviations across experts is not computed; ``output_std`` across the
+  expert dim shows it. A shared expert's outputs are gathered once per task that it served, so rows the
+  tasks share count once per task.)
 - ``gate_overlap`` ``[t, t']``: the cosine of ``U[l, t]`` and ``U[l, t']``, averaged over levels: how much two
   tasks share their experts, the probe's task × task reading.
 
@@ -77,7 +82,7 @@ def _entropy(p: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def expert_gates(model, batch: tuple[Inputs | TaskInputs, Mapping[str, Tensor]]) -> xr.Dataset:
     """The gates' readings on ``batch`` (see the module docstring): ``utilisation`` ``(level, task, expert)``,
-    ``gate_entropy`` and ``sample_entropy`` ``(level, task)``, ``ownership``, ``dead_fraction`` and
+    ``gate_entropy``, ``sample_entropy``, ``gate_size`` and ``own_share`` ``(level, task)``, ``ownership``, ``dead_fraction`` and
     ``output_std`` ``(level, expert)``, ``gate_overlap`` ``(task, other_task)``."""
     if not has_gates(model):
         raise ValueError(f"expert_gates reads the gates of a gated architecture, whose encoder reads them out (gate_readings); "
@@ -90,7 +95,7 @@ def expert_gates(model, batch: tuple[Inputs | TaskInputs, Mapping[str, Tensor]])
     experts = list(dict.fromkeys(name for task in tasks for name in names(task)))
     n_l, n_t, n_e = len(levels), len(tasks), len(experts)
     utilisation = np.full((n_l, n_t, n_e), np.nan)
-    sample_entropy = np.full((n_l, n_t), np.nan)
+    sample_entropy, gate_size, own_share = (np.full((n_l, n_t), np.nan) for _ in range(3))
     dead, spread = np.full((n_l, n_e), np.nan), np.full((n_l, n_e), np.nan)
     for li, level in enumerate(levels):
         served: dict[str, list[Tensor]] = {e: [] for e in experts}
@@ -102,6 +107,10 @@ def expert_gates(model, batch: tuple[Inputs | TaskInputs, Mapping[str, Tensor]])
             utilisation[li, ti] = 0.0
             utilisation[li, ti, [experts.index(e) for e in own]] = weights.mean(0).numpy()
             sample_entropy[li, ti] = float(_entropy(weights.numpy()).mean())
+            gate_size[li, ti] = len(own)
+            mine = [k for k, name in enumerate(own) if name.startswith(f"{task} ")]
+            if mine:
+                own_share[li, ti] = float(weights[:, mine].sum(1).mean() / weights.sum(1).mean())
             for k, name in enumerate(own):
                 used = weights[:, k] > 0  # the samples the expert served for this task (a top-k router skips the rest)
                 served[name].append(outputs[used.to(outputs.device), k].flatten(1).double().cpu())
@@ -120,6 +129,8 @@ def expert_gates(model, batch: tuple[Inputs | TaskInputs, Mapping[str, Tensor]])
             "utilisation": (("level", "task", "expert"), utilisation),
             "gate_entropy": (("level", "task"), _entropy(utilisation)),
             "sample_entropy": (("level", "task"), sample_entropy),
+            "gate_size": (("level", "task"), gate_size),
+            "own_share": (("level", "task"), own_share),
             "ownership": (("level", "expert"), ownership),
             "dead_fraction": (("level", "expert"), dead),
             "output_std": (("level", "expert"), spread),

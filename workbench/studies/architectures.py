@@ -38,6 +38,23 @@ def _builds(problem, name: str) -> str | None:
     return None
 
 
+def _check_done(name: str, comparison: xr.Dataset, problem, methods: list[str], seeds: list[int], steps: int) -> None:
+    """Refuse a comparison of ``done`` that was not run as this one would be, naming what differs."""
+    differs = []
+    if comparison.attrs.get("architecture") != name:
+        differs.append(f"its architecture is {comparison.attrs.get('architecture')!r}")
+    if comparison.attrs.get("problem") != problem.name:
+        differs.append(f"it ran on {comparison.attrs.get('problem')!r}, not {problem.name!r}")
+    if comparison.attrs.get("steps") != steps:
+        differs.append(f"it ran {comparison.attrs.get('steps')} steps, not {steps}")
+    if comparison.seed.values.tolist() != seeds:
+        differs.append(f"its seeds are {comparison.seed.values.tolist()}, not {seeds}")
+    if missing := [m for m in methods if m not in comparison.method.values]:
+        differs.append(f"it lacks the methods {missing}")
+    if differs:
+        raise ValueError(f"done[{name!r}] is no comparison this one can reuse: " + "; ".join(differs))
+
+
 def compare_architectures(
     problem, methods: Sequence[str], seeds: Sequence[int] = (0,), steps: int = 300, *, architectures: Sequence[str] | None = None,
     done: Mapping[str, xr.Dataset] | None = None, **options: Any,
@@ -57,6 +74,11 @@ def compare_architectures(
     done = dict(done or {})
     asked = architectures is not None
     names = list(architectures) if asked else list(ARCHITECTURES)
+    if "hps" not in names:
+        raise ValueError(f"compare_architectures scores every architecture against hard sharing's single-task baselines: "
+                         f"include 'hps' among the architectures {names}")
+    for name, comparison in done.items():
+        _check_done(name, comparison, problem, list(methods), list(seeds), steps)
     skipped = {} if asked else {name: reason for name in names if (reason := _builds(problem, name))}
     chosen = sorted((name for name in names if name not in skipped), key=lambda name: name != "hps")
     comparisons, parameters, baselines = {}, {}, None
@@ -117,8 +139,9 @@ def expert_usage(problem, architecture: str, steps: int, every: int = 10, *, met
 
 def expert_summary(usage: Mapping[str, xr.Dataset]):
     """A table (pandas DataFrame) per architecture, at the last recorded step, over levels and tasks: the mean gate
-    entropy against its ceiling ``log n``, the largest ownership of a shared expert (towards 1: a shared expert
-    serves one task), the largest dead fraction and the smallest output spread of an expert (collapse)."""
+    entropy against its ceiling (the mean ``log n`` of the ``n`` experts each gate weighs), the mean share of a
+    task's gate mass on its own experts (where it has some), the largest ownership of a shared expert (towards
+    1: a shared expert serves one task), the largest dead fraction and the smallest output spread of an expert."""
     import pandas as pd
 
     rows = {}
@@ -127,7 +150,8 @@ def expert_summary(usage: Mapping[str, xr.Dataset]):
         shared = [e for e in last.expert.values if str(e).startswith("shared ")]
         rows[name] = {
             "gate_entropy": float(last.gate_entropy.mean()),
-            "entropy_ceiling": float(np.log(last.sizes["expert"])),
+            "entropy_ceiling": float(np.log(last.gate_size).mean()),
+            "own_share": float(last.own_share.mean()) if bool(last.own_share.notnull().any()) else np.nan,
             "sample_entropy": float(last.sample_entropy.mean()),
             "max_shared_ownership": float(last.ownership.sel(expert=shared).max()) if shared else np.nan,
             "max_dead_fraction": float(last.dead_fraction.max()),

@@ -170,3 +170,18 @@ def test_mmoe_experts_on_the_backbone_read_the_input_and_refuse_named_inputs():
     named = Backbone("MiniLM", partial(mlp_encoder, 5, (6,)), (6,), inputs=None)
     with pytest.raises(ValueError, match="named inputs are not; use experts='mlp'"):
         make_architecture("mmoe", TASKS, named, experts="backbone")
+
+
+@pytest.mark.parametrize("name, backbone", CASES)
+def test_a_gated_architecture_s_gates_are_distributions_over_the_experts_each_weighs(name, backbone):
+    """Every registered architecture that reads out its gates: each task's utilisation sums to at most 1 (1 for a
+    softmax gate; DSelect-k's selectors may point past the last expert), and its entropy lies within its gate's size."""
+    model = build(name, backbone)
+    probe = make_probe("expert_gates")
+    if not probe.applies_to(model):
+        return
+    reading = probe(model, batch(backbone))
+    total = reading.utilisation.sum("expert")
+    assert ((total > 0) & (total <= 1 + 1e-6)).all() and (reading.gate_size >= 1).all()
+    assert ((reading.gate_entropy >= -1e-12) & (reading.gate_entropy <= np.log(reading.gate_size) + 1e-9)).all()
+    assert set(reading.expert.values) == {e for task in model.task_names for e in model.encoder.expert_names(task)}

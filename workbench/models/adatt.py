@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from workbench.models.backbone import Backbone
-from workbench.models.mmoe import GateReading, slot_heads
+from workbench.models.mmoe import GateReading, gated_expert_names, slot_heads
 from workbench.tasks import Inputs, MultiTaskModel, Task
 
 __all__ = ["AdaTTEncoder", "adatt"]
@@ -46,7 +46,7 @@ class _Level(nn.Module):
         """Each task's fused output, and its gate's reading over every task's experts."""
         own = {t: torch.stack([expert(h[t]) for expert in experts], dim=1) for t, experts in self.experts.items()}  # (B, m, C)
         every = torch.cat([own[t] for t in self.experts], dim=1)  # (B, T·m, C), task by task
-        names = [f"{t} {k}" for t, experts in self.experts.items() for k in range(len(experts))]
+        names = [name for t, experts in self.experts.items() for name in gated_expert_names(t, 0, len(experts))]
         fused, readings = {}, {}
         for t in self.experts:
             gate = torch.softmax(self.gates[t](h[t]), dim=-1)
@@ -81,7 +81,7 @@ class AdaTTEncoder(nn.Module):
 
     def expert_names(self, task: str) -> list[str]:
         """Every task's gate weighs every task's experts: ``{task} 0``, … task by task."""
-        return [f"{t} {k}" for t in self.task_order for k in range(len(self.levels[0].experts[t]))]
+        return [name for t in self.task_order for name in gated_expert_names(t, 0, len(self.levels[0].experts[t]))]
 
     def gate_readings(self, x: Inputs) -> dict[str, dict[str, GateReading]]:
         """The gates on ``x``, level by level: ``{"level 0": {task: GateReading}, …}``."""

@@ -32,7 +32,12 @@ from workbench.models.backbone import Backbone
 from workbench.models.encoders import mlp_encoder
 from workbench.tasks import Inputs, MultiTaskModel, Task
 
-__all__ = ["GateReading", "MMoEEncoder", "SoftmaxGate", "TaskSlot", "mmoe", "experts_encoder", "slot_heads"]
+__all__ = ["GateReading", "gated_expert_names", "MMoEEncoder", "SoftmaxGate", "TaskSlot", "mmoe", "experts_encoder", "slot_heads"]
+
+
+def gated_expert_names(task: str, shared: int, own: int) -> list[str]:
+    """The names of the experts a task's gate weighs, shared ones first: ``shared 0``, …, then ``{task} 0``, …."""
+    return [f"shared {e}" for e in range(shared)] + [f"{task} {e}" for e in range(own)]
 
 
 @dataclass(frozen=True)
@@ -105,8 +110,8 @@ class MMoEEncoder(nn.Module):
         return gated
 
     def expert_names(self, task: str) -> list[str]:
-        """The experts ``task``'s gate weighs, in its order: ``shared 0``, …, then ``{task} 0``, …."""
-        return [f"shared {e}" for e in range(len(self.experts))] + ([f"{task} {e}" for e in range(len(self.own_experts[task]))] if self.own_experts else [])
+        """The experts ``task``'s gate weighs, in its order (:func:`gated_expert_names`)."""
+        return gated_expert_names(task, len(self.experts), len(self.own_experts[task]) if self.own_experts else 0)
 
     def gate_readings(self, x: Inputs) -> dict[str, dict[str, GateReading]]:
         """The gates on ``x``: one level, ``{"experts": {task: GateReading}}``."""

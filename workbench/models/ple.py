@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from workbench.models.backbone import Backbone
-from workbench.models.mmoe import GateReading, SoftmaxGate, slot_heads
+from workbench.models.mmoe import GateReading, SoftmaxGate, gated_expert_names, slot_heads
 from workbench.tasks import Inputs, MultiTaskModel, Task
 
 __all__ = ["PLEEncoder", "ple"]
@@ -65,8 +65,8 @@ class PLEEncoder(nn.Module):
         return torch.stack([h[task].flatten(1) for task in self.task_order], dim=1), readings
 
     def expert_names(self, task: str) -> list[str]:
-        """The experts ``task``'s gates weigh, in their order: ``shared 0``, …, then ``{task} 0``, …."""
-        return [f"shared {e}" for e in range(len(self.experts))] + [f"{task} {e}" for e in range(len(self.own_experts[task]))]
+        """The experts ``task``'s gates weigh, in their order (:func:`~workbench.models.mmoe.gated_expert_names`)."""
+        return gated_expert_names(task, len(self.experts), len(self.own_experts[task]))
 
     def gate_readings(self, x: Inputs) -> dict[str, dict[str, GateReading]]:
         """The gates on ``x``, level by level: ``{"level 0": {task: GateReading}, …}``."""

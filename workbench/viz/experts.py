@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import plotly.graph_objects as go
 import xarray as xr
 
-from workbench.viz.explorer_kit import menu_slider
+from workbench.viz.explorer_kit import json_cells, menu_slider
 
 __all__ = ["expert_utilisation"]
-
-
-def _cells(values: np.ndarray) -> list[list[float | None]]:
-    return [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in values]
 
 
 def expert_utilisation(history: xr.Dataset, title: str = "Gate mass per task on each expert") -> go.Figure:
@@ -26,12 +21,12 @@ def expert_utilisation(history: xr.Dataset, title: str = "Gate mass per task on 
     utilisation = history.utilisation if "step" in history.dims else history.utilisation.expand_dims(step=[0])
     levels, steps = [str(v) for v in utilisation.level.values], [int(s) for s in utilisation.step.values]
     fig = go.Figure(go.Heatmap(
-        z=_cells(utilisation.isel(step=-1, level=0).values), x=[str(e) for e in utilisation.expert.values], y=[str(t) for t in utilisation.task.values],
+        z=json_cells(utilisation.isel(step=-1, level=0).values), x=[str(e) for e in utilisation.expert.values], y=[str(t) for t in utilisation.task.values],
         zmin=0, zmax=1, colorscale="Viridis", colorbar=dict(title="gate mass"), hovertemplate="%{y} on %{x}: %{z:.3f}<extra></extra>",
     ))
     fig.update_layout(xaxis_title="expert", yaxis_title="task", yaxis_autorange="reversed")
 
     def show(i: int, j: int) -> list:
-        return [{"z": [_cells(utilisation.isel(level=i, step=j).values)]}, {"title.text": f"{title}: {levels[i]}, step {steps[j]}"}, [0]]
+        return [{"z": [json_cells(utilisation.isel(level=i, step=j).values)]}, {"title.text": f"{title}: {levels[i]}, step {steps[j]}"}, [0]]
 
     return menu_slider(fig, show, levels, [str(s) for s in steps] if len(steps) > 1 else (), prefix="step ", active=-1)

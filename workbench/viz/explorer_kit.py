@@ -9,12 +9,13 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 
 import ipywidgets as widgets
+import numpy as np
 import plotly.graph_objects as go
 from plotly.io._base_renderers import PlotlyRenderer
 
 from workbench.progress import batch_run
 
-__all__ = ["LiveBox", "RERUN", "show", "busy", "Update", "menu_slider", "shown_traces", "figure_menu"]
+__all__ = ["LiveBox", "RERUN", "show", "busy", "json_cells", "Update", "menu_slider", "shown_traces", "figure_menu"]
 
 RERUN = "Re-run this cell to explore: the kernel that drew this explorer has stopped."
 _LIVE, _NOTE = "wb-live", "wb-live-note"
@@ -77,6 +78,11 @@ def busy(controls: Sequence, status, message: str):
         for control, was in zip(controls, before):
             control.disabled = was
         status.value = ""
+
+
+def json_cells(matrix, digits: int = 3) -> list[list[float | None]]:
+    """A 2-d array as the nested lists a plotly ``update`` carries: each value rounded, NaN as ``None`` (a gap)."""
+    return [[None if np.isnan(v) else round(float(v), digits) for v in row] for row in matrix]
 
 
 Update = Callable[[int, int], list]

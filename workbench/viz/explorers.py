@@ -19,7 +19,7 @@ from plotly.subplots import make_subplots
 
 from workbench.probes.conflict import conflict_frequency
 from workbench.progress import batch_run
-from workbench.viz.explorer_kit import LiveBox, figure_menu, menu_slider
+from workbench.viz.explorer_kit import LiveBox, figure_menu, json_cells, menu_slider
 from workbench.viz.methods import delta_m_bars, learning_curves, tradeoff
 
 __all__ = ["Figures", "WHOLE", "conflict_views", "conflict_explorer", "methods_explorer"]
@@ -135,7 +135,7 @@ def _pairs(tasks: Sequence[str]) -> list[tuple[str, str]]:
 
 def _restyle_args(views: xr.DataArray, view: str, step: int) -> list:
     """Plotly ``update`` arguments that draw one view at one step in the three heatmaps (traces 0–2)."""
-    z = [[[None if np.isnan(v) else round(float(v), 3) for v in row] for row in matrix] for matrix in _matrices(views, view, step)]
+    z = [json_cells(matrix) for matrix in _matrices(views, view, step)]
     return [{"z": z}, {"title.text": _heatmap_title(view, step)}, [0, 1, 2]]
 
 

@@ -185,3 +185,25 @@ def test_a_gated_architecture_s_gates_are_distributions_over_the_experts_each_we
     assert ((total > 0) & (total <= 1 + 1e-6)).all() and (reading.gate_size >= 1).all()
     assert ((reading.gate_entropy >= -1e-12) & (reading.gate_entropy <= np.log(reading.gate_size) + 1e-9)).all()
     assert set(reading.expert.values) == {e for task in model.task_names for e in model.encoder.expert_names(task)}
+
+
+EXPERT_COUNTS = ("n_experts", "own_experts", "experts_per_task")
+WIDTHS = ("expert_hidden", "widths")
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_no_experts_top_k_above_the_experts_and_widths_that_do_not_fit_are_refused_naming_the_architecture(name):
+    """Every architecture with experts, a top-k choice or layer widths among its options refuses zero experts, a k above
+    its experts and zero or negative widths, with an error that names it and the option."""
+    options = ARCHITECTURES[name].options()
+    backbone = BACKBONES["MLP"][0]
+    if counts := {option: 0 for option in EXPERT_COUNTS if option in options}:
+        with pytest.raises(ValueError, match=rf"^{name}\b.*expert"):
+            make_architecture(name, TASKS, backbone, **counts)
+    if "k" in options and "n_experts" in options:
+        with pytest.raises(ValueError, match=rf"^{name}: k\b.*3 experts, got 4"):
+            make_architecture(name, TASKS, backbone, **{**SMALL.get(name, {}), "n_experts": 3, "k": 4})
+    for option in (o for o in WIDTHS if o in options):
+        for widths in ((0,), (4, -1)):
+            with pytest.raises(ValueError, match=rf"^{name}\b.*{option}|^{name}\b.*width"):
+                make_architecture(name, TASKS, backbone, **{**SMALL.get(name, {}), option: widths})

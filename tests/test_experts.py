@@ -289,3 +289,26 @@ def test_adatt_with_several_experts_weighs_its_residual_and_refuses_bad_options(
         make_architecture("adatt", TASKS, MLP, experts_per_task=0)
     with pytest.raises(ValueError, match=r"one level of positive width \(widths=\[\]\)"):
         make_architecture("adatt", TASKS, MLP, widths=())
+
+
+def test_a_task_conditioned_router_is_shared_and_changing_only_the_task_changes_the_experts_chosen():
+    torch.manual_seed(0)
+    model = make_architecture("task_moe", TASKS, MLP, experts="backbone", n_experts=3, k=1, router="task_conditioned")
+    router = model.encoder.gates[model.task_names[0]].router
+    assert all(model.encoder.gates[task].router is router for task in model.task_names)
+    assert "gates.a.router.logits.weight" in dict(model.shared_parameters())  # one router, seen by every task
+    assert not any(name.startswith("encoder.") for params in model.task_parameters().values() for name, _ in params)
+    x = torch.randn(8, 5)
+    with torch.no_grad():  # the features' part of the logits equal for every expert: the task's column alone decides
+        router.logits.weight[:, :5] = 0.0
+        router.logits.bias.zero_()
+        router.logits.weight[:, 5:] = torch.tensor([[4.0, 0.0], [0.0, 4.0], [0.0, 0.0]])  # (expert, task): task t -> expert t
+    _, weights = model.encoder.mixtures(x)
+    for t, gate in enumerate(weights):
+        assert (gate.argmax(-1) == t).all() and ((gate > 0).sum(-1) == 1).all()
+    with torch.no_grad():
+        router.logits.weight[:, 5:] = 1.0  # every task's code moves the logits alike: one routing for all
+    _, weights = model.encoder.mixtures(x)
+    assert all(torch.equal(gate, weights[0]) for gate in weights)
+    with pytest.raises(ValueError, match=r"task_moe: router must be one of \['per_task', 'task_conditioned'\], not 'shared'"):
+        make_architecture("task_moe", TASKS, MLP, router="shared")

@@ -90,3 +90,23 @@ def test_the_published_architecture_claims_are_checked_in_every_setting():
     delta = settings["task cosine -0.3"].delta_m.sel({"split": "test", "method": "ew"})
     assert row["mean difference"] == pytest.approx(float((delta.sel(architecture="ple") - delta.sel(architecture="mmoe")).mean()))
     assert row["verdict"] in {"holds, clearly", "holds within the noise", "reversed, clearly", "does not hold, within the noise"}
+
+
+def test_a_remedy_study_measures_each_variant_under_every_seed_and_its_verdict_is_oriented(problem):
+    from workbench.studies import COLLAPSE_MEASURES, check_remedies, remedy_study
+
+    variants = {"two experts": {"n_experts": 2}, "same again": {"n_experts": 2}, "four experts": {"n_experts": 4}}
+    study = remedy_study(problem, "mmoe", variants, [0, 1], 4, every=2, batch_size=16)
+    assert study.max_dead_fraction.dims == ("variant", "seed") and study.variant.values.tolist() == list(variants)
+    usage = expert_usage(problem, "mmoe", 4, every=2, seed=1, architecture_options={"n_experts": 4}, batch_size=16)
+    assert float(study.min_output_std.sel(variant="four experts", seed=1)) == float(expert_summary({"m": usage}).min_output_std.iloc[0])
+    same = check_remedies(study, "two experts", "same again")  # identical runs: no difference, and no claim
+    assert list(same.index) == list(COLLAPSE_MEASURES) and (same["mean difference"] == 0).all()
+    assert (same.verdict == "does not hold, within the noise").all()
+    table = check_remedies(study, "four experts", "two experts")
+    lower = study.max_dead_fraction.sel(variant="four experts") - study.max_dead_fraction.sel(variant="two experts")
+    higher = study.min_output_std.sel(variant="four experts") - study.min_output_std.sel(variant="two experts")
+    assert table.loc["max_dead_fraction", "mean difference"] == pytest.approx(float(lower.mean()))
+    assert table.loc["min_output_std", "mean difference"] == pytest.approx(-float(higher.mean()))  # higher is better: negated
+    with pytest.raises(ValueError, match="remedy_study compares variants of mmoe; give at least two"):
+        remedy_study(problem, "mmoe", {"one": {}}, [0], 2)

@@ -144,6 +144,11 @@ def experts_encoder(
     """An ``encoder_class`` (:class:`MMoEEncoder`) whose experts are MLPs on the backbone as a trunk (``experts="mlp"``)
     or fresh backbones on the input (``"backbone"``), and the width ``C`` of one expert's output; errors name ``architecture``."""
     names = [t.name for t in tasks]
+    if n_experts < 0 or n_experts + encoder_options.get("own_experts", 0) < 1:
+        raise ValueError(f"{architecture}: each task's gate needs at least one expert, got n_experts={n_experts}"
+                         + (f" shared and own_experts={encoder_options['own_experts']}" if "own_experts" in encoder_options else ""))
+    if not expert_hidden or any(int(width) < 1 for width in expert_hidden):
+        raise ValueError(f"{architecture}: expert_hidden, the widths of an expert's layers, must be one or more positive widths, got {tuple(expert_hidden)}")
     if experts == "mlp":
         features = math.prod(backbone.shape)
         return encoder_class(names, features, lambda: mlp_encoder(features, expert_hidden), n_experts, backbone.make(), **encoder_options), expert_hidden[-1]

@@ -13,7 +13,8 @@
 """
 
 from workbench.studies.architectures import (
-    ARCHITECTURE_CLAIMS, architecture_summary, check_architecture_claims, claimed_architectures, compare_architectures, expert_summary, expert_usage, gated_architectures,
+    ARCHITECTURE_CLAIMS, COLLAPSE_MEASURES, architecture_summary, check_architecture_claims, check_remedies, claimed_architectures, compare_architectures,
+    expert_summary, expert_usage, gated_architectures, remedy_study,
 )
 from workbench.studies.claims import check_claims, claimed_methods
 from workbench.studies.fine_tuned import FineTunedSet, Recipe, fine_tuned_checkpoints
@@ -31,6 +32,7 @@ from workbench.studies.validity import probe_readings, validity_study
 
 __all__ = [
     "ARCHITECTURE_CLAIMS",
+    "COLLAPSE_MEASURES",
     "DATA_SHAPES",
     "DATASETS",
     "FineTunedSet",
@@ -41,6 +43,7 @@ __all__ = [
     "architecture_summary",
     "attribution_validity_study",
     "check_architecture_claims",
+    "check_remedies",
     "check_claims",
     "claimed_architectures",
     "claimed_methods",
@@ -52,6 +55,7 @@ __all__ = [
     "expert_usage",
     "fine_tuned_checkpoints",
     "gated_architectures",
+    "remedy_study",
     "grouping_loss",
     "interference_correlations",
     "lambda_curves",

@@ -19,7 +19,7 @@ from workbench.train.loop import train
 
 __all__ = [
     "ARCHITECTURE_CLAIMS", "compare_architectures", "architecture_summary", "check_architecture_claims", "claimed_architectures",
-    "gated_architectures", "expert_usage", "expert_summary",
+    "gated_architectures", "expert_usage", "expert_summary", "COLLAPSE_MEASURES", "remedy_study", "check_remedies",
 ]
 
 ARCHITECTURE_CLAIMS = [
@@ -125,12 +125,13 @@ def gated_architectures(problem) -> list[str]:
 
 
 def expert_usage(problem, architecture: str, steps: int, every: int = 10, *, method: str = "ew", seed: int = 0, held_out: int = 256,
-                 **options: Any) -> xr.Dataset:
-    """The ``expert_gates`` history of one run of ``architecture`` trained by ``method`` (recorded every ``every``
-    steps on a fixed batch of ``held_out`` validation samples); ``options`` go to :func:`~workbench.train.train`."""
+                 architecture_options: Mapping[str, Any] | None = None, **options: Any) -> xr.Dataset:
+    """The ``expert_gates`` history of one run of ``architecture`` (built with ``architecture_options``) trained by
+    ``method`` (recorded every ``every`` steps on a fixed batch of ``held_out`` validation samples); ``options`` go
+    to :func:`~workbench.train.train`."""
     splits = problem.splits
     torch.manual_seed(seed)
-    model = problem.make_model(splits.tasks, architecture=architecture)
+    model = problem.make_model(splits.tasks, architecture=architecture, **(architecture_options or {}))
     recorder = ProbeRecorder("expert_gates", every=every, batch=splits.validation.probe_batch(held_out))
     run = train(model, splits.train, steps, method=method, seed=seed, recorders=[recorder], progress=False, **options)
     history = run.complete(f"{architecture}'s gates").probes["expert_gates"]
@@ -144,20 +145,67 @@ def expert_summary(usage: Mapping[str, xr.Dataset]):
     1: a shared expert serves one task), the largest dead fraction and the smallest output spread of an expert."""
     import pandas as pd
 
-    rows = {}
-    for name, history in usage.items():
-        last = history.isel(step=-1)
-        shared = [e for e in last.expert.values if str(e).startswith("shared ")]
-        rows[name] = {
-            "gate_entropy": float(last.gate_entropy.mean()),
-            "entropy_ceiling": float(np.log(last.gate_size).mean()),
-            "own_share": float(last.own_share.mean()) if bool(last.own_share.notnull().any()) else np.nan,
-            "sample_entropy": float(last.sample_entropy.mean()),
-            "max_shared_ownership": float(last.ownership.sel(expert=shared).max()) if shared else np.nan,
-            "max_dead_fraction": float(last.dead_fraction.max()),
-            "min_output_std": float(last.output_std.min()),
-        }
-    return pd.DataFrame.from_dict(rows, orient="index")
+    return pd.DataFrame.from_dict({name: _gate_measures(history) for name, history in usage.items()}, orient="index")
+
+
+def _gate_measures(history: xr.Dataset) -> dict[str, float]:
+    """:func:`expert_summary`'s row: the measures of an ``expert_gates`` history at its last recorded step."""
+    last = history.isel(step=-1)
+    shared = [e for e in last.expert.values if str(e).startswith("shared ")]
+    return {
+        "gate_entropy": float(last.gate_entropy.mean()),
+        "entropy_ceiling": float(np.log(last.gate_size).mean()),
+        "own_share": float(last.own_share.mean()) if bool(last.own_share.notnull().any()) else np.nan,
+        "sample_entropy": float(last.sample_entropy.mean()),
+        "max_shared_ownership": float(last.ownership.sel(expert=shared).max()) if shared else np.nan,
+        "max_dead_fraction": float(last.dead_fraction.max()),
+        "min_output_std": float(last.output_std.min()),
+    }
+
+
+COLLAPSE_MEASURES = {
+    "max_dead_fraction": "lower",
+    "min_output_std": "higher",
+    "max_shared_ownership": "lower",
+}
+"""The measures of expert collapse and degradation a remedy should move, and the direction that is better."""
+
+
+def remedy_study(
+    problem, architecture: str, variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int], steps: int, every: int = 10, **options: Any,
+) -> xr.Dataset:
+    """The gate measures of :func:`expert_summary` at the end of training, for each variant of ``architecture``
+    (a label mapped to its architecture options, such as HoME with and without its remedies) and seed:
+    variables of dims ``(variant, seed)``; ``options`` go to :func:`expert_usage`."""
+    if len(variants) < 2:
+        raise ValueError(f"remedy_study compares variants of {architecture}; give at least two, got {list(variants)}")
+    rows = {label: [_gate_measures(expert_usage(problem, architecture, steps, every, seed=seed, architecture_options=variant, **options))
+                    for seed in seeds]
+            for label, variant in variants.items()}
+    measures = list(next(iter(rows.values()))[0])
+    return xr.Dataset(
+        {measure: (("variant", "seed"), [[row[measure] for row in rows[label]] for label in variants]) for measure in measures},
+        coords={"variant": list(variants), "seed": list(seeds)},
+        attrs={"architecture": architecture, "problem": problem.name, "steps": steps, "variants": {k: dict(v) for k, v in variants.items()}},
+    )
+
+
+def check_remedies(study: xr.Dataset, remedied: str, without: str):
+    """A table (pandas DataFrame), one row per measure of :data:`COLLAPSE_MEASURES`: variant ``remedied`` against
+    ``without`` of a :func:`remedy_study`, their means, the mean paired difference (oriented so that negative means
+    ``remedied`` is better) and the verdict (clearly: beyond two standard errors). A measure that is undefined for
+    the architecture (no shared experts: no ownership) is left out."""
+    import pandas as pd
+
+    rows = []
+    for measure, better in COLLAPSE_MEASURES.items():
+        ours, theirs = study[measure].sel(variant=remedied), study[measure].sel(variant=without)
+        if bool(ours.isnull().any()) or bool(theirs.isnull().any()):
+            continue
+        differences = (ours - theirs).values * (1 if better == "lower" else -1)
+        rows.append({"measure": measure, "better": better, remedied: float(ours.mean()), without: float(theirs.mean()),
+                     "mean difference": float(differences.mean()), "verdict": paired_verdict(differences)})
+    return pd.DataFrame(rows, columns=["measure", "better", remedied, without, "mean difference", "verdict"]).set_index("measure")
 
 
 def claimed_architectures() -> list[str]:

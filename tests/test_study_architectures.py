@@ -110,3 +110,19 @@ def test_a_remedy_study_measures_each_variant_under_every_seed_and_its_verdict_i
     assert table.loc["min_output_std", "mean difference"] == pytest.approx(-float(higher.mean()))  # higher is better: negated
     with pytest.raises(ValueError, match="remedy_study compares variants of mmoe; give at least two"):
         remedy_study(problem, "mmoe", {"one": {}}, [0], 2)
+
+
+def test_the_architecture_figures_draw_the_comparison_s_numbers(problem):
+    from workbench.viz import architecture_bars, architecture_costs
+
+    result = compare_architectures(problem, ["ew", "mgda"], [0, 1], 3, architectures=["hps", "mmoe", "cgc"], batch_size=16, progress=False)
+    delta = result.delta_m.sel(split="test").mean("seed")
+    bars = architecture_bars(result)
+    order = list(delta.min("method").to_series().sort_values().index)
+    assert [trace.name for trace in bars.data] == ["ew", "mgda"] and list(bars.data[0].x) == order
+    np.testing.assert_allclose(bars.data[1].y, delta.sel({"method": "mgda", "architecture": order}).values)
+    assert list(bars.data[0].customdata) == result.parameters.sel(architecture=order).values.tolist()
+    costs = architecture_costs(result, "mgda")
+    np.testing.assert_allclose(costs.data[0].x, result.seconds_per_step.sel({"method": "mgda"}).mean("seed").values * 1e3)
+    np.testing.assert_allclose(costs.data[0].y, delta.sel({"method": "mgda"}).values)
+    assert list(costs.data[0].text) == ["hps", "mmoe", "cgc"]

@@ -24,7 +24,8 @@ CASES = [(name, backbone) for name in ARCHITECTURES for backbone in BACKBONES]
 # Options that give a small model; every architecture must accept being built without them too.
 SMALL = {"mmoe": {"n_experts": 3, "expert_hidden": (5,)}, "cgc": {"n_experts": 2, "own_experts": 1, "expert_hidden": (5,)},
          "dselect_k": {"n_experts": 3, "k": 2, "expert_hidden": (5,)}, "ple": {"n_experts": 1, "own_experts": 1},
-         "task_moe": {"n_experts": 3, "k": 2, "expert_hidden": (5,)}, "adatt": {"widths": (5, 4), "experts_per_task": 2}}
+         "task_moe": {"n_experts": 3, "k": 2, "expert_hidden": (5,)}, "adatt": {"widths": (5, 4), "experts_per_task": 2},
+         "mtan": {"reduction": 2}}
 
 
 def build(name: str, backbone: str, seed: int = 0, **options):

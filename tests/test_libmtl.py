@@ -2,7 +2,9 @@
 forward outputs agree to 1e-6, on an MLP and a CNN backbone (DSelect-k once LibMTL's binary codes are put right).
 
 LibMTL is installed without its dependencies (``make install``): its package ``__init__`` imports torchvision for
-its ResNets, which this project does not need, so its architecture modules are loaded under a bare package.
+its ResNets, which this project does not need, so its architecture modules are loaded under a bare package. Its
+MTAN needs its ResNet, whose module imports torchvision's download helper only to fetch pretrained weights: a
+stand-in that refuses to download takes its place (no test asks for pretrained weights).
 """
 
 import importlib
@@ -41,12 +43,27 @@ def libmtl_architectures():
     package = types.ModuleType("LibMTL")
     package.__path__ = list(spec.submodule_search_locations)
     sys.modules["LibMTL"] = package
+    stand_in = _torchvision_stand_in() if importlib.util.find_spec("torchvision") is None else {}
+    sys.modules.update(stand_in)
     try:
         yield importlib.import_module("LibMTL.architecture")
     finally:
-        for name in [n for n in sys.modules if n == "LibMTL" or n.startswith("LibMTL.")]:
+        for name in [n for n in sys.modules if n == "LibMTL" or n.startswith("LibMTL.")] + list(stand_in):
             del sys.modules[name]
         sys.modules.update(saved)
+
+
+def _torchvision_stand_in() -> dict[str, types.ModuleType]:
+    """``torchvision.models.utils`` with the one name ``LibMTL.model.resnet`` imports, ``load_state_dict_from_url``, which refuses."""
+
+    def load_state_dict_from_url(url, *args, **kwargs):
+        raise RuntimeError(f"torchvision is not installed: no pretrained weights from {url}")
+
+    modules = {name: types.ModuleType(name) for name in ("torchvision", "torchvision.models", "torchvision.models.utils")}
+    modules["torchvision"].__path__, modules["torchvision.models"].__path__ = [], []
+    modules["torchvision"].models, modules["torchvision.models"].utils = modules["torchvision.models"], modules["torchvision.models.utils"]
+    modules["torchvision.models.utils"].load_state_dict_from_url = load_state_dict_from_url
+    return modules
 
 
 def _decoders(model) -> dict[str, nn.Module]:
@@ -131,18 +148,20 @@ def _resnet(stages) -> Backbone:
     return Backbone("TinyResNet", TinyResNet, (6, 2, 2), inputs=(1, 8, 8), stages=stages)
 
 
-def test_cross_stitch_equals_libmtl_s_with_its_one_weight_per_source_task(libmtl):
-    # LibMTL stitches after layer1, layer2 and layer3: the stem and layer1 are one stage
-    backbone = _resnet(lambda m: [nn.Sequential(*m.stem(), m.layer1), m.layer2, m.layer3, m.layer4])
-    torch.manual_seed(0)
-    model = make_architecture("cross_stitch", TASKS, backbone).eval()
+CROSS_STITCH_STAGES = _resnet(lambda m: [nn.Sequential(*m.stem(), m.layer1), m.layer2, m.layer3, m.layer4])  # LibMTL stitches after layer1 to layer3
+PLE_LEVELS = _resnet(lambda m: [m.stem(), m.layer1, m.layer2, m.layer3, m.layer4])
+
+
+def libmtl_cross_stitch(libmtl, model):
+    """LibMTL's Cross-stitch on TinyResNet holding the weights of ``model`` (the workbench's, on CROSS_STITCH_STAGES), its
+    one weight per (stitch, source task) drawn at random and loaded as α_ij = c_j for every target i."""
     reference = libmtl.Cross_stitch(task_name=model.task_names, encoder_class=TinyResNet, decoders=_decoders(model), rep_grad=False,
-                                    multi_input=False, device=torch.device("cpu")).eval()
+                                    multi_input=False, device=torch.device("cpu")).train(model.training)
     encoder, theirs = model.encoder, reference.encoder
     with torch.no_grad():
         theirs.cross_unit.normal_()
         for l in range(3):
-            encoder.stitches[l] = theirs.cross_unit[l].expand(len(TASKS), -1)  # α_ij = c_j for every target i
+            encoder.stitches[l] = theirs.cross_unit[l].expand(len(model.task_names), -1)
     for t, task in enumerate(model.task_names):
         first = encoder.columns[task][0]
         for i in range(4):
@@ -150,6 +169,13 @@ def test_cross_stitch_equals_libmtl_s_with_its_one_weight_per_source_task(libmtl
         first[4].load_state_dict(theirs.resnet_layer["0"][t].state_dict())
         for l in range(1, 4):
             encoder.columns[task][l].load_state_dict(theirs.resnet_layer[str(l)][t].state_dict())
+    return reference
+
+
+def test_cross_stitch_equals_libmtl_s_with_its_one_weight_per_source_task(libmtl):
+    torch.manual_seed(0)
+    model = make_architecture("cross_stitch", TASKS, CROSS_STITCH_STAGES).eval()
+    reference = libmtl_cross_stitch(libmtl, model)
     x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ours, expected = model(x), reference(x)
@@ -157,12 +183,11 @@ def test_cross_stitch_equals_libmtl_s_with_its_one_weight_per_source_task(libmtl
         torch.testing.assert_close(ours[task], expected[task], rtol=0, atol=1e-6)
 
 
-def test_ple_equals_libmtl_s_on_its_five_levels(libmtl):
-    backbone = _resnet(lambda m: [m.stem(), m.layer1, m.layer2, m.layer3, m.layer4])
-    torch.manual_seed(0)
-    model = make_architecture("ple", TASKS, backbone, n_experts=2, own_experts=1).eval()
+def libmtl_ple(libmtl, model):
+    """LibMTL's PLE on TinyResNet's five levels holding the weights of ``model`` (the workbench's, on PLE_LEVELS, two
+    shared experts and one per task)."""
     reference = libmtl.PLE(task_name=model.task_names, encoder_class=TinyResNet, decoders=_decoders(model), rep_grad=False, multi_input=False,
-                           device=torch.device("cpu"), img_size=[1, 8, 8], num_experts=[2, 1, 1, 1]).eval()
+                           device=torch.device("cpu"), img_size=[1, 8, 8], num_experts=[2, 1, 1, 1]).train(model.training)
     encoder, theirs = model.encoder, reference.encoder
     for level in range(5):
         for k, expert in enumerate(encoder.experts):
@@ -171,7 +196,64 @@ def test_ple_equals_libmtl_s_on_its_five_levels(libmtl):
             for k, expert in enumerate(encoder.own_experts[task]):
                 theirs.specific_layer[str(level)][task][k].load_state_dict(expert[level].state_dict())
             theirs.gate_specific[task][level][0].load_state_dict(encoder.gates[task][level].state_dict())
+    return reference
+
+
+def test_ple_equals_libmtl_s_on_its_five_levels(libmtl):
+    torch.manual_seed(0)
+    model = make_architecture("ple", TASKS, PLE_LEVELS, n_experts=2, own_experts=1).eval()
+    reference = libmtl_ple(libmtl, model)
     x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours, expected = model(x), reference(x)
+    for task in model.task_names:
+        torch.testing.assert_close(ours[task], expected[task], rtol=0, atol=1e-6)
+
+
+def _resnet18_stages(resnet) -> list[nn.Module]:
+    """LibMTL's MTAN stages on its ResNet: ``layer1`` (after the stem, which goes in its body) to ``layer4``."""
+    return [nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool, *resnet.layer1), resnet.layer2, resnet.layer3, resnet.layer4]
+
+
+def resnet18_backbone() -> Backbone:
+    """LibMTL's ResNet-18 on 3 × 32 × 32 images, cut into MTAN's stages."""
+    resnet18 = importlib.import_module("LibMTL.model.resnet").resnet18
+    return Backbone("ResNet-18", resnet18, (512, 1, 1), inputs=(3, 32, 32), stages=_resnet18_stages)
+
+
+def libmtl_mtan(libmtl, model):
+    """LibMTL's MTAN on its ResNet-18 holding the weights of ``model`` (the workbench's, on :func:`resnet18_backbone`)."""
+    resnet18 = importlib.import_module("LibMTL.model.resnet").resnet18
+    reference = libmtl.MTAN(task_name=model.task_names, encoder_class=resnet18, decoders=_decoders(model), rep_grad=False, multi_input=False,
+                            device=torch.device("cpu")).train(model.training)
+    encoder, theirs = model.encoder, reference.encoder
+    assert theirs.expansion == 1
+    for i in range(4):
+        theirs.shared_conv[i].load_state_dict(encoder.bodies[0][i].state_dict())
+    theirs.shared_layer["0"][0][0].load_state_dict(encoder.bodies[0][4].state_dict())
+    for l in range(4):
+        if l:
+            theirs.shared_layer[str(l)][0].load_state_dict(encoder.bodies[l].state_dict())
+        theirs.shared_layer[str(l)][1].load_state_dict(encoder.last_blocks[l][0].state_dict())
+        for t, task in enumerate(model.task_names):
+            theirs.encoder_att[str(l)][t].load_state_dict(encoder.attention[task][l].state_dict())
+        if l < 3:
+            theirs.encoder_block_att[l].load_state_dict(encoder.blocks[l].state_dict())
+    assert sum(p.numel() for p in theirs.parameters()) == sum(p.numel() for p in encoder.parameters())  # every weight loaded
+    return reference
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_mtan_equals_libmtl_s_on_its_resnet18(libmtl, train):
+    # LibMTL's MTAN hard-codes a ResNet's widths (64 to 512) and needs two blocks per layer: ResNet-18 is its smallest
+    torch.manual_seed(0)
+    model = make_architecture("mtan", TASKS, resnet18_backbone()).train(train)
+    with torch.no_grad():  # batch norms away from their initial identity, so that eval mode's running statistics count
+        for module in model.encoder.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.2), module.running_var.uniform_(0.5, 2), module.weight.uniform_(0.5, 1.5), module.bias.normal_(0, 0.2)
+    reference = libmtl_mtan(libmtl, model)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ours, expected = model(x), reference(x)
     for task in model.task_names:

@@ -42,8 +42,8 @@ class Opaque(nn.Module):
 def test_an_architecture_that_refuses_the_backbone_is_left_out_with_its_reason_unless_asked_for(problem):
     opaque = replace(problem, backbone=Backbone("Opaque", Opaque, (6,), inputs=(6,)))
     result = compare_architectures(opaque, ["ew"], [0], 2, batch_size=16, progress=False)
-    assert set(result.attrs["skipped"]) == {"ple", "cross_stitch"} and "cannot be cut" in result.attrs["skipped"]["ple"]
-    assert set(result.architecture.values) == set(ARCHITECTURES) - {"ple", "cross_stitch"}
+    assert set(result.attrs["skipped"]) == {"ple", "cross_stitch", "mtan"} and "cannot be cut" in result.attrs["skipped"]["ple"]
+    assert set(result.architecture.values) == set(ARCHITECTURES) - set(result.attrs["skipped"])
     assert "ple" not in gated_architectures(opaque) and "mmoe" in gated_architectures(opaque) and "hps" not in gated_architectures(opaque)
     with pytest.raises(ValueError, match="ple acts between the stages of the Opaque backbone"):
         compare_architectures(opaque, ["ew"], [0], 2, architectures=["hps", "ple"], batch_size=16, progress=False)

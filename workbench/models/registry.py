@@ -11,6 +11,7 @@ signature, after the tasks and the backbone), and its paper.
   CGC on the backbone's stages; ``task_moe``, top-k routing per task, sparse;
 - **task fusion**: ``adatt``, each task's experts fused into every task's output by its gate;
 - **task columns**: ``cross_stitch``, a copy of the backbone per task, mixed between stages.
+- **task attention**: ``mtan``, a shared trunk whose stages' outputs each task weighs by its own attention masks.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ ARCHITECTURES: Registry[Entry] = Registry("architecture", [
           paper="Li et al. 2023, AdaTT: adaptive task-to-task fusion network for multitask learning in recommendations", fixed=_FIXED),
     Entry("cross_stitch", "task columns", "a copy of the backbone per task, their stages' outputs mixed by learned weights",
           "workbench.models.cross_stitch.cross_stitch", paper="Misra et al. 2016, Cross-stitch networks for multi-task learning", fixed=_FIXED),
+    Entry("mtan", "task attention", "a shared trunk, each task's attention masks on its stages' outputs, fed forward stage by stage",
+          "workbench.models.mtan.mtan", paper="Liu et al. 2019, End-to-end multi-task learning with attention", fixed=_FIXED),
 ])
 
 

@@ -25,7 +25,12 @@ CASES = [(name, backbone) for name in ARCHITECTURES for backbone in BACKBONES]
 SMALL = {"mmoe": {"n_experts": 3, "expert_hidden": (5,)}, "cgc": {"n_experts": 2, "own_experts": 1, "expert_hidden": (5,)},
          "dselect_k": {"n_experts": 3, "k": 2, "expert_hidden": (5,)}, "ple": {"n_experts": 1, "own_experts": 1},
          "task_moe": {"n_experts": 3, "k": 2, "expert_hidden": (5,)}, "adatt": {"widths": (5, 4), "experts_per_task": 2},
-         "mtan": {"reduction": 2}}
+         "mtan": {"reduction": 2},
+         "home": {"n_experts": 1, "own_experts": 1, "expert_hidden": (5,), "meta_experts": 1, "category_experts": 1, "meta_hidden": (4,),
+                  "rank": 2, "categories": {"a": "ab", "b": "ab", "c": "c"}},
+         "multitab_net": {"dim": 8, "heads": 2, "ff": 16, "mask": "FxT_TxT"},
+         "dtrn": {"width": 4, "embedding": 3, "rank": 2, "groups": 2, "reduction": 1},
+         "task_expert": {"n_experts": 2, "expert_hidden": (5,)}}
 
 
 def build(name: str, backbone: str, seed: int = 0, **options):

@@ -1,7 +1,7 @@
 """Which experts serve which task, and whether they collapse: the gates of a gated architecture on a batch.
 
-For a model whose encoder reads out its gates (``gate_readings``: MMoE, CGC, DSelect-k, PLE, the task-routed
-MoE, AdaTT), per level ``l``
+For a model whose encoder reads out its gates (``gate_readings``: MMoE, CGC, DSelect-k, PLE, HoME, TaskExpert,
+the task-routed MoE, AdaTT), per level ``l``
 of gated experts, task ``t`` and expert ``e``:
 
 - ``utilisation`` ``U[l, t, e]``: the mean over the task's samples of its gate's weight on ``e`` (0 on an

@@ -25,6 +25,8 @@ __all__ = [
 ARCHITECTURE_CLAIMS = [
     ("ple", "mmoe", "Tang et al. 2020: PLE above MMoE, most of all where the tasks' correlation is weak or negative (the seesaw)"),
     ("cgc", "mmoe", "Tang et al. 2020: CGC, PLE's single level, above MMoE"),
+    ("multitab_net", "hps", "Sinodinos et al. 2026: MultiTab-Net above MLP-based multi-task models on tabular tasks (hard sharing)"),
+    ("multitab_net", "mmoe", "Sinodinos et al. 2026: MultiTab-Net above MLP-based multi-task models on tabular tasks (MMoE)"),
 ]
 """The published orderings of architectures tested: ``(better, worse, source)``."""
 
@@ -192,9 +194,10 @@ def remedy_study(
 
 def check_remedies(study: xr.Dataset, remedied: str, without: str):
     """A table (pandas DataFrame), one row per measure of :data:`COLLAPSE_MEASURES`: variant ``remedied`` against
-    ``without`` of a :func:`remedy_study`, their means, the mean paired difference (oriented so that negative means
-    ``remedied`` is better) and the verdict (clearly: beyond two standard errors). A measure that is undefined for
-    the architecture (no shared experts: no ownership) is left out."""
+    ``without`` of a :func:`remedy_study`, their means (columns ``remedied`` and ``without``, so that tables of several
+    pairs concatenate), the mean paired difference (oriented so that negative means ``remedied`` is better) and the
+    verdict (clearly: beyond two standard errors). A measure that is undefined for the architecture (no shared
+    experts: no ownership) is left out."""
     import pandas as pd
 
     rows = []
@@ -203,9 +206,9 @@ def check_remedies(study: xr.Dataset, remedied: str, without: str):
         if bool(ours.isnull().any()) or bool(theirs.isnull().any()):
             continue
         differences = (ours - theirs).values * (1 if better == "lower" else -1)
-        rows.append({"measure": measure, "better": better, remedied: float(ours.mean()), without: float(theirs.mean()),
+        rows.append({"measure": measure, "better": better, "remedied": float(ours.mean()), "without": float(theirs.mean()),
                      "mean difference": float(differences.mean()), "verdict": paired_verdict(differences)})
-    return pd.DataFrame(rows, columns=["measure", "better", remedied, without, "mean difference", "verdict"]).set_index("measure")
+    return pd.DataFrame(rows, columns=["measure", "better", "remedied", "without", "mean difference", "verdict"]).set_index("measure")
 
 
 def claimed_architectures() -> list[str]:

@@ -341,3 +341,40 @@ def test_publishing_flushes_each_staged_file_before_it_takes_its_name_and_the_fo
     for staged, published in ((staging.notebook, target.notebook), (staging.html, target.html), (staging.log, target.log)):
         assert events.index(("fsync", str(staged))) < events.index(("replace", str(published)))
     assert events[-1] == ("fsync", str(tmp_path)) and target.log.read_text() == "complete"
+
+
+SAVES_ITS_THREADS = """\
+import os
+from pathlib import Path
+Path(results_dir).mkdir(parents=True, exist_ok=True)
+Path(results_dir, 'threads.txt').write_text(os.environ.get('OMP_NUM_THREADS', 'unset'))
+assert not fail, 'asked to fail'
+"""
+
+
+@pytest.mark.slow
+def test_notebooks_run_side_by_side_each_kernel_with_its_share_of_the_cores(tmp_path, monkeypatch):
+    from workbench.runner import reports
+
+    monkeypatch.setattr(reports, "cores", lambda: 4)
+    monkeypatch.setattr("workbench.runner.execute.cores", lambda: 4)
+    for name in ("01_first", "02_second", "03_third"):
+        write_notebook(tmp_path / "nb" / f"{name}.ipynb", SAVES_ITS_THREADS)
+    out, before = tmp_path / "out", os.environ.get("OMP_NUM_THREADS")
+    done = runner.run_all(tmp_path / "nb", out, progress=False, jobs=2)
+    assert [report.notebook.name for report in done] == ["01_first.ipynb", "02_second.ipynb", "03_third.ipynb"]  # in the notebooks' order
+    assert [(report.results_dir / "threads.txt").read_text() for report in done] == ["2", "2", "2"]  # 4 cores, 2 kernels at a time
+    assert os.environ.get("OMP_NUM_THREADS") == before  # the variable is given back
+    assert (out / "index.html").exists()
+    with pytest.raises(ValueError, match="jobs must be at least 1, got 0"):
+        runner.run_all(tmp_path / "nb", out, progress=False, jobs=0)
+
+
+@pytest.mark.slow
+def test_a_failure_side_by_side_is_raised_and_the_index_written(tmp_path):
+    write_notebook(tmp_path / "nb" / "01_fine.ipynb", SAVES_ITS_THREADS)
+    write_notebook(tmp_path / "nb" / "02_fails.ipynb", SAVES_ITS_THREADS.replace("assert not fail", "assert fail"))
+    out = tmp_path / "out"
+    with pytest.raises(Exception, match="asked to fail"):
+        runner.run_all(tmp_path / "nb", out, progress=False, jobs=2)
+    assert (out / "01_fine.html").exists() and (out / "02_fails.failed.ipynb").exists() and (out / "index.html").exists()

@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     reports.add_argument("-n", "--notebooks-dir", default="notebooks")
     reports.add_argument("-p", "--parameter", **parameter)
     reports.add_argument("-o", "--output-dir", **output)
+    reports.add_argument("-j", "--jobs", type=int, metavar="N", help="notebooks run side by side, each kernel with its share of the cores (default: one per core)")
 
     sweep = commands.add_parser("sweep", help="run every combination of a sweep file's parameters, each in a folder of its own")
     sweep.add_argument("sweep_file", metavar="SWEEP.yaml")
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             report = runner.run_report(args.notebook, _parameters(args.parameter), args.output_dir)
             print(f"wrote {report.notebook} and {report.html}")
         elif args.command == "reports":
-            reports = runner.run_all(args.notebooks_dir, args.output_dir, _parameters(args.parameter))
+            reports = runner.run_all(args.notebooks_dir, args.output_dir, _parameters(args.parameter), jobs=args.jobs)
             print(f"wrote {len(reports)} reports and {args.output_dir}/index.html")
         elif args.command == "sweep":
             summary = runner.run_sweep(args.sweep_file, args.output_dir, args.scheduler, args.workers)

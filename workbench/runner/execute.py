@@ -32,7 +32,7 @@ from workbench.runner.parameters import RESULTS_PARAMETER, check_parameters, not
 from workbench.runner.record import COMPLETE, FAILED, RUNNING, RunFiles, RunRecord, now, run_identity, write_record
 from workbench.runner.staging import holding_lock, publish, remove_staged, staging_folder
 
-__all__ = ["KERNEL_NAME", "Report", "check_output_folder", "ensure_kernel", "kernel_environment", "run_notebook"]
+__all__ = ["KERNEL_NAME", "Report", "check_output_folder", "cores", "ensure_kernel", "kernel_environment", "run_notebook", "thread_share"]
 
 KERNEL_NAME = "workbench"
 
@@ -55,6 +55,20 @@ def ensure_kernel() -> str:
     if str(data_dir) not in paths:
         os.environ["JUPYTER_PATH"] = os.pathsep.join([str(data_dir), *filter(None, paths)])
     return KERNEL_NAME
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+"""The environment variables through which numpy, torch and friends take their thread counts."""
+
+
+def cores() -> int:
+    """The CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def thread_share(jobs: int) -> dict[str, str]:
+    """The thread variables that give each of ``jobs`` kernels run side by side its share of the cores (at least one)."""
+    return {variable: str(max(1, cores() // jobs)) for variable in THREAD_VARIABLES}
 
 
 _environment_lock = threading.Lock()

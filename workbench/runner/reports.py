@@ -10,11 +10,14 @@ checked before anything is written.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from workbench.runner.execute import Report, check_output_folder, run_notebook
+from workbench.progress import progress as progress_bar
+from workbench.runner.execute import Report, check_output_folder, cores, ensure_kernel, kernel_environment, run_notebook, thread_share
 from workbench.runner.index import write_index
 from workbench.runner.parameters import check_parameters, non_default, notebook_parameters
 from workbench.runner.record import folder_name
@@ -50,13 +53,18 @@ def run_all(
     output_dir: str | os.PathLike = "reports",
     parameters: Mapping[str, Any] | None = None,
     progress: bool = True,
+    jobs: int | None = None,
 ) -> list[Report]:
     """Run every ``NN_*.ipynb`` in ``notebooks_dir``, each into its :func:`report_folder`, then write the index.
 
     ``parameters`` go to each notebook that declares them; without them every notebook runs with its
-    defaults and writes ``OUTPUT/NAME.html``. The first failing notebook stops the batch (the index
-    is written all the same).
+    defaults and writes ``OUTPUT/NAME.html``. ``jobs`` notebooks run side by side, in their order, each
+    kernel with its share of the cores (:func:`~workbench.runner.execute.thread_share`); by default one
+    per core. A failing notebook stops the batch: no further one starts, the running ones finish, and
+    the first failure (in the notebooks' order) is raised; the index is written all the same.
     """
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     notebooks = sorted(Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
     if not notebooks:
         raise FileNotFoundError(f"no notebooks named NN_*.ipynb in {notebooks_dir}")
@@ -68,7 +76,35 @@ def run_all(
     folders = {path: report_folder(path, own[path], output_dir) for path in notebooks}  # every value checked first
     for folder in folders.values():
         check_output_folder(folder)
+    jobs = min(len(notebooks), cores()) if jobs is None else min(jobs, len(notebooks))
     try:
-        return [run_notebook(path, own[path], folders[path], progress) for path in notebooks]
+        if jobs == 1:
+            return [run_notebook(path, own[path], folders[path], progress) for path in notebooks]
+        return _side_by_side(notebooks, own, folders, jobs, progress)
     finally:
         write_index(output_dir)
+
+
+def _side_by_side(notebooks: list[Path], own: Mapping[Path, Mapping[str, Any]], folders: Mapping[Path, Path], jobs: int,
+                  progress: bool) -> list[Report]:
+    """The notebooks run ``jobs`` at a time in threads (each run's work happens in its own kernel process), in order."""
+    stopped = threading.Event()
+
+    def run(path: Path) -> Report | None:
+        if stopped.is_set():
+            return None
+        try:
+            return run_notebook(path, own[path], folders[path], progress=False)
+        except BaseException:
+            stopped.set()
+            raise
+
+    ensure_kernel()  # once, before runs in several threads look for it
+    with kernel_environment(thread_share(jobs)), ThreadPoolExecutor(jobs) as pool:
+        futures = [pool.submit(run, path) for path in notebooks]
+        for _ in progress_bar(as_completed(futures), desc=f"notebooks, {jobs} at a time", enabled=progress, total=len(futures), unit="notebook"):
+            pass
+    for future in futures:
+        if future.exception() is not None:
+            raise future.exception()
+    return [future.result() for future in futures]

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from workbench.files import atomic_write, remove_leftovers
 from workbench.progress import progress as progress_bar
-from workbench.runner.execute import check_output_folder, ensure_kernel, kernel_environment, run_notebook
+from workbench.runner.execute import check_output_folder, cores, ensure_kernel, kernel_environment, run_notebook, thread_share
 from workbench.runner.index import write_index
 from workbench.runner.parameters import title
 from workbench.runner.record import COMPLETE, FAILED, RUNNING, RunRecord, now, read_record, write_record
@@ -40,8 +40,6 @@ from workbench.runner.sweepfile import MANIFEST, Sweep, SweepRun, read_sweep
 
 __all__ = ["SweepSummary", "run_sweep", "run_in_sweep"]
 
-# the environment variables through which numpy, torch and friends take their thread counts
-_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -69,10 +67,6 @@ class SweepSummary:
 def _log_of(run: SweepRun) -> str:
     """`` (log: PATH)`` for a failed run whose log was kept, else nothing (a run lost with its worker, say)."""
     return f" (log: {run.files.failed.log})" if run.files.failed.log.exists() else ""
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _is_complete(run: SweepRun) -> bool:
@@ -148,9 +142,8 @@ def _on_dask(runs: Sequence[SweepRun], sweep_name: str, scheduler: str | None, w
         else:
             # Workers are threads of this process: each run's work happens in its own kernel process, and
             # a worker process would first spend seconds importing papermill and nbconvert.
-            n_workers = workers or min(len(runs), _cores())
-            threads = str(max(1, _cores() // n_workers))
-            stack.enter_context(kernel_environment({variable: threads for variable in _THREAD_VARIABLES}))
+            n_workers = workers or min(len(runs), cores())
+            stack.enter_context(kernel_environment(thread_share(n_workers)))
             cluster = stack.enter_context(LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=False, dashboard_address=None))
             client = stack.enter_context(Client(cluster))
         futures = {client.submit(run_in_sweep, run, sweep_name, pure=False): run for run in runs}

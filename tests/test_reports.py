@@ -114,25 +114,40 @@ def test_methods_report(tmp_path):
     folder = run_quick("notebooks/02_mtl_methods.ipynb", {"quick": True}, tmp_path)
     from workbench.train import comparable_methods
 
-    from workbench.models import ARCHITECTURES
-    from workbench.studies import gated_architectures, load_problem
-
-    gated = gated_architectures(load_problem("multidigits", n_train=50, n_validation=20, n_test=20))
-    html = assert_renders_offline(folder / "02_mtl_methods.html", figures=11 + len(gated))  # the explorer: 3; a gates heatmap per gated architecture
+    html = assert_renders_offline(folder / "02_mtl_methods.html", figures=11)  # the explorer: 3
     assert "mean difference" in html and "not DPP" not in html  # the claims tables
     digits = results.load(folder / "02_mtl_methods" / "multidigits_methods.nc")
     assert digits.method.values.tolist() == comparable_methods(per_family=1) == ["ew", "upgrad", "gradnorm"] and digits.sizes["seed"] == 1
-    architectures = results.load(folder / "02_mtl_methods" / "multidigits_architectures.nc")
-    assert architectures.method.values.tolist() == ["ew"] and architectures.architecture.values.tolist() == list(ARCHITECTURES)  # every one
-    assert "max_shared_ownership" in html and "gate mass per task on each expert" in html
-    assert "ple beats mmoe" in html and "task cosine -0.3" in html  # the architecture claims' verdicts, stated
-    assert results.load(folder / "02_mtl_methods" / "tabular_task_cosine_-0.3_architectures.nc").architecture.values.tolist() == ["hps", "mmoe", "cgc", "ple"]
     assert results.load(folder / "02_mtl_methods" / "lexicon_methods.nc").sizes["task"] == 4
     assert "multidigits: best Δm%" in html and "lexicon: best Δm%" in html  # the verdict on another shape of the data, stated
     sparse = results.load(folder / "02_mtl_methods" / "multidigits_missing_labels_claimed_methods.nc")
     assert sparse.attrs["data"]["labels_removed"] == 0.5
     own = results.load(folder / "02_mtl_methods" / "lexicon_per_task_claimed_methods.nc")
     assert own.attrs["data"]["mixing"] == "per_task"
+
+
+@pytest.mark.slow
+def test_architectures_report(tmp_path):
+    """Notebook 06, quick: every architecture on MultiDigits and the lexicon tasks, the gates, HoME's remedies and the
+    tabular claims, offline."""
+    folder = run_quick("notebooks/06_architectures.ipynb", {"quick": True}, tmp_path)
+    from workbench.models import ARCHITECTURES
+    from workbench.studies import claimed_architectures, gated_architectures, load_problem
+
+    gated = gated_architectures(load_problem("multidigits", n_train=50, n_validation=20, n_test=20))
+    html = assert_renders_offline(folder / "06_architectures.html", figures=3 + len(gated))  # a gates heatmap per gated architecture
+    digits = results.load(folder / "06_architectures" / "multidigits_architectures.nc")
+    built = [name for name in ARCHITECTURES if name not in digits.attrs["skipped"]]
+    assert digits.method.values.tolist() == ["ew"] and digits.architecture.values.tolist() == built and digits.sizes["task"] == 4
+    assert sorted(p.name for p in (folder / "06_architectures").glob("multidigits_*_gates.nc")) == sorted(f"multidigits_{g}_gates.nc" for g in gated)
+    assert "max_shared_ownership" in html and "gate mass per task on each expert" in html
+    remedies = results.load(folder / "06_architectures" / "multidigits_home_remedies.nc")
+    assert remedies.variant.values.tolist()[:2] == ["HoME", "without its remedies"] and "max_dead_fraction" in html
+    tabular = results.load(folder / "06_architectures" / "tabular_task_cosine_-0.3_architectures.nc")
+    assert tabular.architecture.values.tolist() == claimed_architectures()
+    assert "ple beats mmoe" in html and "task cosine -0.3" in html  # the architecture claims' verdicts, stated
+    lexicon = results.load(folder / "06_architectures" / "lexicon_architectures.nc")
+    assert lexicon.sizes["task"] == 4 and "ple" in lexicon.attrs["skipped"] and "hps" in lexicon.architecture.values
 
 
 @pytest.mark.slow

@@ -103,6 +103,14 @@ def _reference(libmtl, name: str, model, backbone: Backbone):
     return reference
 
 
+def assert_same_outputs(model, reference, x) -> None:
+    """Every task's output of ``model`` and of LibMTL's ``reference`` on ``x`` agree to 1e-6."""
+    with torch.no_grad():
+        ours, expected = model(x), reference(x)
+    for task in model.task_names:
+        torch.testing.assert_close(ours[task], expected[task], rtol=0, atol=1e-6)
+
+
 OPTIONS = {"mmoe": {"n_experts": 3}, "cgc": {"n_experts": 2, "own_experts": 2}, "dselect_k": {"n_experts": 3, "k": 2}}
 
 
@@ -177,10 +185,7 @@ def test_cross_stitch_equals_libmtl_s_with_its_one_weight_per_source_task(libmtl
     model = make_architecture("cross_stitch", TASKS, CROSS_STITCH_STAGES).eval()
     reference = libmtl_cross_stitch(libmtl, model)
     x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        ours, expected = model(x), reference(x)
-    for task in model.task_names:
-        torch.testing.assert_close(ours[task], expected[task], rtol=0, atol=1e-6)
+    assert_same_outputs(model, reference, x)
 
 
 def libmtl_ple(libmtl, model):
@@ -204,10 +209,7 @@ def test_ple_equals_libmtl_s_on_its_five_levels(libmtl):
     model = make_architecture("ple", TASKS, PLE_LEVELS, n_experts=2, own_experts=1).eval()
     reference = libmtl_ple(libmtl, model)
     x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        ours, expected = model(x), reference(x)
-    for task in model.task_names:
-        torch.testing.assert_close(ours[task], expected[task], rtol=0, atol=1e-6)
+    assert_same_outputs(model, reference, x)
 
 
 def _resnet18_stages(resnet) -> list[nn.Module]:
@@ -254,7 +256,4 @@ def test_mtan_equals_libmtl_s_on_its_resnet18(libmtl, train):
                 module.running_mean.normal_(0, 0.2), module.running_var.uniform_(0.5, 2), module.weight.uniform_(0.5, 1.5), module.bias.normal_(0, 0.2)
     reference = libmtl_mtan(libmtl, model)
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        ours, expected = model(x), reference(x)
-    for task in model.task_names:
-        torch.testing.assert_close(ours[task], expected[task], rtol=0, atol=1e-6)
+    assert_same_outputs(model, reference, x)

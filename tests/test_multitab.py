@@ -86,12 +86,14 @@ def test_under_fxt_txt_changing_one_task_token_changes_only_that_task_s_output_a
                 assert not torch.equal(before[task], after[task])  # through the feature tokens, which read task token b
 
 
+@pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("mask", MASKS)
-def test_each_mask_declares_as_a_task_s_own_only_what_no_other_task_s_loss_reaches(mask):
-    model = build(mask)
+def test_each_mask_declares_as_a_task_s_own_only_what_no_other_task_s_loss_reaches(mask, layers):
+    model = build(mask, layers=layers)
     _larger_task_tokens(model)
     own = model.encoder.task_parameters()
-    assert sorted(own) == (["a", "b", "c"] if mask == "FxT_TxT" else [])
+    owned = mask == "FxT_TxT" or (mask == "TxT" and layers == 1)
+    assert sorted(own) == (["a", "b", "c"] if owned else [])
     x = inputs(8)
     targets = {"a": torch.randn(8), "b": torch.randn(8), "c": torch.randint(0, 3, (8,))}
     losses = model.losses(x, targets)
@@ -102,7 +104,7 @@ def test_each_mask_declares_as_a_task_s_own_only_what_no_other_task_s_loss_reach
             assert torch.equal(grad, torch.zeros_like(grad))
     shared = {name for name, _ in model.shared_parameters()}
     assert {"feature_weight", "feature_bias"} <= shared
-    assert ({f"task_tokens.{t}" for t in "abc"} <= shared) == (mask != "FxT_TxT")
+    assert ({f"task_tokens.{t}" for t in "abc"} <= shared) == (not owned)
 
 
 def test_an_image_input_is_flattened_one_token_per_value_and_the_backbone_s_encoder_is_not_used():

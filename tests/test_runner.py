@@ -378,3 +378,12 @@ def test_a_failure_side_by_side_is_raised_and_the_index_written(tmp_path):
     with pytest.raises(Exception, match="asked to fail"):
         runner.run_all(tmp_path / "nb", out, progress=False, jobs=2)
     assert (out / "01_fine.html").exists() and (out / "02_fails.failed.ipynb").exists() and (out / "index.html").exists()
+
+
+@pytest.mark.slow
+def test_every_failure_side_by_side_is_told(tmp_path):
+    for name in ("01_fails", "02_fails"):  # both start at once
+        write_notebook(tmp_path / "nb" / f"{name}.ipynb", SAVES_ITS_THREADS.replace("assert not fail", "assert fail"))
+    with pytest.raises(Exception, match="asked to fail") as failed:
+        runner.run_all(tmp_path / "nb", tmp_path / "out", progress=False, jobs=2)
+    assert any("02_fails.ipynb failed too" in note for note in failed.value.__notes__)

@@ -111,6 +111,10 @@ def test_a_remedy_study_measures_each_variant_under_every_seed_and_its_verdict_i
     assert table.loc["min_output_std", "mean difference"] == pytest.approx(-float(higher.mean()))  # higher is better: negated
     with pytest.raises(ValueError, match="remedy_study compares variants of mmoe; give at least two"):
         remedy_study(problem, "mmoe", {"one": {}}, [0], 2)
+    with pytest.raises(ValueError, match="give at least one seed"):
+        remedy_study(problem, "mmoe", variants, [], 2)
+    with pytest.raises(ValueError, match=r"check_remedies: no variants \['eight experts'\] in the study; its variants are \['two experts'"):
+        check_remedies(study, "eight experts", "two experts")
 
 
 def test_the_architecture_figures_draw_the_comparison_s_numbers(problem):

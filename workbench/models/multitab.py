@@ -31,10 +31,11 @@ value, in ``flatten`` order. Attention costs ``O((T + F)²)`` per sample and lay
 refused, so studies leave it out there); named inputs (token ids) are refused.
 
 Shared and task-owned: the feature embeddings and the blocks serve every task. Task token ``t``'s embedding is
-task ``t``'s own only under ``"FxT_TxT"``, where no other token reads it, so it reaches ``Z[:, t]`` alone; under
-the other masks a feature token or another task token reads it, and it is shared. What the probes then measure:
-the per-task gradients over the embeddings and blocks (and, but under ``"FxT_TxT"``, the task tokens), and
-``∂L_t/∂Z``, non-zero only in slot ``t``: the saliency of task ``t``'s token.
+task ``t``'s own where it reaches ``Z[:, t]`` alone: under ``"FxT_TxT"``, where no other token reads it, and under
+``"TxT"`` with one block, where the feature tokens read it but their outputs are no part of ``Z``; otherwise (a
+feature token reads it and passes it on to a later block, or another task token reads it) it is shared. What the
+probes then measure: the per-task gradients over the embeddings and blocks (and the task tokens where they are
+shared), and ``∂L_t/∂Z``, non-zero only in slot ``t``: the saliency of task ``t``'s token.
 """
 
 from __future__ import annotations
@@ -133,8 +134,9 @@ class MultiTabEncoder(nn.Module):
         return weights
 
     def task_parameters(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
-        """Task ``t``'s token embedding under ``"FxT_TxT"``, where only its own token reads it; nothing otherwise."""
-        if self.mask_mode != "FxT_TxT":
+        """Task ``t``'s token embedding where it reaches ``Z[:, t]`` alone: under ``"FxT_TxT"``, and under ``"TxT"`` with
+        one block (the feature tokens read it there, but their outputs are no part of ``Z``); nothing otherwise."""
+        if not (self.mask_mode == "FxT_TxT" or (self.mask_mode == "TxT" and len(self.blocks) == 1)):
             return {}
         return {task: [(f"task_tokens.{task}", self.task_tokens[task])] for task in self.task_order}
 

@@ -11,7 +11,7 @@ trunk, ``"backbone"`` fresh backbones on the input).
 
 Two ways to condition the routing on the task (M3ViT's two): ``router="per_task"`` (default, "multi-gate"),
 a router of its own per task as above; ``router="task_conditioned"``, one router shared by the tasks that
-reads the features with the task's one-hot code, ``ℓ = W [x ; e_t] = W_x x + w_t``: the task moves the
+reads the features with the task's one-hot code, ``ℓ = W [x ; e_t] + b = W_x x + w_t + b``: the task moves the
 logits by a learned vector of its own, so changing only the task changes the experts chosen.
 
 Not applied yet: M3ViT's load-balancing loss (``CV²`` of the experts' importance and load): the model
@@ -89,7 +89,7 @@ class TaskRoutedEncoder(MMoEEncoder):
             make_gate = partial(TopKGate, k=k, noisy=noisy)
         else:
             shared = TopKGate(features + len(tasks), n_experts, k, noisy)
-            indices = iter(range(len(tasks)))  # the gates are made in task order
+            indices = iter(range(len(tasks)))  # MMoEEncoder makes one gate per task, in the tasks' order
             make_gate = lambda _features, _n: TaskConditionedGate(shared, next(indices), len(tasks))  # noqa: E731
         super().__init__(tasks, features, make_expert, n_experts, trunk, make_gate=make_gate)
         self.router = router

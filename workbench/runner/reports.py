@@ -102,9 +102,16 @@ def _side_by_side(notebooks: list[Path], own: Mapping[Path, Mapping[str, Any]], 
     ensure_kernel()  # once, before runs in several threads look for it
     with kernel_environment(thread_share(jobs)), ThreadPoolExecutor(jobs) as pool:
         futures = [pool.submit(run, path) for path in notebooks]
-        for _ in progress_bar(as_completed(futures), desc=f"notebooks, {jobs} at a time", enabled=progress, total=len(futures), unit="notebook"):
-            pass
-    for future in futures:
-        if future.exception() is not None:
-            raise future.exception()
+        try:
+            for _ in progress_bar(as_completed(futures), desc=f"notebooks, {jobs} at a time", enabled=progress, total=len(futures), unit="notebook"):
+                pass
+        except BaseException:  # an interrupt: no further notebook starts, the running ones finish
+            stopped.set()
+            raise
+    failures = [(path, future.exception()) for path, future in zip(notebooks, futures) if future.exception() is not None]
+    if failures:
+        first = failures[0][1]
+        for path, error in failures[1:]:
+            first.add_note(f"{path.name} failed too: {error!r}")
+        raise first
     return [future.result() for future in futures]

@@ -181,6 +181,8 @@ def remedy_study(
     variables of dims ``(variant, seed)``; ``options`` go to :func:`expert_usage`."""
     if len(variants) < 2:
         raise ValueError(f"remedy_study compares variants of {architecture}; give at least two, got {list(variants)}")
+    if not seeds:
+        raise ValueError(f"remedy_study pairs the variants of {architecture} by seed; give at least one seed")
     rows = {label: [_gate_measures(expert_usage(problem, architecture, steps, every, seed=seed, architecture_options=variant, **options))
                     for seed in seeds]
             for label, variant in variants.items()}
@@ -200,6 +202,8 @@ def check_remedies(study: xr.Dataset, remedied: str, without: str):
     experts: no ownership) is left out."""
     import pandas as pd
 
+    if unknown := [label for label in (remedied, without) if label not in study.variant.values]:
+        raise ValueError(f"check_remedies: no variants {unknown} in the study; its variants are {study.variant.values.tolist()}")
     rows = []
     for measure, better in COLLAPSE_MEASURES.items():
         ours, theirs = study[measure].sel(variant=remedied), study[measure].sel(variant=without)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from workbench.models import Backbone, conv_encoder, make_architecture, mlp_encoder
-from workbench.models.backbone import sequential_stages
+from workbench.models.backbone import sequential_stages, stage_shapes
 from workbench.tasks import regression_task
 
 TASKS = [regression_task("a"), regression_task("b"), regression_task("c")]
@@ -91,3 +91,12 @@ def test_cross_stitch_of_one_task_is_its_backbone_and_its_rows_start_summing_to_
     assert float(three.encoder.stitches[0, 0, 1]) == pytest.approx(0.15)
     with pytest.raises(ValueError, match=r"cross_stitch: alpha_self, .* must lie in \[0, 1\], got 1.5"):
         make_architecture("cross_stitch", TASKS, MLP, alpha_self=1.5)
+
+
+def test_stage_shapes_reads_every_stage_s_input_and_the_output_and_leaves_the_modules_as_they_were():
+    stages = [nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.MaxPool2d(2)), nn.Sequential(nn.Flatten(), nn.Linear(64, 5))]
+    stages[1].eval()
+    before = [m.running_mean.clone() for m in stages[0].modules() if isinstance(m, nn.BatchNorm2d)]
+    assert stage_shapes(stages, (1, 8, 8)) == [(1, 8, 8), (4, 4, 4), (5,)]
+    assert stages[0].training and stages[0][1].training and not stages[1].training  # modes as they were
+    assert torch.equal(stages[0][1].running_mean, before[0])  # eval mode: no statistics updated

@@ -8,14 +8,15 @@ expert.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from workbench.gradients import Grouping
 
-__all__ = ["Backbone", "sequential_stages"]
+__all__ = ["Backbone", "sequential_stages", "stage_shapes"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +60,21 @@ def sequential_stages(encoder: nn.Module) -> list[nn.Module]:
             stages.append([])
         stages[-1].append(layer)
     return [nn.Sequential(*layers) for layers in stages]
+
+
+@torch.no_grad()
+def stage_shapes(stages: Sequence[nn.Module], inputs: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """One sample's shape at the input of every stage and at the last one's output (``len(stages) + 1`` shapes),
+    from a forward pass of zeros ``(1, *inputs)`` in eval mode; the modules' training modes are restored."""
+    modes = [(module, module.training) for stage in stages for module in stage.modules()]
+    for stage in stages:
+        stage.eval()
+    try:
+        x, shapes = torch.zeros(1, *inputs), [tuple(inputs)]
+        for stage in stages:
+            x = stage(x)
+            shapes.append(tuple(x.shape[1:]))
+    finally:
+        for module, training in modes:
+            module.training = training
+    return shapes

@@ -45,18 +45,18 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from workbench.models.backbone import Backbone
+from workbench.models.backbone import Backbone, stage_shapes
 from workbench.models.mmoe import TaskSlot
 from workbench.tasks import Inputs, MultiTaskModel, Task
 
-__all__ = ["HMTLEncoder", "Leading", "default_levels", "hmtl", "stage_shapes"]
+__all__ = ["HMTLEncoder", "Leading", "default_levels", "hmtl"]
 
 
 class HMTLEncoder(nn.Module):
     """``x -> Z`` of shape ``(B, T, C)``: the stages up to the highest level, task ``t`` read at stage ``levels[t]``.
 
     ``shapes[l]`` is one sample's shape at the input of stage ``l`` and ``shapes[l + 1]`` at its output
-    (:func:`stage_shapes`); ``shortcut`` adds the projections ``P_l`` of the flattened input ``(F_x,)`` onto the
+    (:func:`~workbench.models.backbone.stage_shapes`); ``shortcut`` adds the projections ``P_l`` of the flattened input ``(F_x,)`` onto the
     input of every stage ``l ≥ 1``, as ``shortcuts["l"]``.
     """
 
@@ -120,16 +120,6 @@ def _zero_linear(features: int, out: int) -> nn.Linear:
     return layer
 
 
-@torch.no_grad()
-def stage_shapes(stages: Sequence[nn.Module], inputs: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """One sample's shape at the input of every stage and at the last one's output (``len(stages) + 1`` shapes)."""
-    x, shapes = torch.zeros(1, *inputs), [tuple(inputs)]
-    for stage in stages:
-        x = stage(x)
-        shapes.append(tuple(x.shape[1:]))
-    return shapes
-
-
 def default_levels(tasks: Sequence[str], depth: int) -> dict[str, int]:
     """The tasks spread in order over ``depth`` stages: the ``i``-th of ``T`` at ``⌊i (depth − 1) / (T − 1)⌋``."""
     if len(tasks) == 1:
@@ -162,8 +152,7 @@ def hmtl(tasks: Sequence[Task], backbone: Backbone, levels: Mapping[str, int] | 
     names = [t.name for t in tasks]
     stages = backbone.make_stages("hmtl")
     levels = default_levels(names, len(stages)) if levels is None else _check_levels(levels, names, len(stages))
-    with torch.random.fork_rng():  # a throwaway copy, to read the shapes, leaving the random state as it was
-        shapes = stage_shapes([stage.eval() for stage in backbone.make_stages("hmtl")], backbone.inputs)
+    shapes = stage_shapes(stages, backbone.inputs)
     encoder = HMTLEncoder(names, stages, levels, shapes, shortcut)
     heads = {t.name: nn.Sequential(TaskSlot(i), Leading(encoder.widths[t.name]), nn.Linear(encoder.widths[t.name], t.out_features))
              for i, t in enumerate(tasks)}

@@ -57,7 +57,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from workbench.models.backbone import Backbone
+from workbench.models.backbone import Backbone, stage_shapes
 from workbench.models.mmoe import slot_heads
 from workbench.tasks import MultiTaskModel, Task
 
@@ -176,24 +176,6 @@ class MTANEncoder(nn.Module):
         return {task: [(f"attention.{task}.{name}", p) for name, p in self.attention[task].named_parameters()] for task in self.task_order}
 
 
-@torch.no_grad()
-def _stage_shapes(bodies: Sequence[nn.Module], last_blocks: Sequence[nn.Module], inputs: tuple[int, ...]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """One sample's ``(u_l, s_l)`` shapes per stage, from a forward pass in eval mode (the modules' modes restored)."""
-    modules = [*bodies, *last_blocks]
-    modes = [[m.training for m in module.modules()] for module in modules]
-    for module in modules:
-        module.eval()
-    h, shapes = torch.zeros(1, *inputs), []
-    for body, last in zip(bodies, last_blocks):
-        u = body(h)
-        h = last(u)
-        shapes.append((tuple(u.shape[1:]), tuple(h.shape[1:])))
-    for module, flags in zip(modules, modes):
-        for m, flag in zip(module.modules(), flags):
-            m.training = flag
-    return shapes
-
-
 def mtan(tasks: Sequence[Task], backbone: Backbone, reduction: int = 1) -> MultiTaskModel:
     """MTAN on ``backbone``'s stages (see the module docstring), the attention's hidden width ``C_l // reduction``,
     a linear head per task on its slot."""
@@ -202,7 +184,8 @@ def mtan(tasks: Sequence[Task], backbone: Backbone, reduction: int = 1) -> Multi
                          "named inputs do not allow")
     split = [split_stage(stage) for stage in backbone.make_stages("mtan")]
     bodies, last_blocks = [b for b, _ in split], [p for _, p in split]
-    shapes = _stage_shapes(bodies, last_blocks, backbone.inputs)
+    through = stage_shapes([module for pair in split for module in pair], backbone.inputs)  # the input, then u_0, s_0, u_1, s_1, …
+    shapes = list(zip(through[1::2], through[2::2]))  # (u_l, s_l) per stage
     ranks = {len(shape) for pair in shapes for shape in pair}
     if ranks not in ({1}, {3}):
         raise ValueError(f"mtan: the {backbone.name} backbone's stage bodies and stages must all give vectors (C,) or all maps (C, H, W), "

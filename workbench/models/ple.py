@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from workbench.models.backbone import Backbone
+from workbench.models.backbone import Backbone, stage_shapes
 from workbench.models.mmoe import GateReading, SoftmaxGate, gated_expert_names, slot_heads
 from workbench.tasks import Inputs, MultiTaskModel, Task
 
@@ -81,21 +81,11 @@ class PLEEncoder(nn.Module):
         }
 
 
-@torch.no_grad()
-def _level_widths(stages: list[nn.Module], inputs: tuple[int, ...]) -> list[int]:
-    """The flattened width of one sample at the input of each stage."""
-    x, widths = torch.zeros(1, *inputs), []
-    for stage in stages:
-        widths.append(x[0].numel())
-        x = stage(x)
-    return widths
-
-
 def ple(tasks: Sequence[Task], backbone: Backbone, n_experts: int = 1, own_experts: int = 1) -> MultiTaskModel:
     """PLE with ``n_experts`` shared and ``own_experts`` per task, each a copy of ``backbone`` whose stages are its levels."""
     if backbone.inputs is None:
         raise ValueError(f"ple's gates read each level's input flattened, which the {backbone.name} backbone's named inputs are not")
     with torch.random.fork_rng():  # a throwaway copy, to read the widths, leaving the random state as it was
-        widths = _level_widths([stage.eval() for stage in backbone.make_stages("ple")], backbone.inputs)
+        widths = [math.prod(shape) for shape in stage_shapes(backbone.make_stages("ple"), backbone.inputs)[:-1]]
     encoder = PLEEncoder([t.name for t in tasks], lambda: backbone.make_stages("ple"), widths, n_experts, own_experts)
     return MultiTaskModel(encoder, tasks, heads=slot_heads(tasks, math.prod(backbone.shape)))

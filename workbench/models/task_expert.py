@@ -40,9 +40,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from workbench.models.backbone import Backbone
+from workbench.models.backbone import Backbone, stage_shapes
 from workbench.models.encoders import mlp_encoder
-from workbench.models.hmtl import stage_shapes
 from workbench.models.mmoe import GateReading, SoftmaxGate, gated_expert_names, slot_heads
 from workbench.tasks import Inputs, MultiTaskModel, Task
 
@@ -118,8 +117,7 @@ def task_expert(tasks: Sequence[Task], backbone: Backbone, n_experts: int = 4, e
     at = list(range(depth)) if at is None else list(at) if isinstance(at, Sequence) else at
     if not isinstance(at, list) or not at or len(set(at)) != len(at) or any(isinstance(l, bool) or not isinstance(l, int) or not 0 <= l < depth for l in at):
         raise ValueError(f"task_expert: at must name distinct stages of the backbone's {depth}, 0 to {depth - 1}, and at least one; got {at}")
-    with torch.random.fork_rng():  # a throwaway copy, to read the widths, leaving the random state as it was
-        shapes = stage_shapes([stage.eval() for stage in backbone.make_stages("task_expert")], backbone.inputs)
+    shapes = stage_shapes(stages, backbone.inputs)
     features = [math.prod(shape) for shape in shapes[1:]]
     encoder = TaskExpertEncoder([t.name for t in tasks], stages, at, features, n_experts, tuple(expert_hidden))
     return MultiTaskModel(encoder, tasks, heads=slot_heads(tasks, expert_hidden[-1]))

@@ -354,9 +354,6 @@ assert not fail, 'asked to fail'
 
 @pytest.mark.slow
 def test_notebooks_run_side_by_side_each_kernel_with_its_share_of_the_cores(tmp_path, monkeypatch):
-    from workbench.runner import reports
-
-    monkeypatch.setattr(reports, "cores", lambda: 4)
     monkeypatch.setattr("workbench.runner.execute.cores", lambda: 4)
     for name in ("01_first", "02_second", "03_third"):
         write_notebook(tmp_path / "nb" / f"{name}.ipynb", SAVES_ITS_THREADS)

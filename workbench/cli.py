@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     reports.add_argument("-n", "--notebooks-dir", default="notebooks")
     reports.add_argument("-p", "--parameter", **parameter)
     reports.add_argument("-o", "--output-dir", **output)
-    reports.add_argument("-j", "--jobs", type=int, metavar="N", help="notebooks run side by side, each kernel with its share of the cores (default: 1, one after another)")
+    reports.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="notebooks run side by side, each kernel with its share of the cores (default: 1, one after another)")
 
     sweep = commands.add_parser("sweep", help="run every combination of a sweep file's parameters, each in a folder of its own")
     sweep.add_argument("sweep_file", metavar="SWEEP.yaml")

@@ -53,7 +53,7 @@ def run_all(
     output_dir: str | os.PathLike = "reports",
     parameters: Mapping[str, Any] | None = None,
     progress: bool = True,
-    jobs: int | None = None,
+    jobs: int = 1,
 ) -> list[Report]:
     """Run every ``NN_*.ipynb`` in ``notebooks_dir``, each into its :func:`report_folder`, then write the index.
 
@@ -61,11 +61,11 @@ def run_all(
     defaults and writes ``OUTPUT/NAME.html``. ``jobs`` notebooks run side by side, in their order, each
     kernel with its share of the cores (:func:`~workbench.runner.execute.thread_share`); one after another
     by default (on two cores, side by side with one thread each, notebook 03 ran 1.6× longer than alone
-    and notebook 02, MiniLM's, became the batch's long pole at 29.8 min). A failing notebook stops the batch: no further one
-    starts, the running ones finish, and the first failure (in the notebooks' order) is raised; every
-    other failure is named in its notes; the index is written all the same.
+    and notebook 02, MiniLM's, became the batch's long pole at 29.8 min). A failing notebook stops the
+    batch: no further one starts, the running ones finish, and the first failure (in the notebooks'
+    order) is raised, every other one named in its notes; the index is written all the same.
     """
-    if jobs is not None and jobs < 1:
+    if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     notebooks = sorted(Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
     if not notebooks:
@@ -78,7 +78,7 @@ def run_all(
     folders = {path: report_folder(path, own[path], output_dir) for path in notebooks}  # every value checked first
     for folder in folders.values():
         check_output_folder(folder)
-    jobs = 1 if jobs is None else min(jobs, len(notebooks))
+    jobs = min(jobs, len(notebooks))
     try:
         if jobs == 1:
             return [run_notebook(path, own[path], folders[path], progress) for path in notebooks]

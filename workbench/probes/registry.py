@@ -12,7 +12,8 @@ model and the batch except what the training loop hands in, the ``optimizer`` an
 - ``directed``: whether ``source → target`` differs from ``target → source``;
 - ``batch``: the batch a study records it on: ``"training"`` (TAG's lookahead is a training step;
   the gradient-cosine affinity is its cheap twin) or a fixed ``"held_out"`` one;
-- ``needs``: what the model must have for the probe to apply (``"gates"``: a gated architecture), if
+- ``needs``: what the model must have for the probe to apply (``"gates"``: a gated architecture;
+  ``"shared"``: a shared trainable parameter, which a scheme of one adapter per task lacks), if
   anything (:meth:`Probe.applies_to`).
 
 Families: **conflict** (the per-task gradients against each other), **affinity** (predictors of
@@ -45,11 +46,12 @@ def _entry(name: str, family: str, summary: str, build: str, paper: str, pairwis
 PROBES: Registry[Entry] = Registry("probe", [
     _entry("gradient_conflict", "conflict", "cosine, magnitude similarity and conflict of the per-task gradients, whole and per layer",
            "conflict.gradient_conflict", "Yu et al. 2020, Gradient surgery for multi-task learning; Guangyuan et al. 2023, Recon",
-           pairwise="cosine", layered="layer_cosine"),
+           pairwise="cosine", layered="layer_cosine", needs="shared"),
     _entry("tag_affinity", "affinity", "TAG's lookahead: how one step on a task changes every task's loss", "affinity.tag_affinity",
-           "Fifty et al. 2021, Efficiently identifying task groupings for multi-task learning", pairwise="affinity", batch="training", directed=True),
+           "Fifty et al. 2021, Efficiently identifying task groupings for multi-task learning", pairwise="affinity", batch="training", directed=True,
+           needs="shared"),
     _entry("cosine_affinity", "affinity", "the cosine of the per-task gradients on the training batch, as an affinity", "affinity.cosine_affinity",
-           "Fifty et al. 2021 (the gradient-cosine baseline of TAG)", pairwise="affinity", batch="training"),
+           "Fifty et al. 2021 (the gradient-cosine baseline of TAG)", pairwise="affinity", batch="training", needs="shared"),
     _entry("saliency_conflict", "saliency", "how the tasks' saliencies in the shared representation agree, per sample", "saliency.saliency_conflict",
            "Wang et al. 2025, Rep-MTL: unleashing the power of representation-level task saliency", pairwise="cosine"),
     _entry("task_saliency", "saliency", "∂L_t/∂Z per sample: where in the shared representation each task pulls", "saliency.task_saliency",
@@ -82,6 +84,9 @@ class Probe:
         return parameter in inspect.signature(self.entry.target()).parameters
 
     def __call__(self, model, batch: tuple[Inputs, Mapping[str, Tensor]], **handed_in: Any) -> xr.Dataset:
+        if self.entry.traits.get("needs") == "shared" and not model.shared_parameters():
+            raise ValueError(f"{self.name} compares the tasks' gradients on the shared parameters; this model shares none "
+                             "(each of its trainable parameters serves one task)")
         return self.entry.target()(model, batch, **self.options, **handed_in)
 
     def __repr__(self) -> str:
@@ -95,7 +100,7 @@ def applies_to(name: str, model) -> bool:
         return True
     from workbench.probes.experts import has_gates
 
-    return {"gates": has_gates}[needs](model)
+    return {"gates": has_gates, "shared": lambda m: bool(m.shared_parameters())}[needs](model)
 
 
 def pairwise_probes(model=None) -> list[str]:

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from workbench.gradients import representation_pass
 from workbench.probes.isolation import leaves_model_untouched
-from workbench.tasks import Inputs, TaskInputs, label_mask
+from workbench.tasks import Inputs, TaskInputs, label_mask, num_samples
 
 __all__ = [
     "representation_dims",
@@ -228,10 +228,22 @@ def saliency_conflict(model, batch: tuple[Inputs, Mapping[str, Tensor]]) -> xr.D
 
 
 def _embedding_layer(model):
-    transformer = getattr(model.encoder, "transformer", None)
-    if transformer is None or not hasattr(transformer, "get_input_embeddings"):
+    transformer = next((module for module in model.encoder.modules() if hasattr(module, "get_input_embeddings")), None)
+    if transformer is None:
         raise ValueError("inputs without a floating tensor need an encoder with input embeddings (a transformers model) to attribute to")
     return transformer.get_input_embeddings()
+
+
+def _fold_copies(tensors: Sequence[Tensor], groups: Sequence[Inputs], add: bool = True) -> list[Tensor]:
+    """Each group's tensor ``(k · B_g, ...)`` as ``(B_g, ...)``: the sum of its ``k`` copies (``add``), or the first copy.
+
+    An encoder that runs the batch once per task (a scheme with adapters per task) embeds it ``k = T`` times;
+    a token's embedding then reaches the losses through every copy, and its gradient is their sum."""
+    folded = []
+    for tensor, group in zip(tensors, groups):
+        copies = tensor.shape[0] // num_samples(group)
+        folded.append(tensor.unflatten(0, (copies, -1)).sum(0) if add else tensor[: num_samples(group)])
+    return folded
 
 
 @leaves_model_untouched
@@ -279,13 +291,14 @@ def input_attribution(model, batch: tuple[Inputs, Mapping[str, Tensor]]) -> xr.D
             if hook is not None:
                 leaves = captured
             grads = [
-                torch.cat(torch.autograd.grad(losses[t], leaves, retain_graph=True, allow_unused=True, materialize_grads=True))
-                if t in losses else torch.cat([torch.full_like(leaf, torch.nan) for leaf in leaves])
+                torch.cat(_fold_copies(torch.autograd.grad(losses[t], leaves, retain_graph=True, allow_unused=True, materialize_grads=True), groups))
+                if t in losses else torch.cat(_fold_copies([torch.full_like(leaf, torch.nan) for leaf in leaves], groups))
                 for t in names
             ]
     finally:
         if hook is not None:
             hook.remove()
+    leaves = _fold_copies(leaves, groups, add=False)
     leaf = torch.cat([leaf.detach() for leaf in leaves])
     labelled = torch.tensor([targets[t].shape[0] for t in names], dtype=leaf.dtype, device=leaf.device)
     attribution = torch.stack(grads) * leaf * labelled.reshape(-1, *[1] * leaf.dim())

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import xarray as xr
 
-from workbench.models import Backbone, conv_encoder, make_architecture, minilm_encoder, mlp_encoder, representation_shape
+from workbench.models import SCHEMES, Backbone, conv_encoder, make_architecture, make_scheme, minilm_encoder, mlp_encoder, representation_shape
 from workbench.tasks import Inputs, MultiTaskModel, MultiTaskSplits, Task
 
 __all__ = ["DATASETS", "DATA_SHAPES", "LABELS_REMOVED", "Problem", "load_problem"]
@@ -59,8 +59,10 @@ class Problem:
         return self.backbone.layers
 
     def make_model(self, tasks: Sequence[Task], architecture: str = "hps", **options: Any) -> MultiTaskModel:
-        """A fresh model of ``architecture`` (a registered name) for ``tasks``; ``options`` override the problem's own."""
-        return make_architecture(architecture, tasks, self.backbone, **{**self.architecture_options.get(architecture, {}), **options})
+        """A fresh model of ``architecture`` for ``tasks``: a registered architecture or parameter-efficient scheme
+        (:data:`~workbench.models.SCHEMES`); ``options`` override the problem's own."""
+        make = make_scheme if architecture in SCHEMES else make_architecture
+        return make(architecture, tasks, self.backbone, **{**self.architecture_options.get(architecture, {}), **options})
 
 
 def load_problem(dataset: str, seed: int = 0, data: str = "shared", **options: Any) -> Problem:

@@ -26,7 +26,13 @@ __all__ = ["Aggregated", "aggregate"]
 
 
 def aggregate(aggregator: nn.Module, jacobian: TaskJacobian) -> tuple[Tensor, bool]:
-    """``(update, is_vector)``: the task weights ``(T,)`` of a weighted aggregator, or its flat update ``(P,)``."""
+    """``(update, is_vector)``: the task weights ``(T,)`` of a weighted aggregator, or its flat update ``(P,)``.
+
+    A model that shares no parameter (one adapter per task) has no Jacobian to aggregate: the weights are ones,
+    and each task's own parameters get its own gradient, as under every method.
+    """
+    if not jacobian.blocks:
+        return torch.ones(len(jacobian.tasks)), False
     from torchjd.aggregation import GramianWeightedAggregator, WeightedAggregator
 
     with warnings.catch_warnings():

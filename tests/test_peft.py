@@ -1,0 +1,234 @@
+"""Parameter-efficient schemes against what they claim: LoRA equals ``peft``'s in outputs and gradients and moves
+between the two as ``peft`` folders; MTL-LoRA and MultiLoRA reduce to LoRA; a bottleneck adapter is its formula;
+adapters inside the trainable blocks keep the cache of the frozen ones valid; bad adapter folders are refused
+before anything is copied."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from tests.test_encoders import tiny_bert, token_batch
+from tests.test_peft_laws import BACKBONES, TASKS, perturbed
+from workbench.models import Backbone
+from workbench.models import make_scheme
+from workbench.models.peft.bottleneck import BottleneckAdapter
+from workbench.models.peft.lora import LoRALinear
+from workbench.models.peft.mtl_lora import MTLLoRALinear
+from workbench.models.peft.multilora import MultiLoRALinear
+from workbench.models.peft.peft_format import load_lora, save_lora
+
+peft = pytest.importorskip("peft")
+
+
+def mean_pooled(transformer, ids):
+    mask = (ids != 0).long()
+    hidden = transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1)
+
+
+def peft_twin(model, adapter="default", **config):
+    """A ``peft`` LoRA on a fresh copy of the tiny BERT, holding the model's LoRA ``adapter``."""
+    layers = {name.removeprefix("encoder.base.transformer."): module for name, module in model.named_modules() if isinstance(module, LoRALinear)}
+    first = next(iter(layers.values()))
+    twin = peft.get_peft_model(tiny_bert(), peft.LoraConfig(r=first.rank, lora_alpha=first.alpha, use_rslora=first.rslora,
+                                                            target_modules=sorted(layers), **config))
+    with torch.no_grad():
+        for name, parameter in twin.named_parameters():
+            if ".lora_" in name:
+                module, _, rest = name.removeprefix("base_model.model.").partition(".lora_")
+                part = rest.split(".")[0]
+                parameter.copy_(getattr(layers[module], f"lora_{part}")[adapter].weight)
+    return twin
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_lora_equals_peft_in_outputs_and_in_the_gradients_of_its_parameters(rslora):
+    model = perturbed(make_scheme("lora", TASKS, BACKBONES["BERT"], rank=3, alpha=6.0, rslora=rslora))
+    twin = peft_twin(model)
+    ids = token_batch()
+    ours, theirs = model.represent(ids), mean_pooled(twin, ids)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    weights = torch.randn_like(ours)
+    ours_grads = torch.autograd.grad((ours * weights).sum(), [p for _, p in model.shared_parameters()])
+    named = dict(twin.named_parameters())
+    for (name, _), grad in zip(model.shared_parameters(), ours_grads):
+        module = name.removeprefix("base.transformer.")
+        torch.testing.assert_close(grad, torch.autograd.grad((theirs * weights).sum(), named[f"base_model.model.{module}"], retain_graph=True)[0],
+                                   rtol=0, atol=1e-6)
+
+
+def test_each_tasks_lora_is_peft_s_adapter_of_that_name():
+    model = perturbed(make_scheme("task_lora", TASKS, BACKBONES["BERT"], rank=2))
+    ids = token_batch()
+    z = model.represent(ids)
+    for slot, task in enumerate(model.task_names):
+        torch.testing.assert_close(z[:, slot], mean_pooled(peft_twin(model, adapter=task), ids), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("scheme, adapter", [("lora", None), ("task_lora", "b")])
+def test_a_lora_saved_here_loads_in_peft_and_one_saved_by_peft_loads_here(tmp_path, scheme, adapter):
+    model = perturbed(make_scheme(scheme, TASKS, BACKBONES["BERT"], rank=2, alpha=4.0))
+    ids = token_batch()
+    slot = model.task_names.index(adapter) if adapter else None
+    expected = model.represent(ids) if slot is None else model.represent(ids)[:, slot]
+    save_lora(model, tmp_path / "ours", adapter=adapter, base_model="tiny-bert")
+    assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    loaded = peft.PeftModel.from_pretrained(tiny_bert(), tmp_path / "ours")
+    torch.testing.assert_close(mean_pooled(loaded, ids), expected, rtol=0, atol=1e-6)
+    peft_twin(model, adapter=adapter or "default").save_pretrained(tmp_path / "theirs")
+    fresh = make_scheme(scheme, TASKS, BACKBONES["BERT"], rank=2, alpha=4.0)
+    load_lora(fresh, tmp_path / "theirs", adapter=adapter)
+    got = fresh.represent(ids) if slot is None else fresh.represent(ids)[:, slot]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def test_a_saved_folder_is_replaced_whole_and_no_other_folder_is_overwritten(tmp_path):
+    model = perturbed(make_scheme("lora", TASKS, BACKBONES["BERT"], rank=2))
+    save_lora(model, tmp_path / "adapter")
+    perturbed(model, seed=9)
+    save_lora(model, tmp_path / "adapter")
+    fresh = load_lora(make_scheme("lora", TASKS, BACKBONES["BERT"], rank=2), tmp_path / "adapter")
+    ids = token_batch()
+    torch.testing.assert_close(fresh.represent(ids), model.represent(ids), rtol=0, atol=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="is no adapter folder"):
+        save_lora(model, tmp_path / "results")
+    assert (tmp_path / "results" / "keep.txt").read_text() == "mine"
+
+
+def test_bad_adapter_folders_are_refused_naming_what_is_wrong_before_anything_is_copied(tmp_path):
+    model = perturbed(make_scheme("lora", TASKS, BACKBONES["BERT"], rank=2, alpha=4.0))
+    save_lora(model, tmp_path / "good")
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with pytest.raises(ValueError, match=r"trained with \{'r': 2, 'lora_alpha': 4.0, 'use_rslora': False\}, the model's LoRA has \{'r': 3"):
+        load_lora(make_scheme("lora", TASKS, BACKBONES["BERT"], rank=3, alpha=4.0), tmp_path / "good")
+    wider = Backbone("BERT", lambda: type(model.encoder.base)(_bert(hidden=16), "mean", trainable_layers=2), (16,))
+    other = make_scheme("lora", TASKS, wider, rank=2, alpha=4.0)
+    with pytest.raises(ValueError, match=r"an adapter for another base model; tensors of other shapes: \{'base_model\.model\.encoder\.layer\.1\."
+                                         r"attention\.self\.query\.lora_A\.weight': '\(2, 12\) in the file, \(2, 16\) here'"):
+        load_lora(other, tmp_path / "good")
+    with pytest.raises(ValueError, match=r"the adapter's modules are not the model's: missing tensors \[\], tensors of modules the model does not "
+                                         r"adapt \['base_model\.model\.encoder\.layer\.1\.attention\.self\.value"):
+        load_lora(make_scheme("lora", TASKS, BACKBONES["BERT"], rank=2, alpha=4.0, targets=["query"]), tmp_path / "good")
+    with pytest.raises(ValueError, match="the model has no LoRA 'a'; it has one shared LoRA: give no adapter"):
+        load_lora(model, tmp_path / "good", adapter="a")
+    with pytest.raises(FileNotFoundError, match="is no LoRA folder"):
+        load_lora(model, tmp_path)
+    config = json.loads((tmp_path / "good" / "adapter_config.json").read_text())
+    (tmp_path / "good" / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    with pytest.raises(ValueError, match=r"uses peft features the workbench's LoRA does not have: \{'use_dora': True\}"):
+        load_lora(model, tmp_path / "good")
+    (tmp_path / "good" / "adapter_config.json").write_text(json.dumps(config))
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(tmp_path / "good" / "adapter_model.safetensors")
+    first = sorted(tensors)[0]
+    tensors[first][0, 0] = float("nan")
+    save_file(tensors, tmp_path / "good" / "adapter_model.safetensors")
+    with pytest.raises(ValueError, match=f"tensor '{first}' holds NaN"):
+        load_lora(model, tmp_path / "good")
+    (tmp_path / "good" / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(ValueError, match="adapter_model.safetensors"):
+        load_lora(model, tmp_path / "good")
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+
+
+def _bert(hidden: int):
+    import transformers
+
+    config = transformers.BertConfig(vocab_size=40, hidden_size=hidden, num_hidden_layers=3, num_attention_heads=2, intermediate_size=20,
+                                     max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return transformers.BertModel(config)
+
+
+def test_mtl_lora_with_one_up_projection_and_identity_transforms_is_lora():
+    torch.manual_seed(0)
+    base = nn.Linear(6, 5)
+    mtl = MTLLoRALinear(base, ["a", "b"], rank=3, alpha=6.0, up_projections=1)
+    plain = LoRALinear(base, rank=3, alpha=6.0)
+    with torch.no_grad():
+        mtl.lora_B.normal_()
+        plain.lora_A["default"].weight.copy_(mtl.lora_A)
+        plain.lora_B["default"].weight.copy_(mtl.lora_B[0])
+    x = torch.randn(4, 6)
+    torch.testing.assert_close(mtl(torch.cat([x, x])), torch.cat([plain(x), plain(x)]), rtol=0, atol=1e-6)
+
+
+def test_mtl_lora_gives_each_task_its_transform_and_its_mixture_of_up_projections():
+    torch.manual_seed(0)
+    layer = MTLLoRALinear(nn.Linear(6, 5), ["a", "b"], rank=3, alpha=6.0, up_projections=2, temperature=0.5, diagonal=True)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+        layer.lora_lambdas["b"].mul_(torch.tensor([2.0, -1.0, 0.5]))
+    x = torch.randn(4, 6)
+    out = layer(torch.cat([x, x])).unflatten(0, (2, 4))
+    for t, task in enumerate(["a", "b"]):
+        mix = torch.softmax(layer.lora_B_w[task] / 0.5, 0)
+        up = mix[0] * layer.lora_B[0] + mix[1] * layer.lora_B[1]
+        want = layer.base_layer(x) + 2.0 * x @ layer.lora_A.T @ torch.diag(layer.lora_lambdas[task]) @ up.T
+        torch.testing.assert_close(out[t], want, rtol=0, atol=1e-5)
+
+
+def test_multilora_of_one_module_with_unit_scales_is_lora_and_starts_as_the_frozen_layer():
+    torch.manual_seed(0)
+    base = nn.Linear(6, 5)
+    multi = MultiLoRALinear(base, rank=2, alpha=4.0, n_modules=1)
+    x = torch.randn(4, 6)
+    torch.testing.assert_close(multi(x), base(x), rtol=0, atol=0)
+    plain = LoRALinear(base, rank=2, alpha=4.0)
+    with torch.no_grad():
+        multi.lora_scaling.fill_(1.0)
+        plain.lora_A["default"].weight.copy_(multi.lora_A[0])
+        plain.lora_B["default"].weight.copy_(multi.lora_B[0])
+    torch.testing.assert_close(multi(x), plain(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation, function", [("relu", torch.relu), ("swish", nn.functional.silu)])
+def test_a_bottleneck_adapter_is_a_residual_mlp_on_the_frozen_layer_s_output(activation, function):
+    torch.manual_seed(0)
+    layer = BottleneckAdapter(nn.Linear(6, 8), bottleneck=2, activation=activation)
+    x = torch.randn(4, 6)
+    y = layer.base_layer(x)
+    down, up = layer.adapter_down["default"], layer.adapter_up["default"]
+    torch.testing.assert_close(layer(x), y + function(y @ down.weight.T + down.bias) @ up.weight.T + up.bias, rtol=0, atol=1e-6)
+    assert down.weight.std().item() == pytest.approx(0.02, rel=0.6) and not down.bias.any()
+
+
+def test_the_default_targets_are_peft_s_for_lora_and_the_output_projections_for_adapters():
+    lora = make_scheme("lora", TASKS, BACKBONES["BERT"], rank=2)
+    adapter = make_scheme("adapter", TASKS, BACKBONES["BERT"], reduction=2)
+    strip = "base.transformer."
+    assert sorted(n.removeprefix(strip) for n in lora.encoder.adapted_layers()) == [
+        f"encoder.layer.{i}.attention.self.{m}" for i in (1, 2) for m in ("query", "value")]
+    assert sorted(n.removeprefix(strip) for n in adapter.encoder.adapted_layers()) == [
+        f"encoder.layer.{i}.{m}" for i in (1, 2) for m in ("attention.output.dense", "output.dense")]
+    pfeiffer = make_scheme("adapter", TASKS, BACKBONES["BERT"], reduction=2, targets=r".*\.\d+\.output\.dense")
+    assert sorted(n.removeprefix(strip) for n in pfeiffer.encoder.adapted_layers()) == ["encoder.layer.1.output.dense", "encoder.layer.2.output.dense"]
+
+
+@pytest.mark.parametrize("scheme", ["lora", "task_lora", "adapter"])
+def test_adapters_in_the_trainable_blocks_keep_the_cache_of_the_frozen_blocks_valid(scheme):
+    model = perturbed(make_scheme(scheme, TASKS, BACKBONES["BERT"], **({"rank": 2} if "lora" in scheme else {"reduction": 2})))
+    model.eval()
+    ids = token_batch()
+    cached = model.encoder.base.cache_frozen({"input_ids": ids, "attention_mask": (ids != 0).long()})
+    torch.testing.assert_close(model.represent(cached), model.represent(ids), rtol=0, atol=1e-6)
+    assert not any(isinstance(m, LoRALinear | BottleneckAdapter) for block in model.encoder.base.blocks[:1] for m in block.modules())
+
+
+def test_a_scheme_with_adapters_per_task_needs_a_vector_representation():
+    from functools import partial
+
+    from workbench.models import conv_encoder
+
+    backbone = Backbone("CNN", partial(conv_encoder, 1, (4, 3)), (3, 4, 4), inputs=(1, 8, 8))
+    with pytest.raises(ValueError, match=r"task_lora: a scheme with parameters per task reads each task's representation from a slot of a vector; "
+                                         r"the CNN backbone's representation has the shape \(3, 4, 4\)"):
+        make_scheme("task_lora", TASKS, backbone)
+    with pytest.raises(ValueError, match=r"lora: the targets None match no linear layer of the encoder; its linear layers: \['none'\]"):
+        make_scheme("lora", TASKS, backbone)

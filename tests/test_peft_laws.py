@@ -1,0 +1,224 @@
+"""The laws every registered parameter-efficient scheme obeys, on an MLP and on a tiny BERT whose top two blocks are
+adapted: the backbone stays frozen, the model contract holds, the gradient engine agrees with autograd, every probe
+runs (or is refused by name), a loss weighting and a gradient method train it, a scheme that starts as a no-op
+starts as the frozen backbone, and bad ranks and targets are refused naming what exists. A new scheme is tested
+the moment it is registered."""
+
+import re
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_encoders import tiny_bert, token_batch
+from workbench.gradients import model_task_jacobian
+from workbench.models import Backbone, TransformerEncoder, mlp_encoder
+from workbench.models import SCHEMES, make_scheme
+from workbench.probes import PROBES, make_probe, task_matrix
+from workbench.tasks import MultiTaskData, TaskInputs, classification_task, masked_batch, regression_task
+from workbench.train import train
+
+TASKS = [regression_task("a"), regression_task("b"), classification_task("c", 3)]
+def eager_bert():
+    """The tiny BERT with matmul-and-softmax attention, whose batched backward the gradient engine vmaps (see
+    :meth:`~workbench.models.TransformerEncoder.from_pretrained`)."""
+    bert = tiny_bert()
+    bert.set_attn_implementation("eager")
+    return TransformerEncoder(bert, "mean", trainable_layers=2)
+
+
+BACKBONES = {
+    "MLP": Backbone("MLP", partial(mlp_encoder, 5, (8, 6)), (6,), inputs=(5,)),
+    "BERT": Backbone("BERT", eager_bert, (12,), layers="tensor"),
+}
+WIDE = Backbone("MLP", partial(mlp_encoder, 16, (32, 32)), (32,), inputs=(16,))
+CASES = [(name, backbone) for name in SCHEMES for backbone in BACKBONES]
+SMALL = {"lora": {"rank": 2}, "task_lora": {"rank": 2}, "mtl_lora": {"rank": 2, "up_projections": 2}, "multilora": {"rank": 2, "n_modules": 2},
+         "adapter": {"reduction": 2}, "task_adapter": {"reduction": 2}}
+# The options under which a scheme starts as a no-op (its output the frozen backbone's); absent: it does not.
+IDENTITY_START = {"lora": {}, "task_lora": {}, "mtl_lora": {}, "multilora": {}, "adapter": {"init": "zero"}, "task_adapter": {"init": "zero"}}
+
+
+def build(name: str, backbone: str, seed: int = 0, **options):
+    torch.manual_seed(seed)
+    return make_scheme(name, TASKS, BACKBONES[backbone], **{**SMALL.get(name, {}), **options})
+
+
+def inputs(backbone: str, n: int = 7, seed: int = 1):
+    if backbone == "BERT":
+        ids = token_batch(n=n, seed=seed)
+        return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+    return torch.randn(n, 5, generator=torch.Generator().manual_seed(seed))
+
+
+def batch(backbone: str, n: int = 7, seed: int = 1):
+    g = torch.Generator().manual_seed(seed + 100)
+    return inputs(backbone, n, seed), {"a": torch.randn(n, generator=g), "b": torch.randn(n, generator=g), "c": torch.randint(0, 3, (n,), generator=g)}
+
+
+def perturbed(model, seed: int = 5):
+    """The model with every trainable parameter moved off its start (a zero-initialised up-projection hides gradients)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def test_every_scheme_has_its_small_options_and_its_start_stated():
+    assert set(SMALL) == set(SCHEMES) and set(IDENTITY_START) <= set(SCHEMES)
+
+
+@pytest.mark.parametrize("name, backbone", CASES)
+def test_the_backbone_is_frozen_and_the_model_contract_holds(name, backbone):
+    model = build(name, backbone)
+    x, _ = batch(backbone)
+    outputs = model(x)
+    assert [tuple(o.shape) for o in outputs.values()] == [(7, t.out_features) for t in TASKS]
+    base = dict(model.encoder.base.named_parameters())
+    adapter_names = {f"{layer}.{name}" for layer, module in model.encoder.adapted_layers().items() for name, _ in module.named_parameters()
+                     if not name.startswith("base_layer.")}
+    trainable = {f"{n}" for n, p in base.items() if p.requires_grad}
+    assert trainable == {n.removeprefix("base.") for n in adapter_names}, "only the scheme's parameters train in the backbone"
+    shared = {id(p) for _, p in model.shared_parameters()}
+    own = {task: {id(p) for _, p in params} for task, params in model.task_parameters().items()}
+    for task, params in own.items():
+        assert params and not params & shared
+        assert not any(params & other for other_task, other in own.items() if other_task != task)
+    assert shared | set().union(*own.values()) == {id(p) for p in model.parameters() if p.requires_grad}
+    make_scheme(name, TASKS, WIDE)  # the defaults build too, where the layers are wide enough for them
+
+
+@pytest.mark.parametrize("name, backbone", [(n, b) for n, b in CASES if n in IDENTITY_START])
+def test_a_scheme_that_starts_as_a_no_op_starts_as_the_frozen_backbone(name, backbone):
+    model = build(name, backbone, **IDENTITY_START[name])
+    torch.manual_seed(0)
+    frozen = BACKBONES[backbone].make().eval()
+    model.eval()
+    x, _ = batch(backbone)
+    z = model.represent(x)
+    expected = frozen(x)
+    if model.encoder.per_task:
+        expected = expected.unsqueeze(1).expand_as(z)
+    torch.testing.assert_close(z, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, backbone", CASES)
+def test_a_tasks_own_parameters_get_no_gradient_from_the_other_tasks(name, backbone):
+    model = perturbed(build(name, backbone))
+    losses = model.losses(*batch(backbone))
+    for task, params in model.task_parameters().items():
+        for other in model.task_names:
+            if other != task:
+                grads = torch.autograd.grad(losses[other], [p for _, p in params], retain_graph=True, allow_unused=True)
+                assert all(g is None or not g.any() for g in grads), f"{other}'s loss reaches {task}'s parameters"
+
+
+def shaped_batch(shape: str, backbone: str):
+    x, targets = batch(backbone)
+    if shape == "shared":
+        return x, targets
+    if shape == "missing labels":
+        return masked_batch(x, targets, {"a": torch.arange(7) % 2 == 0, "c": torch.zeros(7, dtype=torch.bool)})
+    groups = [batch(backbone, n=3 + g, seed=10 + g) for g in range(3)]
+    return TaskInputs(tuple(x for x, _ in groups), {t.name: (g, None) for g, t in enumerate(TASKS)}), {t.name: groups[g][1][t.name] for g, t in enumerate(TASKS)}
+
+
+SHAPES = ("shared", "missing labels", "a batch per task")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name, backbone", CASES)
+def test_the_gradient_engine_equals_autograd_inside_the_adapter(name, backbone, shape):
+    model = perturbed(build(name, backbone))
+    x, targets = shaped_batch(shape, backbone)
+    jacobian = model_task_jacobian(model, x, targets, task_grads=True, strategy="batched")
+    losses = model.losses(x, targets)
+    shared = model.shared_parameters()
+    assert all(".base_layer." not in parameter for parameter in jacobian.blocks), "the frozen weights are no shared parameters"
+    for index, task in enumerate(model.task_names):
+        if task not in losses:
+            assert torch.isnan(jacobian.losses[index])
+            continue
+        if shared:
+            expected = torch.autograd.grad(losses[task], [p for _, p in shared], retain_graph=True, allow_unused=True, materialize_grads=True)
+            for (parameter, _), want in zip(shared, expected):
+                torch.testing.assert_close(jacobian.blocks[parameter][index], want, msg=f"{task}, {parameter}")
+        own = model.task_parameters()[task]
+        for (parameter, _), want in zip(own, torch.autograd.grad(losses[task], [p for _, p in own], retain_graph=True, allow_unused=True,
+                                                                  materialize_grads=True)):
+            torch.testing.assert_close(jacobian.task_grads[parameter], want, msg=f"{task}, {parameter}")
+
+
+@pytest.mark.parametrize("name, backbone", CASES)
+def test_every_registered_probe_runs_on_it_or_is_refused_by_name(name, backbone):
+    model = perturbed(build(name, backbone))
+    x, targets = batch(backbone)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for probe_name in PROBES:
+        probe = make_probe(probe_name)
+        if not probe.applies_to(model):
+            needs = PROBES[probe_name].traits["needs"]
+            message = {"gates": "reads the gates of a gated architecture", "shared": "this model shares none"}[needs]
+            with pytest.raises(ValueError, match=message):
+                probe(model, (x, targets), **({"optimizer": optimizer} if probe.takes("optimizer") else {}))
+            continue
+        result = probe(model, (x, targets), **({"optimizer": optimizer} if probe.takes("optimizer") else {}))
+        if PROBES[probe_name].traits["pairwise"]:
+            matrix = task_matrix(result)
+            assert matrix.shape == (3, 3) and np.isfinite(matrix.values).all()
+    assert make_probe("gradient_conflict").applies_to(model) == bool(model.shared_parameters())
+
+
+@pytest.mark.parametrize("name, backbone", CASES)
+@pytest.mark.parametrize("method, labels", [("ew", "all"), ("upgrad", "missing")])
+def test_it_trains_with_a_loss_weighting_and_a_gradient_method_and_only_its_parameters_move(name, backbone, method, labels):
+    model = build(name, backbone)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    x, targets = batch(backbone, n=32)
+    data = MultiTaskData(x, targets, TASKS)
+    data = data if labels == "all" else data.without_labels(0.7, seed=1)
+    run = train(model, data, 4, method=method, batch_size=16, progress=False)
+    assert np.isfinite(run.history.train_loss.values).all()
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+
+
+@pytest.mark.parametrize("name", [n for n in SCHEMES if n.startswith("task_")])
+def test_a_scheme_that_shares_nothing_trains_alike_under_every_method(name):
+    """Nothing shared, nothing to aggregate: each task's own parameters get its own gradient under every method."""
+    x, targets = batch("MLP", n=32)
+    losses = {}
+    for method in ("upgrad", "pcgrad", "mgda"):
+        model = build(name, "MLP")
+        losses[method] = train(model, MultiTaskData(x, targets, TASKS), 3, method=method, batch_size=16, progress=False).history.train_loss.values
+    assert model.shared_parameters() == []
+    np.testing.assert_array_equal(losses["upgrad"], losses["pcgrad"])
+    np.testing.assert_array_equal(losses["upgrad"], losses["mgda"])
+
+
+@pytest.mark.parametrize("name", list(SCHEMES))
+def test_bad_ranks_widths_targets_and_options_are_refused_naming_what_exists(name):
+    entry = SCHEMES[name]
+    assert entry.summary and entry.paper and entry.family
+    with pytest.raises(ValueError, match=f"parameter-efficient scheme {name!r} has no options \\['no_such_option'\\]"):
+        make_scheme(name, TASKS, BACKBONES["MLP"], no_such_option=1)
+    with pytest.raises(ValueError, match=rf"{name}: the targets \['nothing_here'\] match no linear layer of the 2 trainable blocks; "
+                                         r"its linear layers: \['encoder\.layer\.1\.attention\.output\.dense'"):
+        make_scheme(name, TASKS, BACKBONES["BERT"], targets=["nothing_here"])
+    with pytest.raises(ValueError, match=rf"{name}: the targets 'zzz\.\*' match no linear layer of the encoder; its linear layers: \['0', '2'\]"):
+        make_scheme(name, TASKS, BACKBONES["MLP"], targets="zzz.*")
+    options = entry.options()
+    if "rank" in options:
+        for rank in (0, 7, 2.0):
+            with pytest.raises(ValueError, match=rf"{name}: rank must be an int from 1 to the layer's width, 5 for '0' \(5 -> 8\), got {re.escape(repr(rank))}"):
+                make_scheme(name, TASKS, BACKBONES["MLP"], rank=rank)
+    if "reduction" in options:
+        with pytest.raises(ValueError, match=rf"{name}: reduction 9 leaves no unit of '0''s 8 outputs"):
+            make_scheme(name, TASKS, BACKBONES["MLP"], reduction=9)
+        with pytest.raises(ValueError, match=rf"{name}: reduction must be a positive int, got 0"):
+            make_scheme(name, TASKS, BACKBONES["MLP"], reduction=0)
+    if "dropout" in options:
+        with pytest.raises(ValueError, match=rf"{name}: dropout must be a probability in \[0, 1\), got 1.0"):
+            make_scheme(name, TASKS, BACKBONES["MLP"], dropout=1.0)

@@ -1,0 +1,108 @@
+"""Bottleneck adapters (Houlsby et al. 2019; Pfeiffer et al. 2020): a small residual MLP after a frozen projection.
+
+On the output ``y = W0 x + b`` of each targeted linear layer, as the ``adapters`` library's bottleneck
+adapter computes it::
+
+    a(y) = y + W_up φ(W_down y + b_down) + b_up,    W_down: m × d_out,  W_up: d_out × m,  m = d_out / reduction
+
+``φ`` is ReLU (Pfeiffer's default) or Swish (Houlsby's); the weights start ``N(0, 0.02²)`` and the
+biases at zero (the library's ``"bert"`` initialisation), or with ``init="zero"`` the up-projection at
+zero as well, so that the adapter starts as the identity (the library's ``"mam_adapter"``). The
+default positions are a transformer's output projections, after attention and after the
+feed-forward block (``output.dense`` in BERT: both of Houlsby's positions), before the residual and
+its layer norm; ``targets`` chooses others (``r".*\\.\\d+\\.output\\.dense"``: after the feed-forward
+block only, Pfeiffer's). The ``adapters`` library is not a dependency: it pins transformers 4.x.
+
+``adapter``: one adapter shared by the tasks (the probes see it: conflict inside the adapter);
+``task_adapter``: one per task, nothing shared (what AdapterFusion and ScaLearn compose).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from workbench.models.backbone import Backbone
+from workbench.models.peft.adapted import adapt
+from workbench.models.peft.layer import AdaptedLinear, check_count
+from workbench.models.peft.targets import Targets
+from workbench.tasks import MultiTaskModel, Task
+
+__all__ = ["BottleneckAdapter", "bottleneck_adapter", "output_projections", "OUTPUT_PROJECTIONS"]
+
+Activation = Literal["relu", "swish"]
+AdapterInit = Literal["bert", "zero"]
+OUTPUT_PROJECTIONS = {"bert": ("output.dense",), "roberta": ("output.dense",), "xlm-roberta": ("output.dense",),
+                      "llama": ("o_proj", "down_proj"), "mistral": ("o_proj", "down_proj"), "qwen2": ("o_proj", "down_proj")}
+"""A transformer's output projections by model type: where the adapters go unless ``targets`` says otherwise."""
+_ACTIVATIONS = {"relu": F.relu, "swish": F.silu}
+SHARED = "default"
+
+
+class BottleneckAdapter(AdaptedLinear):
+    """``y + up(φ(down(y)))`` with ``y = base_layer(x)``: one adapter shared, or one per task on its block of rows."""
+
+    task_keyed = ("adapter_down", "adapter_up")
+
+    def __init__(self, base_layer: nn.Linear, bottleneck: int, activation: Activation = "relu", init: AdapterInit = "bert",
+                 tasks: Sequence[str] = ()) -> None:
+        super().__init__(base_layer, tasks)
+        names = self.tasks or (SHARED,)
+        self.activation = activation
+        self.adapter_down = nn.ModuleDict({a: nn.Linear(self.out_features, bottleneck) for a in names})
+        self.adapter_up = nn.ModuleDict({a: nn.Linear(bottleneck, self.out_features) for a in names})
+        for a in names:
+            for layer in (self.adapter_down[a], self.adapter_up[a]):
+                nn.init.normal_(layer.weight, std=0.02)
+                nn.init.zeros_(layer.bias)
+            if init == "zero":
+                nn.init.zeros_(self.adapter_up[a].weight)
+
+    def _adapted(self, name: str, y: Tensor) -> Tensor:
+        return y + self.adapter_up[name](_ACTIVATIONS[self.activation](self.adapter_down[name](y)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.base_layer(x)
+        if not self.tasks:
+            return self._adapted(SHARED, y)
+        return torch.stack([self._adapted(t, block) for t, block in zip(self.tasks, self.task_blocks(y))]).flatten(0, 1)
+
+    def extra_repr(self) -> str:
+        return f"bottleneck={self.adapter_down[next(iter(self.adapter_down))].out_features}, activation={self.activation!r}"
+
+
+def bottleneck_adapter(
+    tasks: Sequence[Task], backbone: Backbone, reduction: int = 16, activation: Activation = "relu", init: AdapterInit = "bert",
+    targets: Targets = None, per_task: bool = False,
+) -> MultiTaskModel:
+    """A bottleneck adapter of width ``d_out // reduction`` (at least 1) after each targeted linear layer of the backbone's
+    trainable part (its output projections by default), everything else frozen; shared, or one per task with ``per_task``."""
+    scheme = "task_adapter" if per_task else "adapter"
+    check_count(scheme, "reduction", reduction)
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"{scheme}: activation must be one of {sorted(_ACTIVATIONS)}, not {activation!r}")
+    if init not in ("bert", "zero"):
+        raise ValueError(f"{scheme}: init must be 'bert' or 'zero', not {init!r}")
+    names = [t.name for t in tasks] if per_task else []
+
+    def make(name: str, base: nn.Linear) -> BottleneckAdapter:
+        if reduction > base.out_features:
+            raise ValueError(f"{scheme}: reduction {reduction} leaves no unit of {name!r}'s {base.out_features} outputs")
+        return BottleneckAdapter(base, base.out_features // reduction, activation, init, names)
+
+    return adapt(tasks, backbone, scheme, make, targets=targets, per_task=per_task, default_targets=output_projections)
+
+
+def output_projections(root: nn.Module, scheme: str) -> Targets:
+    """The output projections of a transformer (:data:`OUTPUT_PROJECTIONS`), ``None`` (every linear layer) for an
+    encoder that is no transformer."""
+    config = getattr(root, "config", None)
+    if config is None:
+        return None
+    if config.model_type not in OUTPUT_PROJECTIONS:
+        raise ValueError(f"{scheme}: no default positions for a {config.model_type!r} transformer; give targets, names of its linear layers")
+    return OUTPUT_PROJECTIONS[config.model_type]

@@ -53,6 +53,7 @@ benchmark: install
 	$(PY) benchmarks/bench_merge.py
 	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_monitor.py
+	$(PY) benchmarks/bench_peft.py
 	$(PY) benchmarks/bench_explorers.py
 	$(PY) benchmarks/bench_architectures.py
 

@@ -27,7 +27,7 @@ from workbench.gradients import model_task_jacobian
 from workbench.models import mlp_encoder
 from workbench.tasks import MultiTaskModel, regression_task
 
-from timing import median_seconds  # benchmarks/timing.py
+from timing import median_seconds, peak_memory_mib  # benchmarks/timing.py
 
 # MLPs as (input features, hidden widths, batch): the size the notebooks probe, and a wider encoder;
 # MiniLM as (trainable blocks, words, tokens per word)
@@ -133,20 +133,6 @@ def methods(kind: str, encoder: str) -> list[str]:
     if encoder.startswith("minilm"):
         names.remove("torchjd.autogram") if "torchjd.autogram" in names else None
     return names + ["plain step"]
-
-
-def peak_memory_mib(fn, model, x, targets) -> float:
-    """Peak MiB held by tensors allocated during ``fn`` (allocations minus frees, in order)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn(model, x, targets)
-    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
-    held = peak = 0
-    for event in events:
-        held += event.self_cpu_memory_usage
-        peak = max(peak, held)
-    return peak / 2**20
 
 
 def check_agreement(encoder: str, n_tasks: int) -> None:

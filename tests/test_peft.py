@@ -232,3 +232,31 @@ def test_a_scheme_with_adapters_per_task_needs_a_vector_representation():
         make_scheme("task_lora", TASKS, backbone)
     with pytest.raises(ValueError, match=r"lora: the targets None match no linear layer of the encoder; its linear layers: \['none'\]"):
         make_scheme("lora", TASKS, backbone)
+
+
+def test_routed_experts_gate_k_per_token_and_smora_balances_its_ranks_once_per_step():
+    from workbench.models.peft.routed import RoutedLoRALinear
+
+    torch.manual_seed(0)
+    mixture = RoutedLoRALinear(nn.Linear(6, 5), experts=4, expert_rank=2, k=2, alpha=8.0, gating="softmax")
+    x = torch.randn(3, 7, 6)
+    gates = mixture.gates(x)
+    assert ((gates > 0).sum(-1) == 2).all()
+    torch.testing.assert_close(gates.sum(-1), torch.ones(3, 7))
+    with torch.no_grad():
+        mixture.lora_B.normal_()
+    want = mixture.base_layer(x) + 8.0 / 8 * sum(gates[..., e, None] * (x @ mixture.lora_A[e].T @ mixture.lora_B[e].T) for e in range(4))
+    torch.testing.assert_close(mixture(x), want, rtol=0, atol=1e-5)
+    ranks = RoutedLoRALinear(nn.Linear(6, 5), experts=4, expert_rank=1, k=1, alpha=4.0, gating="balanced_sigmoid", update_rate=0.5)
+    with torch.no_grad():
+        ranks.router.weight.zero_()
+        ranks.router.weight[0, 0] = 10.0  # rank 0 scores highest wherever x_0 > 0
+    x = torch.rand(16, 6)
+    first = ranks(x)
+    torch.testing.assert_close(ranks(x), first)  # a step's forwards agree: the bias moves only after the optimizer's step
+    assert ranks.pending_load.tolist() == [32.0, 0.0, 0.0, 0.0]
+    ranks.after_optimizer_step()
+    assert ranks.balance_bias.tolist() == [-0.5, 0.5, 0.5, 0.5] and not ranks.pending_load.any()
+    ranks.eval()
+    ranks(x)
+    assert not ranks.pending_load.any(), "an evaluation counts no choice"

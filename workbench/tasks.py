@@ -247,6 +247,8 @@ class MultiTaskModel(nn.Module):
     ``(B, C)`` (or ``(B, C, H, W)`` for a CNN); each head maps ``Z`` to that task's output. When
     ``heads`` is omitted, every task gets a linear head on ``representation_dim`` features: an int
     ``C``, or the shape ``(C, H, W)`` of one sample's representation, which the head flattens.
+    A module of the model may define ``after_optimizer_step()``, which the training loop calls after
+    every optimizer step (state that moves once per step, as SMoRA's balancing bias).
     """
 
     def __init__(

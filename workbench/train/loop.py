@@ -214,6 +214,14 @@ def _open_monitor(monitor: bool | Monitor) -> Monitor | None:
     return monitor
 
 
+def _after_optimizer_step(model) -> None:
+    """Call ``after_optimizer_step()`` on every module of the model that has one (SMoRA's balancing bias)."""
+    for module in model.modules():
+        hook = getattr(module, "after_optimizer_step", None)
+        if callable(hook):
+            hook()
+
+
 def train(
     model: MultiTaskModel,
     data: MultiTaskData | StreamedData,
@@ -321,6 +329,7 @@ def train(
             began = time.perf_counter()
             if labelled:
                 opt.step()
+                _after_optimizer_step(model)
                 active.after_step(trained, x, on)
             if (step + 1) % per_epoch == 0:
                 methods.end_epoch()

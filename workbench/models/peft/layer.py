@@ -18,11 +18,11 @@ from torch import Tensor, nn
 __all__ = ["AdaptedLinear", "check_rank", "check_count", "check_dropout"]
 
 
-def check_rank(scheme: str, name: str, base: nn.Linear, rank: int) -> None:
-    """Refuse a rank that is not an int in ``[1, min(d_in, d_out)]`` of layer ``name``, naming the scheme and the layer."""
+def check_rank(scheme: str, name: str, base: nn.Linear, rank: int, option: str = "rank") -> None:
+    """Refuse a rank that is not an int in ``[1, min(d_in, d_out)]`` of layer ``name``, naming the scheme, the option and the layer."""
     width = min(base.in_features, base.out_features)
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= width:
-        raise ValueError(f"{scheme}: rank must be an int from 1 to the layer's width, {width} for {name!r} "
+        raise ValueError(f"{scheme}: {option} must be an int from 1 to the layer's width, {width} for {name!r} "
                          f"({base.in_features} -> {base.out_features}), got {rank!r}")
 
 

@@ -9,6 +9,8 @@ after the tasks and the backbone), and its paper. A scheme builds like an archit
 - **low rank**: ``lora``, one LoRA shared by the tasks; ``task_lora``, one LoRA per task; ``mtl_lora``, a shared
   low-rank space with each task's transform and mixture of up-projections inside; ``multilora``, parallel LoRAs
   with learned output scales;
+- **routed low rank** (no task id): ``molora``, a sparse mixture of LoRA experts routed per token; ``smora``, one
+  LoRA whose ranks are experts, a few per token, balanced by a bias;
 - **bottleneck adapter**: ``adapter``, one residual bottleneck MLP after each output projection, shared;
   ``task_adapter``, one per task.
 """
@@ -36,6 +38,12 @@ SCHEMES: Registry[Entry] = Registry("parameter-efficient scheme", [
     Entry("multilora", "low rank", "parallel LoRA modules with learned output scales that start at zero, shared",
           "workbench.models.peft.multilora.multilora",
           paper="Wang et al. 2023, MultiLoRA: democratizing LoRA for better multi-task learning", fixed=_FIXED),
+    Entry("molora", "routed low rank", "LoRA experts on each targeted layer, a router sending every token to its top k, no task id",
+          "workbench.models.peft.routed.molora",
+          paper="Liao et al. 2024, MING-MoE: enhancing medical multi-task learning with a sparse mixture of low-rank adapter experts", fixed=_FIXED),
+    Entry("smora", "routed low rank", "one LoRA whose every rank is an expert, k ranks per token chosen by a score and a balancing bias",
+          "workbench.models.peft.routed.smora",
+          paper="Zhao et al. 2025, Each rank could be an expert: single-ranked mixture of experts LoRA for multi-task learning", fixed=_FIXED),
     Entry("adapter", "bottleneck adapter", "a residual bottleneck MLP after each output projection, shared by every task",
           "workbench.models.peft.bottleneck.bottleneck_adapter",
           paper="Houlsby et al. 2019, Parameter-efficient transfer learning for NLP; Pfeiffer et al. 2020, AdapterHub", fixed=_FIXED),

@@ -26,8 +26,9 @@ from workbench import gradients
 from workbench.gradients import model_task_jacobian
 from workbench.models import mlp_encoder
 from workbench.tasks import MultiTaskModel, regression_task
+from workbench.studies import peak_memory_mib
 
-from timing import median_seconds, peak_memory_mib  # benchmarks/timing.py
+from timing import median_seconds  # benchmarks/timing.py
 
 # MLPs as (input features, hidden widths, batch): the size the notebooks probe, and a wider encoder;
 # MiniLM as (trainable blocks, words, tokens per word)

@@ -23,8 +23,9 @@ import torch
 
 from workbench.models import SCHEMES, Backbone, TransformerEncoder, make_scheme, minilm_encoder, minilm_path
 from workbench.tasks import MultiTaskModel, regression_task
+from workbench.studies import peak_memory_mib
 
-from timing import median_seconds, peak_memory_mib  # benchmarks/timing.py
+from timing import median_seconds  # benchmarks/timing.py
 
 WORDS, TOKENS, TASKS = 64, 8, 3
 

@@ -1,4 +1,4 @@
-"""Timing shared by the benchmarks: median seconds of calls that take turns, and the peak memory of one call."""
+"""Timing shared by the benchmarks: median seconds of calls that take turns (peak memory: ``workbench.studies.peak_memory_mib``)."""
 
 from __future__ import annotations
 
@@ -26,17 +26,3 @@ def median_seconds(calls: Mapping[str, Callable[[], object]], repeats: int, warm
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
-
-def peak_memory_mib(fn, *args) -> float:
-    """Peak MiB held by tensors allocated during ``fn(*args)`` (allocations minus frees, in order; torch's profiler, counted
-    between operators)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn(*args)
-    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
-    held = peak = 0
-    for event in events:
-        held += event.self_cpu_memory_usage
-        peak = max(peak, held)
-    return peak / 2**20

@@ -260,3 +260,22 @@ def test_routed_experts_gate_k_per_token_and_smora_balances_its_ranks_once_per_s
     ranks.eval()
     ranks(x)
     assert not ranks.pending_load.any(), "an evaluation counts no choice"
+
+
+def test_hyperformer_writes_each_tasks_adapter_with_one_shared_hypernetwork():
+    model = perturbed(make_scheme("hyperformer", TASKS, BACKBONES["BERT"], reduction=2, task_embedding=3, layer_embedding=2))
+    hypernetwork = model.encoder.hypernetwork
+    layers = list(model.encoder.adapted_layers().values())
+    assert len(layers) == 4 and all(layer._hypernetwork[0] is hypernetwork for layer in layers)
+    assert hypernetwork.layer_embeddings.shape == (4, 2)
+    assert {name for name, _ in model.shared_parameters()} >= {"hypernetwork.layer_embeddings", "hypernetwork.generators.width_12.down.weight"}
+    assert model.task_parameters()["b"][-1][0] == "encoder.hypernetwork.task_embeddings.b"
+    x = torch.randn(5, 12)
+    layer = layers[2]
+    out = layer(torch.cat([x, x, x])).unflatten(0, (3, 5))
+    y = layer.base_layer(x)
+    for t, task in enumerate(model.task_names):
+        down, down_bias, up, up_bias = hypernetwork(task, 2)
+        assert down.shape == (6, 12) and up.shape == (12, 6)
+        torch.testing.assert_close(out[t], y + torch.relu(y @ down.T + down_bias) @ up.T + up_bias, rtol=0, atol=1e-5)
+    assert not torch.allclose(out[0], out[1])

@@ -36,7 +36,7 @@ WIDE = Backbone("MLP", partial(mlp_encoder, 16, (32, 32)), (32,), inputs=(16,))
 CASES = [(name, backbone) for name in SCHEMES for backbone in BACKBONES]
 SMALL = {"lora": {"rank": 2}, "task_lora": {"rank": 2}, "mtl_lora": {"rank": 2, "up_projections": 2}, "multilora": {"rank": 2, "n_modules": 2},
          "molora": {"experts": 3, "expert_rank": 2, "k": 2}, "smora": {"rank": 4, "k": 2},
-         "adapter": {"reduction": 2}, "task_adapter": {"reduction": 2}}
+         "adapter": {"reduction": 2}, "task_adapter": {"reduction": 2}, "hyperformer": {"reduction": 2, "task_embedding": 3, "layer_embedding": 2}}
 # The options under which a scheme starts as a no-op (its output the frozen backbone's); absent: it does not.
 IDENTITY_START = {"lora": {}, "task_lora": {}, "mtl_lora": {}, "multilora": {}, "molora": {}, "smora": {}, "adapter": {"init": "zero"}, "task_adapter": {"init": "zero"}}
 

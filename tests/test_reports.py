@@ -151,6 +151,26 @@ def test_architectures_report(tmp_path):
 
 
 @pytest.mark.slow
+def test_parameter_efficient_report(tmp_path):
+    """Notebook 07, quick: every scheme against full training on the ratings and the raters, memory, the conflict inside
+    the adapter and the published claims, offline."""
+    folder = run_quick("notebooks/07_parameter_efficient.ipynb", {"quick": True}, tmp_path)
+    from workbench.models import SCHEMES
+    from workbench.studies import load_problem, sharing_schemes
+
+    shared = sharing_schemes(load_problem("lexicon", max_words=30))
+    html = assert_renders_offline(folder / "07_parameter_efficient.html", figures=3 + len(shared))  # a cosine figure per sharing scheme
+    ratings = results.load(folder / "07_parameter_efficient" / "ratings_schemes.nc")
+    assert ratings.architecture.values.tolist() == ["hps", *SCHEMES] and ratings.sizes["task"] == 4
+    assert (ratings.peak_mib > 0).all() and ratings.parameters.sel(architecture="lora") < ratings.parameters.sel(architecture="hps")
+    assert ratings.conflict.sel(architecture="task_lora").isnull().all() and ratings.conflict.sel(architecture="lora").notnull().all()
+    assert results.load(folder / "07_parameter_efficient" / "raters_schemes.nc").sizes["task"] == 10
+    assert sorted(p.name for p in (folder / "07_parameter_efficient").glob("ratings_*_conflict.nc")) == sorted(f"ratings_{s}_conflict.nc" for s in shared)
+    assert "mtl_lora beats task_lora" in html and "ten raters" in html  # the claims' verdicts, stated
+    assert "profiler_start" not in html
+
+
+@pytest.mark.slow
 def test_affinity_report(tmp_path):
     """Notebook 03, quick: affinities, transfer, groupings and the validity study on the three problems, offline."""
     folder = run_quick("notebooks/03_task_affinity.ipynb", {"quick": True}, tmp_path)

@@ -4,6 +4,7 @@
 - :mod:`~workbench.studies.methods`: training methods compared over seeds, Δm% (:func:`compare_methods`),
   and :mod:`~workbench.studies.claims`, the published claims about them (:func:`check_claims`);
 - :mod:`~workbench.studies.architectures`: every architecture under the same methods, and what their gates do;
+- :mod:`~workbench.studies.schemes`: every parameter-efficient scheme against full training, its costs and the conflict inside it;
 - :mod:`~workbench.studies.transfer`: ground-truth transfer by training every subset (:func:`measure_transfer`);
 - :mod:`~workbench.studies.grouping`: every affinity probe against the measured transfer, groupings and their payoff;
 - :mod:`~workbench.studies.validity`: every pairwise probe against the truth over random synthetic problems;
@@ -25,12 +26,22 @@ from workbench.studies.merging import (
 )
 from workbench.studies.methods import compare_methods, method_summary
 from workbench.studies.problems import DATA_SHAPES, DATASETS, Problem, load_problem
+from workbench.studies.schemes import (
+    SCHEME_CLAIMS, adapter_conflict, check_scheme_claims, compare_schemes, peak_memory_mib, sharing_schemes, step_memory,
+)
 from workbench.studies.shapes import claims_across_shapes, methods_across_shapes, probes_across_shapes
 from workbench.studies.saliency import attribution_validity_study, representation_vs_parameter, saliency_during_training
 from workbench.studies.transfer import grouping_loss, measure_transfer, pairwise_gain
 from workbench.studies.validity import probe_readings, validity_study
 
 __all__ = [
+    "SCHEME_CLAIMS",
+    "adapter_conflict",
+    "check_scheme_claims",
+    "compare_schemes",
+    "peak_memory_mib",
+    "sharing_schemes",
+    "step_memory",
     "ARCHITECTURE_CLAIMS",
     "COLLAPSE_MEASURES",
     "DATA_SHAPES",

@@ -221,8 +221,9 @@ def claimed_architectures() -> list[str]:
     return [name for name in ARCHITECTURES if name == "hps" or name in named]
 
 
-def check_architecture_claims(settings: Mapping[str, xr.Dataset], split: str = "test", method: str = "ew"):
-    """A table (pandas DataFrame) of :data:`ARCHITECTURE_CLAIMS` in every setting: ``settings`` maps a label
+def check_architecture_claims(settings: Mapping[str, xr.Dataset], split: str = "test", method: str = "ew",
+                              claims: Sequence[tuple[str, str, str]] = ARCHITECTURE_CLAIMS):
+    """A table (pandas DataFrame) of ``claims`` (:data:`ARCHITECTURE_CLAIMS`) in every setting: ``settings`` maps a label
     (``"task cosine -0.3"``) to a :func:`compare_architectures` result holding both architectures. Each row
     gives both mean Δm% under ``method``, their mean difference paired by seed and the verdict (clearly:
     beyond two standard errors), as :func:`~workbench.studies.check_claims` does for methods."""
@@ -231,7 +232,7 @@ def check_architecture_claims(settings: Mapping[str, xr.Dataset], split: str = "
     rows = []
     for label, comparison in settings.items():
         delta = comparison.delta_m.sel({"split": split, "method": method})
-        for better, worse, source in ARCHITECTURE_CLAIMS:
+        for better, worse, source in claims:
             if better in comparison.architecture.values and worse in comparison.architecture.values:
                 ours, theirs = delta.sel(architecture=better), delta.sel(architecture=worse)
                 differences = (ours - theirs).values

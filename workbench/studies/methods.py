@@ -13,6 +13,7 @@ import torch
 import xarray as xr
 
 from workbench.probes.recorder import ProbeRecorder
+from workbench.probes.registry import applies_to
 from workbench.progress import progress as progress_bar
 from workbench.tasks import EVALUATION_BATCH
 from workbench.train.loop import Monitor, OptimizerFactory, train
@@ -101,7 +102,9 @@ def compare_methods(
         method = make_method(spec.pop("name"), len(tasks), **spec)
         torch.manual_seed(seed)
         model = problem.make_model(tasks, architecture=architecture)
-        recorders = [ProbeRecorder("gradient_conflict", every=conflict_every, by=problem.layers)] if conflict_every else []
+        # a model that shares no parameter (one adapter per task) has no shared gradients to compare: its conflict is NaN
+        recording = conflict_every and applies_to("gradient_conflict", model)
+        recorders = [ProbeRecorder("gradient_conflict", every=conflict_every, by=problem.layers)] if recording else []
         run = train(model, splits.train, steps, method=method, eval_data=splits.validation, seed=seed, recorders=recorders, **options).complete(f"{label}, seed {seed}")
         results["metric"].append(_final_metrics(run.model, splits))
         results["seconds"].append(float(np.median(run.history.step_seconds.values)))
@@ -110,6 +113,8 @@ def compare_methods(
         if recorders:
             cosine = run.probes["gradient_conflict"].cosine
             results["conflict"].append((cosine < 0).where(cosine.notnull()).mean("step").values)
+        elif conflict_every:
+            results["conflict"].append(np.full((len(names), len(names)), np.nan))
     labels, n_seeds = list(specs), len(seeds)
 
     def by_method_and_seed(values: list) -> np.ndarray:

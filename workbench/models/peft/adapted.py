@@ -56,10 +56,12 @@ class AdaptedEncoder(nn.Module):
         return {name: module for name, module in self.named_modules() if isinstance(module, AdaptedLinear)}
 
     def task_parameters(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
-        """What each adapted layer holds for one task alone (named relative to this encoder)."""
+        """What each adapted layer, and each module a scheme adds beside the base encoder (HyperFormer's hypernetwork),
+        holds for one task alone (named relative to this encoder)."""
+        holders = {**self.adapted_layers(), **{name: module for name, module in self.named_children() if name != "base"}}
         own: dict[str, list[tuple[str, nn.Parameter]]] = {task: [] for task in self.task_order}
-        for name, layer in self.adapted_layers().items():
-            for task, params in layer.task_parameters().items():
+        for name, holder in holders.items():
+            for task, params in holder.task_parameters().items():
                 own[task] += [(f"{name}.{local}", p) for local, p in params]
         return {task: params for task, params in own.items() if params}
 

@@ -1,0 +1,125 @@
+"""Parameter-efficient schemes compared on one problem: every registered scheme against training the backbone's
+trainable blocks in full (hard sharing), by Δm%, trainable parameters, time and memory per step, and how the
+tasks' gradients conflict inside the adapter over training."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+import xarray as xr
+
+from workbench.models import SCHEMES
+from workbench.probes.recorder import ProbeRecorder
+from workbench.probes.registry import applies_to
+from workbench.studies.architectures import check_architecture_claims, compare_architectures
+from workbench.train.loop import train
+
+__all__ = ["SCHEME_CLAIMS", "compare_schemes", "check_scheme_claims", "peak_memory_mib", "step_memory", "sharing_schemes", "adapter_conflict"]
+
+SCHEME_CLAIMS = [
+    ("mtl_lora", "task_lora", "Yang et al. 2024: MTL-LoRA above one LoRA per task"),
+    ("mtl_lora", "lora", "Yang et al. 2024: MTL-LoRA above one shared LoRA"),
+    ("lora", "task_lora", "Liu et al. 2025 (Align-LoRA): one shared LoRA at least as good as one per task (here without its alignment loss)"),
+]
+"""The published orderings of schemes tested: ``(better, worse, source)``."""
+
+
+def compare_schemes(
+    problem, methods: Sequence[str], seeds: Sequence[int] = (0,), steps: int = 300, *, schemes: Sequence[str] | None = None, **options: Any,
+) -> xr.Dataset:
+    """:func:`~workbench.studies.compare_architectures` of hard sharing (the backbone's trainable blocks trained in full,
+    whose single-task runs are every Δm%'s baselines) and ``schemes`` (every registered one by default), along the
+    ``architecture`` dim; ``parameters`` are the trainable ones. ``options`` go to it (``conflict_every`` records
+    the conflict inside the adapter; NaN for a scheme that shares nothing)."""
+    names = list(SCHEMES) if schemes is None else list(schemes)
+    unknown = [name for name in names if name not in SCHEMES]
+    if unknown:
+        raise ValueError(f"unknown parameter-efficient schemes {unknown}; available: {sorted(SCHEMES)}")
+    return compare_architectures(problem, methods, seeds, steps, architectures=["hps", *names], **options)
+
+
+def check_scheme_claims(settings: Mapping[str, xr.Dataset], split: str = "test", method: str = "ew"):
+    """:data:`SCHEME_CLAIMS` in every setting (``{label: compare_schemes result}``), paired by seed, as
+    :func:`~workbench.studies.check_architecture_claims` reads them."""
+    return check_architecture_claims(settings, split, method, claims=SCHEME_CLAIMS)
+
+
+def peak_memory_mib(fn: Callable[..., object], *args: Any) -> float:
+    """Peak MiB held by tensors allocated during ``fn(*args)``: allocations minus frees in order (torch's profiler,
+    counted between operators)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_native_output(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn(*args)
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    held = peak = 0
+    for event in events:
+        held += event.self_cpu_memory_usage
+        peak = max(peak, held)
+    return peak / 2**20
+
+
+@contextlib.contextmanager
+def _quiet_native_output() -> Iterator[None]:
+    """Send what native code writes to the process's stdout and stderr to nowhere within the block (the profiler's
+    start and stop lines would otherwise end up in a notebook's output); Python's own streams are flushed first."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 1)
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def step_memory(problem, architectures: Sequence[str], batch_size: int = 64, seed: int = 0) -> xr.DataArray:
+    """``(architecture,)`` peak MiB of one training step (forward, the summed loss's backward, Adam's step) of each
+    architecture or scheme on the first ``batch_size`` training samples of ``problem``."""
+    x, targets = problem.splits.train.batch(0, batch_size)
+    peaks = []
+    for name in architectures:
+        torch.manual_seed(seed)
+        model = problem.make_model(problem.splits.tasks, architecture=name)
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad])
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            sum(model.losses(x, targets).values()).backward()
+            optimizer.step()
+
+        step()  # Adam's state is allocated at the first step: the peak counted is a step's in training
+        peaks.append(peak_memory_mib(step))
+    return xr.DataArray(peaks, dims="architecture", coords={"architecture": list(architectures)}, name="peak_mib",
+                        attrs={"batch_size": batch_size})
+
+
+def sharing_schemes(problem) -> list[str]:
+    """The registered schemes whose models on ``problem`` share a trainable parameter (the conflict probe applies)."""
+    return [name for name in SCHEMES if applies_to("gradient_conflict", problem.make_model(problem.splits.tasks, architecture=name))]
+
+
+def adapter_conflict(problem, schemes: Sequence[str], steps: int, every: int = 5, *, method: str = "ew", seed: int = 0, held_out: int = 256,
+                     **options: Any) -> dict[str, xr.Dataset]:
+    """``{scheme: gradient_conflict history}``: one run per scheme trained by ``method``, the tasks' gradients on its shared
+    parameters (inside the adapter) compared every ``every`` steps on a fixed batch of ``held_out`` validation samples;
+    ``options`` go to :func:`~workbench.train.train`."""
+    splits = problem.splits
+    histories = {}
+    for name in schemes:
+        torch.manual_seed(seed)
+        model = problem.make_model(splits.tasks, architecture=name)
+        recorder = ProbeRecorder("gradient_conflict", every=every, batch=splits.validation.probe_batch(held_out))
+        run = train(model, splits.train, steps, method=method, seed=seed, recorders=[recorder], progress=False, **options)
+        histories[name] = run.complete(f"{name}'s conflict").probes["gradient_conflict"].assign_attrs(scheme=name)
+    return histories

@@ -25,7 +25,7 @@ from workbench.models import SCHEMES, Backbone, TransformerEncoder, make_scheme,
 from workbench.tasks import MultiTaskModel, regression_task
 from workbench.studies import peak_memory_mib
 
-from timing import median_seconds  # benchmarks/timing.py
+from timing import median_seconds, plain_step  # benchmarks/timing.py
 
 WORDS, TOKENS, TASKS = 64, 8, 3
 
@@ -38,16 +38,6 @@ def _peft_lora(tasks) -> MultiTaskModel:
     transformer.pooler = None
     config = peft.LoraConfig(r=8, lora_alpha=8, target_modules=["query", "value"], layers_to_transform=[transformer.config.num_hidden_layers - 1])
     return MultiTaskModel(TransformerEncoder(peft.get_peft_model(transformer, config)), tasks, representation_dim=384)
-
-
-def _step(model, x, targets):
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-9)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        sum(model.losses(x, targets).values()).backward()
-        optimizer.step()
-    return step
 
 
 def main() -> None:
@@ -66,7 +56,7 @@ def main() -> None:
     for name in SCHEMES:
         torch.manual_seed(0)
         models[name] = make_scheme(name, tasks, backbone).eval()
-    steps = {name: _step(model, x, targets) for name, model in models.items()}
+    steps = {name: plain_step(model, x, targets) for name, model in models.items()}
     seconds = median_seconds(steps, rounds)
     rows = []
     print(f"{'scheme':14s} {'ms/step':>8s} {'vs peft':>8s} {'trainable':>10s} {'peak MiB':>9s}")

@@ -23,18 +23,7 @@ from workbench.gradients import model_task_jacobian
 from workbench.probes.saliency import saliency_tensor
 
 from bench_methods import ENCODERS, setup, workbench_step  # benchmarks/bench_methods.py
-from timing import median_seconds  # benchmarks/timing.py
-
-
-def plain_step(model, x, targets):
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        sum(model.losses(x, targets).values()).backward()
-        optimizer.step()
-
-    return step
+from timing import median_seconds, plain_step  # benchmarks/timing.py
 
 
 def probe_costs(encoder: str, n_tasks: int, repeats: int) -> dict:

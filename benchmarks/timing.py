@@ -1,4 +1,5 @@
-"""Timing shared by the benchmarks: median seconds of calls that take turns (peak memory: ``workbench.studies.peak_memory_mib``)."""
+"""Timing shared by the benchmarks: median seconds of calls that take turns, and a plain training step to time (peak memory:
+``workbench.studies.peak_memory_mib``)."""
 
 from __future__ import annotations
 
@@ -26,3 +27,17 @@ def median_seconds(calls: Mapping[str, Callable[[], object]], repeats: int, warm
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
+
+def plain_step(model, x, targets):
+    """A plain training step of ``model`` on the batch, as a call: forward, the summed loss's backward, Adam's step over the
+    trainable parameters (a learning rate too small to change what the next call times)."""
+    import torch
+
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-9)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        sum(model.losses(x, targets).values()).backward()
+        optimizer.step()
+
+    return step

@@ -74,15 +74,17 @@ def test_a_tasks_own_parameters_get_no_gradient_from_the_other_tasks(name, backb
             assert all(g is None or not g.any() for g in grads), f"{other}'s loss reaches {task}'s parameters"
 
 
-def shaped_batch(shape: str, backbone: str):
+def shaped_batch(shape: str, backbone: str, make_batch=None):
     """The batch of a data shape: every task on the same samples, missing labels (``a`` on some samples, ``c`` on
-    none), or a batch per task (each task's own samples, the encoder run once per task)."""
-    x, targets = batch(backbone)
+    none), or a batch per task (each task's own samples, the encoder run once per task); ``make_batch(backbone, n, seed)``
+    gives a batch of every task (this module's :func:`batch` unless told)."""
+    batch_of = make_batch or batch
+    x, targets = batch_of(backbone)
     if shape == "shared":
         return x, targets
     if shape == "missing labels":
         return masked_batch(x, targets, {"a": torch.arange(7) % 2 == 0, "c": torch.zeros(7, dtype=torch.bool)})
-    groups = [batch(backbone, n=3 + g, seed=10 + g) for g in range(3)]
+    groups = [batch_of(backbone, n=3 + g, seed=10 + g) for g in range(3)]
     return TaskInputs(tuple(x for x, _ in groups), {t.name: (g, None) for g, t in enumerate(TASKS)}), {t.name: groups[g][1][t.name] for g, t in enumerate(TASKS)}
 
 

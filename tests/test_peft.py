@@ -279,3 +279,46 @@ def test_hyperformer_writes_each_tasks_adapter_with_one_shared_hypernetwork():
         assert down.shape == (6, 12) and up.shape == (12, 6)
         torch.testing.assert_close(out[t], y + torch.relu(y @ down.T + down_bias) @ up.T + up_bias, rtol=0, atol=1e-5)
     assert not torch.allclose(out[0], out[1])
+
+
+def test_a_problem_makes_a_scheme_as_it_makes_an_architecture_and_names_both_registries_for_an_unknown_name():
+    import re
+
+    from workbench.models import ARCHITECTURES, SCHEMES
+    from workbench.studies import load_problem
+
+    problem = load_problem("synthetic", n_tasks=2, n_samples=60)
+    model = problem.make_model(problem.splits.tasks, architecture="mtl_lora", rank=4)
+    assert model.encoder.per_task and {n for n, p in model.named_parameters() if p.requires_grad and "base_layer" in n} == set()
+    with pytest.raises(ValueError, match=re.escape(f"unknown architecture or parameter-efficient scheme 'lorra'; architectures: {sorted(ARCHITECTURES)}; "
+                                                   f"schemes: {sorted(SCHEMES)}")):
+        problem.make_model(problem.splits.tasks, architecture="lorra")
+
+
+@pytest.mark.parametrize("scheme", ["mtl_lora", "smora", "hyperformer"])
+def test_any_schemes_adapters_save_as_safetensors_and_load_into_a_model_built_alike_after_every_check(tmp_path, scheme):
+    from tests.test_peft_laws import SMALL
+    from workbench.models.peft.saved import load_adapters, save_adapters
+
+    model = perturbed(make_scheme(scheme, TASKS, BACKBONES["BERT"], **SMALL[scheme]))
+    if scheme == "smora":
+        model.encoder.adapted_layers()[next(iter(model.encoder.adapted_layers()))].balance_bias.fill_(0.25)
+    path = save_adapters(model, tmp_path / "adapters.safetensors")
+    assert path.stat().st_size < 200_000, "the frozen backbone is not written"
+    fresh = load_adapters(make_scheme(scheme, TASKS, BACKBONES["BERT"], **SMALL[scheme]), path)
+    ids = token_batch()
+    torch.testing.assert_close(fresh.eval().represent(ids), model.eval().represent(ids), rtol=0, atol=0)
+    other = make_scheme("lora", TASKS, BACKBONES["BERT"], rank=2)
+    before = {name: p.detach().clone() for name, p in other.named_parameters()}
+    with pytest.raises(ValueError, match="not this model's adapters: missing tensors"):
+        load_adapters(other, path)
+    assert all(torch.equal(p, before[name]) for name, p in other.named_parameters())
+
+
+def test_adapters_of_another_rank_are_refused_naming_the_tensors(tmp_path):
+    from workbench.models.peft.saved import load_adapters, save_adapters
+
+    path = save_adapters(make_scheme("lora", TASKS, BACKBONES["BERT"], rank=2), tmp_path / "a.safetensors")
+    with pytest.raises(ValueError, match=r"tensors of other shapes: \{'encoder\.base\.transformer\.encoder\.layer\.1\.attention\.self\.query\."
+                                         r"lora_A\.default\.weight': '\(2, 12\) in the file, \(3, 12\) here'"):
+        load_adapters(make_scheme("lora", TASKS, BACKBONES["BERT"], rank=3), path)

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
+from tests.test_architecture_laws import SHAPES, TASKS, shaped_batch
 from tests.test_encoders import tiny_bert, token_batch
 from workbench.gradients import model_task_jacobian
 from workbench.models import Backbone, TransformerEncoder, mlp_encoder
 from workbench.models import SCHEMES, make_scheme
 from workbench.probes import PROBES, make_probe, task_matrix
-from workbench.tasks import MultiTaskData, TaskInputs, classification_task, masked_batch, regression_task
+from workbench.tasks import MultiTaskData
 from workbench.train import train
 
-TASKS = [regression_task("a"), regression_task("b"), classification_task("c", 3)]
 def eager_bert():
     """The tiny BERT with matmul-and-softmax attention, whose batched backward the gradient engine vmaps (see
     :meth:`~workbench.models.TransformerEncoder.from_pretrained`)."""
@@ -117,24 +117,11 @@ def test_a_tasks_own_parameters_get_no_gradient_from_the_other_tasks(name, backb
                 assert all(g is None or not g.any() for g in grads), f"{other}'s loss reaches {task}'s parameters"
 
 
-def shaped_batch(shape: str, backbone: str):
-    x, targets = batch(backbone)
-    if shape == "shared":
-        return x, targets
-    if shape == "missing labels":
-        return masked_batch(x, targets, {"a": torch.arange(7) % 2 == 0, "c": torch.zeros(7, dtype=torch.bool)})
-    groups = [batch(backbone, n=3 + g, seed=10 + g) for g in range(3)]
-    return TaskInputs(tuple(x for x, _ in groups), {t.name: (g, None) for g, t in enumerate(TASKS)}), {t.name: groups[g][1][t.name] for g, t in enumerate(TASKS)}
-
-
-SHAPES = ("shared", "missing labels", "a batch per task")
-
-
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("name, backbone", CASES)
 def test_the_gradient_engine_equals_autograd_inside_the_adapter(name, backbone, shape):
     model = perturbed(build(name, backbone))
-    x, targets = shaped_batch(shape, backbone)
+    x, targets = shaped_batch(shape, backbone, batch)
     jacobian = model_task_jacobian(model, x, targets, task_grads=True, strategy="batched")
     losses = model.losses(x, targets)
     shared = model.shared_parameters()

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import xarray as xr
 
-from workbench.models import SCHEMES, Backbone, conv_encoder, make_architecture, make_scheme, minilm_encoder, mlp_encoder, representation_shape
+from workbench.models import ARCHITECTURES, SCHEMES, Backbone, conv_encoder, make_architecture, make_scheme, minilm_encoder, mlp_encoder, representation_shape
 from workbench.tasks import Inputs, MultiTaskModel, MultiTaskSplits, Task
 
 __all__ = ["DATASETS", "DATA_SHAPES", "LABELS_REMOVED", "Problem", "load_problem"]
@@ -61,6 +61,9 @@ class Problem:
     def make_model(self, tasks: Sequence[Task], architecture: str = "hps", **options: Any) -> MultiTaskModel:
         """A fresh model of ``architecture`` for ``tasks``: a registered architecture or parameter-efficient scheme
         (:data:`~workbench.models.SCHEMES`); ``options`` override the problem's own."""
+        if architecture not in SCHEMES and architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture or parameter-efficient scheme {architecture!r}; architectures: {sorted(ARCHITECTURES)}; "
+                             f"schemes: {sorted(SCHEMES)}")
         make = make_scheme if architecture in SCHEMES else make_architecture
         return make(architecture, tasks, self.backbone, **{**self.architecture_options.get(architecture, {}), **options})
 

@@ -1,0 +1,61 @@
+"""Any scheme's trained parameters as one safetensors file, and back.
+
+:func:`save_adapters` writes what a scheme trains (every trainable parameter of the model: the scheme's
+and the heads') and the state its layers keep (SMoRA's balancing bias), named as in the model; the
+frozen backbone is not written, so the file is the size of the adapter. :func:`load_adapters` reads such
+a file into a model built the same way, every tensor checked before any is copied: the names must be the
+model's (missing and unexpected ones are named), the shapes too (the mismatching tensors named: an
+adapter of another scheme, rank or base model), and every value finite. The file is written atomically
+and read through the validated safetensors reader; no pickle is opened. A LoRA moves to and from ``peft``
+as a ``peft`` folder (:mod:`workbench.models.peft.peft_format`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from workbench.models.peft.layer import AdaptedLinear
+from workbench.tasks import MultiTaskModel
+from workbench.weights.state_dicts import open_weights, write_state_dict
+
+__all__ = ["save_adapters", "load_adapters", "adapter_state"]
+
+
+def adapter_state(model: MultiTaskModel) -> dict[str, Tensor]:
+    """``{name: tensor}`` of the model's trainable parameters and its adapted layers' buffers, named as in the model."""
+    state = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    for layer_name, layer in model.named_modules():
+        if isinstance(layer, AdaptedLinear):
+            state |= {f"{layer_name}.{name}": b for name, b in layer.named_buffers() if not name.startswith("base_layer.")}
+    return state
+
+
+def save_adapters(model: MultiTaskModel, path: str | os.PathLike) -> Path:
+    """Write :func:`adapter_state` of ``model`` to the safetensors file ``path`` (atomically); returns the path."""
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in adapter_state(model).items()}
+    return write_state_dict(path, tensors, metadata={"format": "pt", "content": "workbench adapters"})
+
+
+@torch.no_grad()
+def load_adapters(model: MultiTaskModel, path: str | os.PathLike) -> MultiTaskModel:
+    """Read a file of :func:`save_adapters` into ``model`` (built with the same scheme and options), every check first."""
+    weights = open_weights(Path(path))
+    ours = adapter_state(model)
+    missing, unexpected = sorted(set(ours) - set(weights.keys())), sorted(set(weights.keys()) - set(ours))
+    if missing or unexpected:
+        raise ValueError(f"{path}: not this model's adapters: missing tensors {missing[:6]}, tensors the model does not have {unexpected[:6]}")
+    mismatched = {name: f"{tuple(weights.spec(name)[0])} in the file, {tuple(tensor.shape)} here"
+                  for name, tensor in ours.items() if tuple(weights.spec(name)[0]) != tuple(tensor.shape)}
+    if mismatched:
+        raise ValueError(f"{path}: adapters of another scheme, rank or base model; tensors of other shapes: {mismatched}")
+    values = {name: weights[name] for name in ours}
+    bad = [name for name, value in values.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise ValueError(f"{path}: tensors {bad[:6]} hold NaN or infinite values")
+    for name, tensor in ours.items():
+        tensor.copy_(values[name].to(tensor.dtype))
+    return model

@@ -322,3 +322,42 @@ def test_adapters_of_another_rank_are_refused_naming_the_tensors(tmp_path):
     with pytest.raises(ValueError, match=r"tensors of other shapes: \{'encoder\.base\.transformer\.encoder\.layer\.1\.attention\.self\.query\."
                                          r"lora_A\.default\.weight': '\(2, 12\) in the file, \(3, 12\) here'"):
         load_adapters(make_scheme("lora", TASKS, BACKBONES["BERT"], rank=3), path)
+
+
+def test_lorahub_composes_loras_entry_wise_and_its_search_finds_the_lora_that_made_the_targets(tmp_path):
+    from workbench.models.peft.lorahub import compose_loras, lorahub
+    from workbench.tasks import regression_task
+
+    tasks = [regression_task("a"), regression_task("b")]
+    folders = {}
+    for k in range(3):
+        source = perturbed(make_scheme("lora", tasks, BACKBONES["BERT"], rank=2), seed=20 + k)
+        with torch.no_grad():
+            for layer in source.encoder.adapted_layers().values():
+                layer.lora_B["default"].weight.mul_(10)  # LoRAs that move the representation well beyond the l1 penalty
+        folders[f"lora {k}"] = save_lora(source, tmp_path / f"lora{k}")
+    torch.manual_seed(0)
+    model = make_scheme("lora", tasks, BACKBONES["BERT"], rank=2).eval()
+    ids = token_batch(n=16, seed=4)
+    load_lora(model, folders["lora 1"])
+    with torch.no_grad():
+        targets = {name: out.squeeze(1) for name, out in model(ids).items()}  # what LoRA 1 gives, under these heads
+        z = model.represent(ids)
+    from workbench.models.peft.lorahub import _read
+
+    loras = _read(model, folders)
+    compose_loras(model, loras, [0.0, 1.0, 0.0])
+    torch.testing.assert_close(model.represent(ids), z, rtol=0, atol=0)  # one-hot weights: LoRA 1 itself
+    compose_loras(model, loras, [0.5, 0.5, 0.0])
+    layer = next(iter(model.encoder.adapted_layers().values()))
+    name = next(n for n in loras["lora 0"] if n.endswith("lora_A"))
+    torch.testing.assert_close(layer.lora_A["default"].weight, 0.5 * loras["lora 0"][name] + 0.5 * loras["lora 1"][name])
+    found = lorahub(model, folders, (ids, targets), budget=60)
+    torch.manual_seed(0)  # the model's heads, as it was built
+    with torch.no_grad():
+        at_zero = torch.stack(list(make_scheme("lora", tasks, BACKBONES["BERT"], rank=2).eval().losses(ids, targets).values())).mean()
+    assert found["start"] == pytest.approx(float(at_zero), rel=1e-5)  # w = 0: the frozen model under the heads, no penalty
+    assert found["objective"] < 0.5 * found["start"] and 0 < found["evaluations"] <= 60 + 2
+    assert max(found["weights"], key=lambda k: found["weights"][k]) == "lora 1"
+    with pytest.raises(ValueError, match="LoraHub composes two or more LoRAs"):
+        lorahub(model, {"lora 0": folders["lora 0"]}, (ids, targets))

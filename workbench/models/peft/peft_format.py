@@ -30,7 +30,7 @@ from workbench.models.peft.lora import DEFAULT_ADAPTER, LoRALinear
 from workbench.tasks import MultiTaskModel
 from workbench.weights.state_dicts import open_weights, write_state_dict
 
-__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "save_lora", "load_lora"]
+__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "save_lora", "load_lora", "lora_layers"]
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -38,7 +38,7 @@ _PREFIX = "base_model.model."
 _UNSUPPORTED = {"use_dora": False, "lora_bias": False, "modules_to_save": None, "bias": "none"}
 
 
-def _lora_layers(model: MultiTaskModel, adapter: str | None) -> tuple[str, dict[str, LoRALinear]]:
+def lora_layers(model: MultiTaskModel, adapter: str | None) -> tuple[str, dict[str, LoRALinear]]:
     """The adapter's name inside the layers and ``{module name: layer}``, names as ``peft`` gives them."""
     from workbench.models.peft.targets import adapted_region
 
@@ -70,7 +70,7 @@ def _config(layers: dict[str, LoRALinear], base_model: str) -> dict:
 def save_lora(model: MultiTaskModel, folder: str | os.PathLike, adapter: str | None = None, base_model: str = "") -> Path:
     """Write the model's LoRA ``adapter`` (``None``: the shared one; a task name for ``task_lora``) as a ``peft`` folder;
     ``base_model`` is recorded as the config's ``base_model_name_or_path``. Returns the folder."""
-    name, layers = _lora_layers(model, adapter)
+    name, layers = lora_layers(model, adapter)
     tensors = {}
     for module, layer in layers.items():
         tensors[f"{_PREFIX}{module}.lora_A.weight"] = layer.lora_A[name].weight.detach().cpu().contiguous()
@@ -121,7 +121,7 @@ def load_lora(model: MultiTaskModel, folder: str | os.PathLike, adapter: str | N
     """Read a ``peft`` LoRA folder into the model's LoRA ``adapter`` (as :func:`save_lora` names it), every check
     made before any tensor is copied (see the module docstring). Returns the model."""
     folder = Path(folder)
-    name, layers = _lora_layers(model, adapter)
+    name, layers = lora_layers(model, adapter)
     config = _read_config(folder)
     first = next(iter(layers.values()))
     ours = {"r": first.rank, "lora_alpha": first.alpha, "use_rslora": first.rslora}

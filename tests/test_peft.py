@@ -4,6 +4,7 @@ adapters inside the trainable blocks keep the cache of the frozen ones valid; ba
 before anything is copied."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -85,25 +86,34 @@ def test_a_lora_saved_here_loads_in_peft_and_one_saved_by_peft_loads_here(tmp_pa
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
-def test_a_saved_folder_is_replaced_whole_and_no_other_folder_is_overwritten(tmp_path):
+def test_a_saved_folder_is_replaced_whole_only_when_asked_and_no_other_folder_is_overwritten(tmp_path):
     model = perturbed(make_scheme("lora", TASKS, BACKBONES["BERT"], rank=2))
     save_lora(model, tmp_path / "adapter")
     perturbed(model, seed=9)
-    save_lora(model, tmp_path / "adapter")
+    with pytest.raises(FileExistsError, match="exists; give overwrite=True to replace the adapter in it"):
+        save_lora(model, tmp_path / "adapter")
+    save_lora(model, tmp_path / "adapter", overwrite=True)
     fresh = load_lora(make_scheme("lora", TASKS, BACKBONES["BERT"], rank=2), tmp_path / "adapter")
     ids = token_batch()
     torch.testing.assert_close(fresh.represent(ids), model.represent(ids), rtol=0, atol=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+    (tmp_path / "adapter" / "notes.txt").write_text("mine")
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="is no adapter folder"):
-        save_lora(model, tmp_path / "results")
-    assert (tmp_path / "results" / "keep.txt").read_text() == "mine"
+    for folder in ("adapter", "results"):
+        with pytest.raises(FileExistsError, match="is no adapter folder holding an adapter alone"):
+            save_lora(model, tmp_path / folder, overwrite=True)
+    assert (tmp_path / "results" / "keep.txt").read_text() == "mine" and (tmp_path / "adapter" / "notes.txt").read_text() == "mine"
+    with torch.no_grad():
+        next(iter(model.encoder.adapted_layers().values())).lora_B["default"].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="the LoRA to save holds NaN or infinite values"):
+        save_lora(model, tmp_path / "diverged")
+    assert not (tmp_path / "diverged").exists()
 
 
 def test_bad_adapter_folders_are_refused_naming_what_is_wrong_before_anything_is_copied(tmp_path):
-    model = perturbed(make_scheme("lora", TASKS, BACKBONES["BERT"], rank=2, alpha=4.0))
-    save_lora(model, tmp_path / "good")
+    save_lora(perturbed(make_scheme("lora", TASKS, BACKBONES["BERT"], rank=2, alpha=4.0)), tmp_path / "good")
+    model = perturbed(make_scheme("lora", TASKS, BACKBONES["BERT"], rank=2, alpha=4.0), seed=11)  # other values than the file's
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     with pytest.raises(ValueError, match=r"trained with \{'r': 2, 'lora_alpha': 4.0, 'use_rslora': False\}, the model's LoRA has \{'r': 3"):
         load_lora(make_scheme("lora", TASKS, BACKBONES["BERT"], rank=3, alpha=4.0), tmp_path / "good")
@@ -120,9 +130,10 @@ def test_bad_adapter_folders_are_refused_naming_what_is_wrong_before_anything_is
     with pytest.raises(FileNotFoundError, match="is no LoRA folder"):
         load_lora(model, tmp_path)
     config = json.loads((tmp_path / "good" / "adapter_config.json").read_text())
-    (tmp_path / "good" / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
-    with pytest.raises(ValueError, match=r"uses peft features the workbench's LoRA does not have: \{'use_dora': True\}"):
-        load_lora(model, tmp_path / "good")
+    for feature, value in (("use_dora", True), ("alpha_pattern", {"query": 16})):
+        (tmp_path / "good" / "adapter_config.json").write_text(json.dumps({**config, feature: value}))
+        with pytest.raises(ValueError, match=rf"uses peft features the workbench's LoRA does not have: \{{'{feature}': {re.escape(repr(value))}\}}"):
+            load_lora(model, tmp_path / "good")
     (tmp_path / "good" / "adapter_config.json").write_text(json.dumps(config))
     from safetensors.torch import load_file, save_file
 
@@ -157,6 +168,33 @@ def test_mtl_lora_with_one_up_projection_and_identity_transforms_is_lora():
         plain.lora_B["default"].weight.copy_(mtl.lora_B[0])
     x = torch.randn(4, 6)
     torch.testing.assert_close(mtl(torch.cat([x, x])), torch.cat([plain(x), plain(x)]), rtol=0, atol=1e-6)
+
+
+def test_mtl_lora_applies_a_full_task_transform_between_the_shared_projections():
+    torch.manual_seed(0)
+    layer = MTLLoRALinear(nn.Linear(6, 5), ["a", "b"], rank=3, alpha=3.0, up_projections=2)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+        for task in ("a", "b"):
+            layer.lora_lambdas[task].copy_(torch.randn(3, 3))
+    x = torch.randn(4, 6)
+    out = layer(torch.cat([x, x])).unflatten(0, (2, 4))
+    for t, task in enumerate(["a", "b"]):
+        delta = layer.task_up_projection(task) @ layer.lora_lambdas[task] @ layer.lora_A  # B_t Λ_t A, (d_out, d_in)
+        torch.testing.assert_close(out[t], layer.base_layer(x) + x @ delta.T, rtol=0, atol=1e-5)
+
+
+def test_the_layers_refuse_options_they_do_not_have():
+    from workbench.models.peft.routed import RoutedLoRALinear
+
+    with pytest.raises(ValueError, match="LoRALinear: init must be 'kaiming' or 'gaussian', not 'kaimng'"):
+        LoRALinear(nn.Linear(4, 4), rank=2, alpha=2.0, init="kaimng")
+    with pytest.raises(ValueError, match="RoutedLoRALinear: gating must be 'softmax' or 'balanced_sigmoid', not 'top1'"):
+        RoutedLoRALinear(nn.Linear(4, 4), experts=2, expert_rank=1, k=1, alpha=2.0, gating="top1")
+    with pytest.raises(ValueError, match=r"BottleneckAdapter: activation must be one of \['relu', 'swish'\], not 'gelu'"):
+        BottleneckAdapter(nn.Linear(4, 4), bottleneck=2, activation="gelu")
+    with pytest.raises(ValueError, match="parameter-efficient scheme 'lora' has no options \\['per_task'\\]"):
+        make_scheme("lora", TASKS, BACKBONES["MLP"], per_task=True)
 
 
 def test_mtl_lora_gives_each_task_its_transform_and_its_mixture_of_up_projections():
@@ -361,3 +399,15 @@ def test_lorahub_composes_loras_entry_wise_and_its_search_finds_the_lora_that_ma
     assert max(found["weights"], key=lambda k: found["weights"][k]) == "lora 1"
     with pytest.raises(ValueError, match="LoraHub composes two or more LoRAs"):
         lorahub(model, {"lora 0": folders["lora 0"]}, (ids, targets))
+
+
+def test_adapters_files_are_safetensors_by_name_and_the_peak_memory_of_a_step_counts_its_tensors(tmp_path):
+    from workbench.models.peft.saved import load_adapters, save_adapters
+    from workbench.studies import peak_memory_mib
+
+    model = make_scheme("lora", TASKS, BACKBONES["MLP"], rank=2)
+    for call in (save_adapters, load_adapters):
+        with pytest.raises(ValueError, match=r"named \*\.safetensors; got 'adapters\.pt'"):
+            call(model, tmp_path / "adapters.pt")
+    assert list(tmp_path.iterdir()) == []
+    assert 4.0 <= peak_memory_mib(lambda: torch.ones(1024, 1024) + 1) < 9.0  # two tensors of 4 MiB at most at once

@@ -24,7 +24,8 @@ __all__ = ["SCHEME_CLAIMS", "compare_schemes", "check_scheme_claims", "peak_memo
 SCHEME_CLAIMS = [
     ("mtl_lora", "task_lora", "Yang et al. 2024: MTL-LoRA above one LoRA per task"),
     ("mtl_lora", "lora", "Yang et al. 2024: MTL-LoRA above one shared LoRA"),
-    ("lora", "task_lora", "Liu et al. 2025 (Align-LoRA): one shared LoRA at least as good as one per task (here without its alignment loss)"),
+    ("lora", "task_lora", "Liu et al. 2025 (Align-LoRA): one shared LoRA at least as good as one per task (here without its alignment loss; "
+                          "'at least as good' holds unless the verdict is reversed)"),
 ]
 """The published orderings of schemes tested: ``(better, worse, source)``."""
 

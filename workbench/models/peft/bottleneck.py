@@ -29,10 +29,11 @@ from torch.nn import functional as F
 from workbench.models.backbone import Backbone
 from workbench.models.peft.adapted import adapt
 from workbench.models.peft.layer import AdaptedLinear, check_count
-from workbench.models.peft.targets import Targets
+from workbench.models.peft.lora import DEFAULT_ADAPTER
+from workbench.models.peft.targets import Targets, targets_by_model_type
 from workbench.tasks import MultiTaskModel, Task
 
-__all__ = ["BottleneckAdapter", "bottleneck_adapter", "output_projections", "OUTPUT_PROJECTIONS"]
+__all__ = ["BottleneckAdapter", "bottleneck_adapter", "task_adapter", "bottleneck_width", "output_projections", "OUTPUT_PROJECTIONS"]
 
 Activation = Literal["relu", "swish"]
 AdapterInit = Literal["bert", "zero"]
@@ -40,7 +41,6 @@ OUTPUT_PROJECTIONS = {"bert": ("output.dense",), "roberta": ("output.dense",), "
                       "llama": ("o_proj", "down_proj"), "mistral": ("o_proj", "down_proj"), "qwen2": ("o_proj", "down_proj")}
 """A transformer's output projections by model type: where the adapters go unless ``targets`` says otherwise."""
 _ACTIVATIONS = {"relu": F.relu, "swish": F.silu}
-SHARED = "default"
 
 
 class BottleneckAdapter(AdaptedLinear):
@@ -51,7 +51,8 @@ class BottleneckAdapter(AdaptedLinear):
     def __init__(self, base_layer: nn.Linear, bottleneck: int, activation: Activation = "relu", init: AdapterInit = "bert",
                  tasks: Sequence[str] = ()) -> None:
         super().__init__(base_layer, tasks)
-        names = self.tasks or (SHARED,)
+        _check_options("BottleneckAdapter", activation, init)
+        names = self.tasks or (DEFAULT_ADAPTER,)
         self.activation = activation
         self.adapter_down = nn.ModuleDict({a: nn.Linear(self.out_features, bottleneck) for a in names})
         self.adapter_up = nn.ModuleDict({a: nn.Linear(bottleneck, self.out_features) for a in names})
@@ -68,7 +69,7 @@ class BottleneckAdapter(AdaptedLinear):
     def forward(self, x: Tensor) -> Tensor:
         y = self.base_layer(x)
         if not self.tasks:
-            return self._adapted(SHARED, y)
+            return self._adapted(DEFAULT_ADAPTER, y)
         return torch.stack([self._adapted(t, block) for t, block in zip(self.tasks, self.task_blocks(y))]).flatten(0, 1)
 
     def extra_repr(self) -> str:
@@ -77,32 +78,47 @@ class BottleneckAdapter(AdaptedLinear):
 
 def bottleneck_adapter(
     tasks: Sequence[Task], backbone: Backbone, reduction: int = 16, activation: Activation = "relu", init: AdapterInit = "bert",
-    targets: Targets = None, per_task: bool = False,
+    targets: Targets = None,
 ) -> MultiTaskModel:
-    """A bottleneck adapter of width ``d_out // reduction`` (at least 1) after each targeted linear layer of the backbone's
-    trainable part (its output projections by default), everything else frozen; shared, or one per task with ``per_task``."""
-    scheme = "task_adapter" if per_task else "adapter"
+    """One bottleneck adapter of width ``d_out // reduction`` after each targeted linear layer of the backbone's trainable part
+    (its output projections by default), shared by the tasks, everything else frozen; a linear head per task."""
+    return _bottleneck(tasks, backbone, "adapter", reduction, activation, init, targets, per_task=False)
+
+
+def task_adapter(
+    tasks: Sequence[Task], backbone: Backbone, reduction: int = 16, activation: Activation = "relu", init: AdapterInit = "bert",
+    targets: Targets = None,
+) -> MultiTaskModel:
+    """One bottleneck adapter per task, as :func:`bottleneck_adapter` builds one; nothing shared but the frozen backbone."""
+    return _bottleneck(tasks, backbone, "task_adapter", reduction, activation, init, targets, per_task=True)
+
+
+def _bottleneck(tasks, backbone, scheme: str, reduction, activation, init, targets, *, per_task: bool) -> MultiTaskModel:
     check_count(scheme, "reduction", reduction)
+    _check_options(scheme, activation, init)
+    names = [t.name for t in tasks] if per_task else []
+
+    def make(name: str, base: nn.Linear) -> BottleneckAdapter:
+        return BottleneckAdapter(base, bottleneck_width(scheme, name, base, reduction), activation, init, names)
+
+    return adapt(tasks, backbone, scheme, make, targets=targets, per_task=per_task, default_targets=output_projections)
+
+
+def bottleneck_width(scheme: str, name: str, base: nn.Linear, reduction: int) -> int:
+    """``d_out // reduction`` of layer ``name``; refused, naming the scheme and the layer, when it leaves no unit."""
+    if reduction > base.out_features:
+        raise ValueError(f"{scheme}: reduction {reduction} leaves no unit of {name!r}'s {base.out_features} outputs")
+    return base.out_features // reduction
+
+
+def _check_options(scheme: str, activation: str, init: str) -> None:
     if activation not in _ACTIVATIONS:
         raise ValueError(f"{scheme}: activation must be one of {sorted(_ACTIVATIONS)}, not {activation!r}")
     if init not in ("bert", "zero"):
         raise ValueError(f"{scheme}: init must be 'bert' or 'zero', not {init!r}")
-    names = [t.name for t in tasks] if per_task else []
-
-    def make(name: str, base: nn.Linear) -> BottleneckAdapter:
-        if reduction > base.out_features:
-            raise ValueError(f"{scheme}: reduction {reduction} leaves no unit of {name!r}'s {base.out_features} outputs")
-        return BottleneckAdapter(base, base.out_features // reduction, activation, init, names)
-
-    return adapt(tasks, backbone, scheme, make, targets=targets, per_task=per_task, default_targets=output_projections)
 
 
 def output_projections(root: nn.Module, scheme: str) -> Targets:
     """The output projections of a transformer (:data:`OUTPUT_PROJECTIONS`), ``None`` (every linear layer) for an
     encoder that is no transformer."""
-    config = getattr(root, "config", None)
-    if config is None:
-        return None
-    if config.model_type not in OUTPUT_PROJECTIONS:
-        raise ValueError(f"{scheme}: no default positions for a {config.model_type!r} transformer; give targets, names of its linear layers")
-    return OUTPUT_PROJECTIONS[config.model_type]
+    return targets_by_model_type(root, scheme, OUTPUT_PROJECTIONS)

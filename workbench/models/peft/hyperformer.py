@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from workbench.models.backbone import Backbone
 from workbench.models.peft.adapted import adapt
-from workbench.models.peft.bottleneck import output_projections
+from workbench.models.peft.bottleneck import bottleneck_width, output_projections
 from workbench.models.peft.layer import AdaptedLinear, check_count
 from workbench.models.peft.targets import Targets
 from workbench.tasks import MultiTaskModel, Task
@@ -112,8 +112,7 @@ def hyperformer(
     hypernetwork: list[AdapterHypernetwork] = []  # built once every adapted layer is known, then shared by them
 
     def make(name: str, base: nn.Linear) -> HyperAdapter:
-        if reduction > base.out_features:
-            raise ValueError(f"hyperformer: reduction {reduction} leaves no unit of {name!r}'s {base.out_features} outputs")
+        bottleneck_width("hyperformer", name, base, reduction)
         made.append(HyperAdapter(base, names, len(made), hypernetwork))
         return made[-1]
 

@@ -10,9 +10,9 @@ For a frozen linear layer ``W0`` (``d_out × d_in``, bias ``b``) and input ``x``
 ``"default"``, and task ``t``'s LoRA in ``task_lora`` is adapter ``t``, which
 :mod:`workbench.models.peft.peft_format` saves and loads as ``peft`` folders.
 
-With ``per_task=False`` (``lora``) the adapter is shared: the gradient engine, the conflict and affinity
+In ``lora`` the adapter is shared: the gradient engine, the conflict and affinity
 probes and every aggregator see the adapter's ``A`` and ``B`` in every targeted layer: the tasks'
-conflict *inside the adapter*. With ``per_task=True`` (``task_lora``) each task has its own LoRA in every
+conflict *inside the adapter*. In ``task_lora`` each task has its own LoRA in every
 targeted layer and nothing is shared: the tasks interact through no trainable parameter (the probes
 of shared gradients have nothing to read), the parameter-efficient counterpart of single-task training.
 """
@@ -32,7 +32,7 @@ from workbench.models.peft.layer import AdaptedLinear, check_dropout, check_rank
 from workbench.models.peft.targets import Targets
 from workbench.tasks import MultiTaskModel, Task
 
-__all__ = ["LoRALinear", "lora", "lora_scaling"]
+__all__ = ["LoRALinear", "lora", "task_lora", "lora_scaling"]
 
 LoRAInit = Literal["kaiming", "gaussian"]
 DEFAULT_ADAPTER = "default"
@@ -52,6 +52,7 @@ class LoRALinear(AdaptedLinear):
     def __init__(self, base_layer: nn.Linear, rank: int, alpha: float, dropout: float = 0.0, rslora: bool = False,
                  init: LoRAInit = "kaiming", tasks: Sequence[str] = ()) -> None:
         super().__init__(base_layer, tasks)
+        check_init("LoRALinear", init)
         adapters = self.tasks or (DEFAULT_ADAPTER,)
         self.rank, self.alpha, self.rslora = rank, alpha, rslora
         self.scaling = lora_scaling(rank, alpha, rslora)
@@ -73,24 +74,30 @@ class LoRALinear(AdaptedLinear):
         delta = torch.stack([self.lora_B[t](self.lora_A[t](self.lora_dropout(block))) for t, block in zip(self.tasks, blocks)])
         return result + delta.flatten(0, 1) * self.scaling
 
-    def delta_weight(self, adapter: str = DEFAULT_ADAPTER) -> Tensor:
-        """``s · B A`` ``(d_out, d_in)`` of ``adapter``: what merging it adds to ``W0``."""
-        return self.lora_B[adapter].weight @ self.lora_A[adapter].weight * self.scaling
-
     def extra_repr(self) -> str:
         return f"rank={self.rank}, alpha={self.alpha}, rslora={self.rslora}, adapters={list(self.lora_A)}"
 
 
 def lora(
     tasks: Sequence[Task], backbone: Backbone, rank: int = 8, alpha: float = 8.0, dropout: float = 0.0, rslora: bool = False,
-    init: LoRAInit = "kaiming", targets: Targets = None, per_task: bool = False,
+    init: LoRAInit = "kaiming", targets: Targets = None,
 ) -> MultiTaskModel:
-    """LoRA of ``rank`` (``alpha``, ``dropout``, ``rslora``, ``init`` as in ``peft``; defaults ``peft``'s) on the ``targets``
-    linear layers of the backbone's trainable part (:mod:`workbench.models.peft.targets`), everything else frozen; one
-    shared LoRA, or one per task with ``per_task=True``; a linear head per task."""
-    scheme = "task_lora" if per_task else "lora"
-    if init not in ("kaiming", "gaussian"):
-        raise ValueError(f"{scheme}: init must be 'kaiming' or 'gaussian', not {init!r}")
+    """One LoRA of ``rank`` shared by the tasks (``alpha``, ``dropout``, ``rslora``, ``init`` as in ``peft``; defaults ``peft``'s)
+    on the ``targets`` linear layers of the backbone's trainable part (:mod:`workbench.models.peft.targets`), everything else
+    frozen; a linear head per task."""
+    return _lora(tasks, backbone, "lora", rank, alpha, dropout, rslora, init, targets, per_task=False)
+
+
+def task_lora(
+    tasks: Sequence[Task], backbone: Backbone, rank: int = 8, alpha: float = 8.0, dropout: float = 0.0, rslora: bool = False,
+    init: LoRAInit = "kaiming", targets: Targets = None,
+) -> MultiTaskModel:
+    """One LoRA per task, as :func:`lora` builds one; nothing shared but the frozen backbone."""
+    return _lora(tasks, backbone, "task_lora", rank, alpha, dropout, rslora, init, targets, per_task=True)
+
+
+def _lora(tasks, backbone, scheme: str, rank, alpha, dropout, rslora, init, targets, *, per_task: bool) -> MultiTaskModel:
+    check_init(scheme, init)
     check_dropout(scheme, dropout)
     names = [t.name for t in tasks] if per_task else []
 
@@ -99,3 +106,9 @@ def lora(
         return LoRALinear(base, rank, alpha, dropout, rslora, init, names)
 
     return adapt(tasks, backbone, scheme, make, targets=targets, per_task=per_task)
+
+
+def check_init(scheme: str, init: str) -> None:
+    """Refuse an initialisation of ``A`` other than ``"kaiming"`` or ``"gaussian"``, naming the scheme."""
+    if init not in ("kaiming", "gaussian"):
+        raise ValueError(f"{scheme}: init must be 'kaiming' or 'gaussian', not {init!r}")

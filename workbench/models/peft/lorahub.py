@@ -31,11 +31,22 @@ __all__ = ["compose_loras", "lorahub"]
 BOUND = 1.5
 
 
+def _lora_parameters(model: MultiTaskModel) -> dict[str, Tensor]:
+    """``{"<module>.lora_A" or "<module>.lora_B": parameter}`` of the model's shared LoRA."""
+    _, layers = lora_layers(model, None)
+    return {f"{name}.lora_{part}": getattr(layer, f"lora_{part}")[DEFAULT_ADAPTER].weight for name, layer in layers.items() for part in "AB"}
+
+
+@torch.no_grad()
+def _restore(parameters: Mapping[str, Tensor], values: Mapping[str, Tensor]) -> None:
+    for name, parameter in parameters.items():
+        parameter.copy_(values[name])
+
+
 def _read(model: MultiTaskModel, folders: Mapping[str, str | os.PathLike]) -> dict[str, dict[str, Tensor]]:
     """Each folder's LoRA as ``{parameter name: tensor}``, read into the model one by one (every check of
     :func:`~workbench.models.peft.peft_format.load_lora` made), the model's own LoRA restored after."""
-    _, layers = lora_layers(model, None)
-    parameters = {f"{name}.lora_{part}": getattr(layer, f"lora_{part}")[DEFAULT_ADAPTER].weight for name, layer in layers.items() for part in "AB"}
+    parameters = _lora_parameters(model)
     own = {name: p.detach().clone() for name, p in parameters.items()}
     read = {}
     try:
@@ -43,9 +54,7 @@ def _read(model: MultiTaskModel, folders: Mapping[str, str | os.PathLike]) -> di
             load_lora(model, folder)
             read[label] = {name: p.detach().clone() for name, p in parameters.items()}
     finally:
-        with torch.no_grad():
-            for name, p in parameters.items():
-                p.copy_(own[name])
+        _restore(parameters, own)
     return read
 
 
@@ -53,14 +62,10 @@ def _read(model: MultiTaskModel, folders: Mapping[str, str | os.PathLike]) -> di
 def compose_loras(model: MultiTaskModel, loras: Mapping[str, Mapping[str, Tensor]], weights: Sequence[float]) -> None:
     """Set the model's LoRA to ``Σ_k w_k`` of ``loras`` (``{label: {parameter name: tensor}}``, as :func:`lorahub` reads them),
     entry-wise on every ``A`` and ``B``."""
-    _, layers = lora_layers(model, None)
     if len(weights) != len(loras):
         raise ValueError(f"{len(weights)} weights for {len(loras)} LoRAs {list(loras)}")
-    for name, layer in layers.items():
-        for part in "AB":
-            key = f"{name}.lora_{part}"
-            composed = sum(float(w) * lora[key] for w, lora in zip(weights, loras.values()))
-            getattr(layer, f"lora_{part}")[DEFAULT_ADAPTER].weight.copy_(composed)
+    _restore(_lora_parameters(model), {name: sum(float(w) * lora[name] for w, lora in zip(weights, loras.values()))
+                                       for name in next(iter(loras.values()))})
 
 
 def lorahub(
@@ -81,8 +86,10 @@ def lorahub(
         raise ValueError(f"budget must be a positive number of evaluations, got {budget!r}")
     if not l1 >= 0:
         raise ValueError(f"l1 must be non-negative, got {l1!r}")
-    loras = _read(model, folders)
     x, targets = examples
+    if not any(target.shape[0] for target in targets.values()):
+        raise ValueError(f"the examples label none of the tasks {sorted(targets)}: there is nothing to score the composition on")
+    loras = _read(model, folders)
     was_training = model.training
     model.eval()
     evaluations = 0
@@ -95,10 +102,17 @@ def lorahub(
             losses = model.losses(x, targets)
         return float(torch.stack(list(losses.values())).mean()) + l1 * float(np.abs(w).mean())
 
-    start = objective(np.zeros(len(loras)))
-    found = minimize(objective, np.zeros(len(loras)), method="Powell", bounds=[(-BOUND, BOUND)] * len(loras),
-                     options={"maxfev": budget, "xtol": 1e-3, "ftol": 1e-6})
-    weights = np.clip(found.x, -BOUND, BOUND)
-    value = objective(weights)  # the composition left in the model is the one returned
-    model.train(was_training)
+    parameters = _lora_parameters(model)
+    own = {name: p.detach().clone() for name, p in parameters.items()}
+    try:
+        start = objective(np.zeros(len(loras)))
+        found = minimize(objective, np.zeros(len(loras)), method="Powell", bounds=[(-BOUND, BOUND)] * len(loras),
+                         options={"maxfev": budget, "xtol": 1e-3, "ftol": 1e-6})
+        weights = np.clip(found.x, -BOUND, BOUND)
+        value = objective(weights)  # the composition left in the model is the one returned
+    except BaseException:
+        _restore(parameters, own)  # a failed search leaves the model's LoRA as it found it
+        raise
+    finally:
+        model.train(was_training)
     return {"weights": dict(zip(loras, weights.tolist())), "objective": value, "start": start, "evaluations": evaluations}

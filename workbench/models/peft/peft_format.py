@@ -10,10 +10,15 @@ holds one adapter's config with another's weights.
 
 :func:`load_lora` reads such a folder (one ``peft`` wrote, or :func:`save_lora`) into a model's LoRA,
 after checking everything first: the config's rank, α and rank-stabilisation equal the model's, no
-``peft`` feature the workbench's LoRA lacks is on (DoRA, a LoRA bias, modules to save), the adapted
-modules are the model's, and every tensor has the model's shape (mismatching tensors are named: an
-adapter for another base model). The tensors are read through the validated safetensors reader; no
-pickle is ever opened.
+``peft`` feature the workbench's LoRA lacks is on (DoRA, a LoRA bias, modules to save, per-module
+ranks or α), the adapted modules are the model's, every tensor has the model's shape (mismatching
+tensors are named: an adapter for a base model of another architecture) and is finite. A checkpoint
+of the same architecture with other weights has the same shapes and is not told apart: the config's
+``base_model_name_or_path`` says which one the adapter was trained on. The tensors are read through
+the validated safetensors reader; no pickle is ever opened.
+
+A folder is written only where there is none, or, with ``overwrite=True``, over an adapter folder that
+holds nothing but an adapter (its config, its weights, ``peft``'s README); anything else is refused.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "save_lora", "load_lora", "lora_layers
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
-_UNSUPPORTED = {"use_dora": False, "lora_bias": False, "modules_to_save": None, "bias": "none"}
+_UNSUPPORTED = {"use_dora": False, "lora_bias": False, "modules_to_save": None, "bias": "none", "rank_pattern": {}, "alpha_pattern": {}}
+_ADAPTER_FILES = {CONFIG_FILE, WEIGHTS_FILE, "README.md"}
 
 
 def lora_layers(model: MultiTaskModel, adapter: str | None) -> tuple[str, dict[str, LoRALinear]]:
@@ -67,15 +73,22 @@ def _config(layers: dict[str, LoRALinear], base_model: str) -> dict:
     }
 
 
-def save_lora(model: MultiTaskModel, folder: str | os.PathLike, adapter: str | None = None, base_model: str = "") -> Path:
+def save_lora(model: MultiTaskModel, folder: str | os.PathLike, adapter: str | None = None, base_model: str = "", overwrite: bool = False) -> Path:
     """Write the model's LoRA ``adapter`` (``None``: the shared one; a task name for ``task_lora``) as a ``peft`` folder;
-    ``base_model`` is recorded as the config's ``base_model_name_or_path``. Returns the folder."""
+    ``base_model`` is recorded as the config's ``base_model_name_or_path``. Returns the folder. Refused before anything
+    is written: a LoRA holding NaN or infinite values, and a folder that exists (unless ``overwrite`` and it holds an
+    adapter only)."""
     name, layers = lora_layers(model, adapter)
     tensors = {}
     for module, layer in layers.items():
         tensors[f"{_PREFIX}{module}.lora_A.weight"] = layer.lora_A[name].weight.detach().cpu().contiguous()
         tensors[f"{_PREFIX}{module}.lora_B.weight"] = layer.lora_B[name].weight.detach().cpu().contiguous()
+    bad = [key for key, tensor in tensors.items() if not torch.isfinite(tensor).all()]
+    if bad:
+        raise ValueError(f"the LoRA to save holds NaN or infinite values in {bad[:6]}; nothing written")
     folder = Path(folder)
+    if folder.exists():
+        _check_replaceable(folder, overwrite)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
@@ -87,16 +100,29 @@ def save_lora(model: MultiTaskModel, folder: str | os.PathLike, adapter: str | N
     return folder
 
 
+def _check_replaceable(folder: Path, overwrite: bool) -> None:
+    """Refuse to write over ``folder`` unless ``overwrite`` and it is an adapter folder holding nothing else."""
+    if not overwrite:
+        raise FileExistsError(f"{folder} exists; give overwrite=True to replace the adapter in it")
+    others = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else [folder.name]
+    if not (folder / CONFIG_FILE).is_file() or set(others) - _ADAPTER_FILES:
+        raise FileExistsError(f"{folder} is no adapter folder holding an adapter alone (it holds {others[:8]}); not overwriting it")
+
+
 def _publish(staging: Path, folder: Path) -> None:
-    """Move the staged folder into place; a folder already there is replaced whole (moved aside first, then removed)."""
+    """Move the staged folder into place; a folder already there is moved aside first, put back if the move fails,
+    and removed once the new one is in place."""
     if not folder.exists():
         os.replace(staging, folder)
         return
-    if not (folder / CONFIG_FILE).is_file():
-        raise FileExistsError(f"{folder} exists and is no adapter folder (it has no {CONFIG_FILE}); not overwriting it")
     aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
     os.replace(folder, aside / folder.name)
-    os.replace(staging, folder)
+    try:
+        os.replace(staging, folder)
+    except OSError:
+        os.replace(aside / folder.name, folder)  # the old adapter back in its place
+        shutil.rmtree(aside, ignore_errors=True)
+        raise
     shutil.rmtree(aside, ignore_errors=True)
 
 

@@ -16,7 +16,8 @@ LoRA's α / r does.
   training forwards of a step (with gradients on) count each rank's choices, and after the optimizer's step
   (:meth:`RoutedLoRALinear.after_optimizer_step`, which the training loop calls)
   ``β_e += u · sign(1 / E − load_e)``, ``load_e`` the share of the step's choices that went to rank ``e``
-  (loss-free balancing, as the paper describes it). Within a step the routing is a function of the
+  (loss-free balancing, as the paper describes it; every token position counts, padding too: the layer
+  does not see the attention mask). Within a step the routing is a function of the
   parameters and ``β`` alone, so the gradient engine, the probes and a second forward agree. The score's
   activation, ``k`` and ``u`` are unverified: sigmoid, ``E = 16``, ``k = 4``, ``u = 10⁻³`` here.
 
@@ -52,6 +53,8 @@ class RoutedLoRALinear(AdaptedLinear):
     def __init__(self, base_layer: nn.Linear, experts: int, expert_rank: int, k: int, alpha: float, gating: Gating,
                  update_rate: float = 1e-3, dropout: float = 0.0) -> None:
         super().__init__(base_layer)
+        if gating not in ("softmax", "balanced_sigmoid"):
+            raise ValueError(f"RoutedLoRALinear: gating must be 'softmax' or 'balanced_sigmoid', not {gating!r}")
         self.k, self.gating, self.update_rate = k, gating, update_rate
         self.scaling = alpha / (experts * expert_rank)
         self.lora_dropout = nn.Dropout(dropout) if dropout else nn.Identity()

@@ -5,8 +5,9 @@ and the heads') and the state its layers keep (SMoRA's balancing bias), named as
 frozen backbone is not written, so the file is the size of the adapter. :func:`load_adapters` reads such
 a file into a model built the same way, every tensor checked before any is copied: the names must be the
 model's (missing and unexpected ones are named), the shapes too (the mismatching tensors named: an
-adapter of another scheme, rank or base model), and every value finite. The file is written atomically
-and read through the validated safetensors reader; no pickle is opened. A LoRA moves to and from ``peft``
+adapter of another scheme, rank or base model architecture), and every value finite. Files are named
+``*.safetensors``, written atomically and read through the validated safetensors reader; no pickle is
+opened. A LoRA moves to and from ``peft``
 as a ``peft`` folder (:mod:`workbench.models.peft.peft_format`).
 """
 
@@ -34,16 +35,29 @@ def adapter_state(model: MultiTaskModel) -> dict[str, Tensor]:
     return state
 
 
+def _safetensors_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"adapters are saved and read as safetensors files, named *.safetensors; got {path.name!r}")
+    return path
+
+
 def save_adapters(model: MultiTaskModel, path: str | os.PathLike) -> Path:
-    """Write :func:`adapter_state` of ``model`` to the safetensors file ``path`` (atomically); returns the path."""
+    """Write :func:`adapter_state` of ``model`` to the safetensors file ``path`` (atomically); returns the path. Refused:
+    a name not ending in ``.safetensors``, NaN or infinite values (nothing is written)."""
+    path = _safetensors_path(path)
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in adapter_state(model).items()}
+    bad = [name for name, tensor in tensors.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise ValueError(f"the adapters to save hold NaN or infinite values in {bad[:6]}; nothing written")
     return write_state_dict(path, tensors, metadata={"format": "pt", "content": "workbench adapters"})
 
 
 @torch.no_grad()
 def load_adapters(model: MultiTaskModel, path: str | os.PathLike) -> MultiTaskModel:
     """Read a file of :func:`save_adapters` into ``model`` (built with the same scheme and options), every check first."""
-    weights = open_weights(Path(path))
+    path = _safetensors_path(path)
+    weights = open_weights(path)
     ours = adapter_state(model)
     missing, unexpected = sorted(set(ours) - set(weights.keys())), sorted(set(weights.keys()) - set(ours))
     if missing or unexpected:

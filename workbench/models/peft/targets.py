@@ -14,13 +14,13 @@ model type, and every linear layer of an encoder that is no transformer (an MLP)
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from torch import nn
 
 from workbench.extras import require
 
-__all__ = ["Targets", "adapted_region", "find_targets", "default_targets"]
+__all__ = ["Targets", "adapted_region", "find_targets", "default_targets", "targets_by_model_type"]
 
 Targets = Sequence[str] | str | None
 """Module names or suffixes to adapt, a regular expression the whole name matches, or ``None`` for the default."""
@@ -39,16 +39,24 @@ def adapted_region(encoder: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
 def default_targets(root: nn.Module, scheme: str) -> Targets:
     """``peft``'s default LoRA targets for a transformers model's type (``["query", "value"]`` for BERT), ``None``
     (every linear layer) for a module without a transformers config."""
-    config = getattr(root, "config", None)
-    if config is None:
+    if getattr(root, "config", None) is None:
         return None
     require("peft", "text")
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
+    return targets_by_model_type(root, scheme, TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING)
+
+
+def targets_by_model_type(root: nn.Module, scheme: str, targets: Mapping[str, Sequence[str]]) -> Targets:
+    """``targets[model type]`` of a transformers model, ``None`` (every linear layer) for a module without a config;
+    refused, naming the scheme, for a model type the mapping lacks."""
+    config = getattr(root, "config", None)
+    if config is None:
+        return None
     model_type = getattr(config, "model_type", None)
-    if model_type not in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
+    if model_type not in targets:
         raise ValueError(f"{scheme}: no default target modules for a {model_type!r} transformer; give targets, names of its linear layers")
-    return TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type]
+    return targets[model_type]
 
 
 def _matches(name: str, targets: Sequence[str] | str | None) -> bool:

@@ -19,7 +19,7 @@ from workbench.probes.registry import applies_to
 from workbench.studies.architectures import check_architecture_claims, compare_architectures
 from workbench.train.loop import train
 
-__all__ = ["SCHEME_CLAIMS", "compare_schemes", "check_scheme_claims", "peak_memory_mib", "step_memory", "sharing_schemes", "adapter_conflict"]
+__all__ = ["SCHEME_CLAIMS", "compare_schemes", "claimed_schemes", "check_scheme_claims", "peak_memory_mib", "step_memory", "sharing_schemes", "adapter_conflict"]
 
 SCHEME_CLAIMS = [
     ("mtl_lora", "task_lora", "Yang et al. 2024: MTL-LoRA above one LoRA per task"),
@@ -42,6 +42,16 @@ def compare_schemes(
     if unknown:
         raise ValueError(f"unknown parameter-efficient schemes {unknown}; available: {sorted(SCHEMES)}")
     return compare_architectures(problem, methods, seeds, steps, architectures=["hps", *names], **options)
+
+
+def claimed_schemes(per_family: int | None = None) -> list[str]:
+    """The schemes :data:`SCHEME_CLAIMS` name, and with ``per_family`` the first that many of every family too, in
+    registration order (every registered scheme when ``per_family`` is ``None``): a quick run's sample."""
+    if per_family is None:
+        return list(SCHEMES)
+    named = {name for better, worse, _ in SCHEME_CLAIMS for name in (better, worse)}
+    firsts = {name for family in dict.fromkeys(e.family for e in SCHEMES.values()) for name in SCHEMES.names(family)[:per_family]}
+    return [name for name in SCHEMES if name in named | firsts]
 
 
 def check_scheme_claims(settings: Mapping[str, xr.Dataset], split: str = "test", method: str = "ew"):

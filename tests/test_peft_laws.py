@@ -4,6 +4,7 @@ runs (or is refused by name), a loss weighting and a gradient method train it, a
 starts as the frozen backbone, and bad ranks and targets are refused naming what exists. A new scheme is tested
 the moment it is registered."""
 
+import copy
 import re
 from functools import partial
 
@@ -18,7 +19,7 @@ from workbench.models import Backbone, TransformerEncoder, mlp_encoder
 from workbench.models import SCHEMES, make_scheme
 from workbench.probes import PROBES, make_probe, task_matrix
 from workbench.tasks import MultiTaskData
-from workbench.train import train
+from workbench.train import loop, train
 
 def eager_bert():
     """The tiny BERT with matmul-and-softmax attention, whose batched backward the gradient engine vmaps (see
@@ -34,11 +35,16 @@ BACKBONES = {
 }
 WIDE = Backbone("MLP", partial(mlp_encoder, 16, (32, 32)), (32,), inputs=(16,))
 CASES = [(name, backbone) for name in SCHEMES for backbone in BACKBONES]
-SMALL = {"lora": {"rank": 2}, "task_lora": {"rank": 2}, "mtl_lora": {"rank": 2, "up_projections": 2}, "multilora": {"rank": 2, "n_modules": 2},
+SMALL = {"lora": {"rank": 2}, "task_lora": {"rank": 2}, "align_lora": {"rank": 2}, "mtl_lora": {"rank": 2, "up_projections": 2}, "multilora": {"rank": 2, "n_modules": 2},
          "molora": {"experts": 3, "expert_rank": 2, "k": 2}, "smora": {"rank": 4, "k": 2},
-         "adapter": {"reduction": 2}, "task_adapter": {"reduction": 2}, "hyperformer": {"reduction": 2, "task_embedding": 3, "layer_embedding": 2}}
+         "adapter": {"reduction": 2}, "task_adapter": {"reduction": 2}, "hyperformer": {"reduction": 2, "task_embedding": 3, "layer_embedding": 2},
+         "adapter_fusion": {"reduction": 2, "dropout": 0.0}, "scalearn": {"reduction": 2, "dropout": 0.0}}  # two forwards compared: no dropout
 # The options under which a scheme starts as a no-op (its output the frozen backbone's); absent: it does not.
-IDENTITY_START = {"lora": {}, "task_lora": {}, "mtl_lora": {}, "multilora": {}, "molora": {}, "smora": {}, "adapter": {"init": "zero"}, "task_adapter": {"init": "zero"}}
+IDENTITY_START = {"lora": {}, "task_lora": {}, "align_lora": {}, "mtl_lora": {}, "multilora": {}, "molora": {}, "smora": {}, "adapter": {"init": "zero"}, "task_adapter": {"init": "zero"}}
+
+
+# The schemes whose models add a loss of their own to the tasks' (the training loop's auxiliary losses).
+AUXILIARY_LOSSES = {"align_lora", "adapter_fusion"}
 
 
 def build(name: str, backbone: str, seed: int = 0, **options):
@@ -81,6 +87,10 @@ def test_the_backbone_is_frozen_and_the_model_contract_holds(name, backbone):
     base = dict(model.encoder.base.named_parameters())
     adapter_names = {f"{layer}.{name}" for layer, module in model.encoder.adapted_layers().items() for name, _ in module.named_parameters()
                      if not name.startswith("base_layer.")}
+    if SCHEMES[name].traits.get("composes"):  # the adapters it composes are trained before, and stay frozen
+        frozen_sources = {n for n in adapter_names if ".adapter_down." in n or ".adapter_up." in n}
+        assert frozen_sources and not any(p.requires_grad for n, p in base.items() if f"base.{n}" in frozen_sources)
+        adapter_names -= frozen_sources
     trainable = {f"{n}" for n, p in base.items() if p.requires_grad}
     assert trainable == {n.removeprefix("base.") for n in adapter_names}, "only the scheme's parameters train in the backbone"
     shared = {id(p) for _, p in model.shared_parameters()}
@@ -173,7 +183,34 @@ def test_it_trains_with_a_loss_weighting_and_a_gradient_method_and_only_its_para
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
 
 
-@pytest.mark.parametrize("name", [n for n in SCHEMES if n.startswith("task_")])
+@pytest.mark.parametrize("name, backbone", CASES)
+def test_its_own_losses_add_their_gradient_to_every_methods_update(name, backbone, monkeypatch):
+    """One SGD step of unit rate with the model's auxiliary losses, minus one without them, is minus their gradient at the start."""
+    x, targets = batch(backbone, n=16)
+    data = MultiTaskData(x, targets, TASKS).without_labels(0.4, seed=2)  # the tasks labelled on different samples
+    model = perturbed(build(name, backbone))
+    hooks = loop._module_hooks(model, "auxiliary_loss")
+    assert bool(hooks) == (name in AUXILIARY_LOSSES)
+    if not hooks:
+        return
+    first_x, first_targets = data.batch(0, 16)
+    start = copy.deepcopy(model)
+    auxiliary = sum(loss for hook in loop._module_hooks(start, "auxiliary_loss") if (loss := hook(first_x, first_targets)) is not None)
+    trainable = [(n, p) for n, p in start.named_parameters() if p.requires_grad]
+    gradients = dict(zip([n for n, _ in trainable], torch.autograd.grad(auxiliary, [p for _, p in trainable], allow_unused=True, materialize_grads=True)))
+    assert any(g.abs().sum() > 0 for g in gradients.values()), "the auxiliary loss reaches a trainable parameter"
+    sgd = partial(torch.optim.SGD, lr=1.0)
+    without = copy.deepcopy(model)
+    train(model, data, 1, method="upgrad", batch_size=16, optimizer=sgd, progress=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "_auxiliary_backward", lambda *args: None)
+        train(without, data, 1, method="upgrad", batch_size=16, optimizer=sgd, progress=False)
+    moved, reference = dict(model.named_parameters()), dict(without.named_parameters())
+    for parameter, gradient in gradients.items():
+        torch.testing.assert_close(moved[parameter] - reference[parameter], -gradient, atol=1e-5, rtol=1e-4, msg=parameter)
+
+
+@pytest.mark.parametrize("name", [n for n in SCHEMES if n.startswith("task_") or SCHEMES[n].traits.get("composes")])
 def test_a_scheme_that_shares_nothing_trains_alike_under_every_method(name):
     """Nothing shared, nothing to aggregate: each task's own parameters get its own gradient under every method."""
     x, targets = batch("MLP", n=32)

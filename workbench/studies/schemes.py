@@ -5,6 +5,7 @@ tasks' gradients conflict inside the adapter over training."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -17,15 +18,18 @@ from workbench.models import SCHEMES
 from workbench.probes.recorder import ProbeRecorder
 from workbench.probes.registry import applies_to
 from workbench.studies.architectures import check_architecture_claims, compare_architectures
+from workbench.studies.methods import compare_methods
 from workbench.train.loop import train
 
-__all__ = ["SCHEME_CLAIMS", "compare_schemes", "claimed_schemes", "check_scheme_claims", "peak_memory_mib", "step_memory", "sharing_schemes", "adapter_conflict"]
+__all__ = ["SCHEME_CLAIMS", "compare_schemes", "composed_comparison", "claimed_schemes", "check_scheme_claims", "peak_memory_mib", "step_memory", "sharing_schemes", "adapter_conflict"]
 
 SCHEME_CLAIMS = [
     ("mtl_lora", "task_lora", "Yang et al. 2024: MTL-LoRA above one LoRA per task"),
     ("mtl_lora", "lora", "Yang et al. 2024: MTL-LoRA above one shared LoRA"),
     ("lora", "task_lora", "Liu et al. 2025 (Align-LoRA): one shared LoRA at least as good as one per task (here without its alignment loss; "
                           "'at least as good' holds unless the verdict is reversed)"),
+    ("scalearn", "adapter_fusion", "Frohmann et al. 2024: ScaLearn close to AdapterFusion with far fewer parameters ('close' holds unless "
+                                   "the verdict is reversed; the parameters are in the comparison)"),
 ]
 """The published orderings of schemes tested: ``(better, worse, source)``."""
 
@@ -36,12 +40,43 @@ def compare_schemes(
     """:func:`~workbench.studies.compare_architectures` of hard sharing (the backbone's trainable blocks trained in full,
     whose single-task runs are every Δm%'s baselines) and ``schemes`` (every registered one by default), along the
     ``architecture`` dim; ``parameters`` are the trainable ones. ``options`` go to it (``conflict_every`` records
-    the conflict inside the adapter; NaN for a scheme that shares nothing)."""
+    the conflict inside the adapter; NaN for a scheme that shares nothing).
+
+    A scheme that composes trained adapters (trait ``composes``: AdapterFusion, ScaLearn) runs its two stages
+    under each seed (:func:`composed_comparison`): its ``steps`` and ``seconds_per_step`` are the second stage's,
+    and ``attrs["source_steps"]`` says what the first stage trained before."""
     names = list(SCHEMES) if schemes is None else list(schemes)
     unknown = [name for name in names if name not in SCHEMES]
     if unknown:
         raise ValueError(f"unknown parameter-efficient schemes {unknown}; available: {sorted(SCHEMES)}")
-    return compare_architectures(problem, methods, seeds, steps, architectures=["hps", *names], **options)
+    composing = [name for name in names if SCHEMES[name].traits.get("composes")]
+    done = {}
+    if composing:
+        done["hps"] = compare_methods(problem, methods, seeds, steps, architecture="hps", **options)
+        done |= {name: composed_comparison(problem, name, methods, seeds, steps, single_task=done["hps"].single_task, **options) for name in composing}
+    result = compare_architectures(problem, methods, seeds, steps, architectures=["hps", *names], done=done, **options)
+    return result.assign_attrs(source_steps={name: steps for name in composing})
+
+
+def composed_comparison(problem, scheme: str, methods: Sequence[str], seeds: Sequence[int], steps: int, *, single_task: xr.DataArray,
+                        **options: Any) -> xr.Dataset:
+    """:func:`~workbench.studies.compare_methods` of a scheme that composes trained adapters, in its two stages under each
+    seed: the scheme it composes (its ``composes`` trait, ``task_adapter``) trained ``steps`` steps by summing the tasks'
+    losses (nothing is shared, so each adapter trains on its task alone, as a single-task run), then the composition
+    built on those adapters (its ``sources``) and trained by each method for ``steps`` steps, scored against the
+    baselines ``single_task``. ``options`` go to ``compare_methods`` (the batch size, optimizer and device to the
+    first stage too)."""
+    source_scheme = SCHEMES[scheme].traits["composes"]
+    first_stage = {key: options[key] for key in ("batch_size", "optimizer", "device") if key in options}
+    per_seed = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        sources = problem.make_model(problem.splits.tasks, architecture=source_scheme)
+        train(sources, problem.splits.train, steps, method="sum", seed=seed, progress=False, **first_stage).complete(f"{scheme}'s {source_scheme}, seed {seed}")
+        composing = dataclasses.replace(problem, architecture_options={
+            **problem.architecture_options, scheme: {**problem.architecture_options.get(scheme, {}), "sources": sources}})
+        per_seed.append(compare_methods(composing, methods, [seed], steps, architecture=scheme, single_task=single_task, **options))
+    return xr.concat(per_seed, dim="seed", data_vars="minimal", join="exact", combine_attrs="override").assign_attrs(sources=source_scheme)
 
 
 def claimed_schemes(per_family: int | None = None) -> list[str]:

@@ -2,7 +2,8 @@
 
 ``train`` runs a fixed number of optimiser steps. At every step the method (see
 :mod:`workbench.train.registry`) turns the batch into gradients; the loop records the per-task
-batch losses, the task weights the method applied and the seconds the step took, lets each
+batch losses, the task weights the method applied and the seconds the step took (a model's own
+auxiliary losses, such as AdapterFusion's regulariser, add their gradient to every method's), lets each
 :class:`~workbench.probes.ProbeRecorder` sample its probe, and evaluates loss and metric per task on
 held-out data every ``eval_every`` steps. With ``checkpoint`` it saves everything a resumed run needs
 (model, optimizer, the method's state, random number generators, the history so far) every
@@ -19,7 +20,7 @@ import importlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import xarray as xr
-from torch import nn
+from torch import Tensor, nn
 
 from workbench.data.streamed import StreamedData
 from workbench.weights.trees import load_tree, save_tree
@@ -214,12 +215,25 @@ def _open_monitor(monitor: bool | Monitor) -> Monitor | None:
     return monitor
 
 
+def _module_hooks(model, name: str) -> list[Callable]:
+    """The method ``name`` of every module of the model that has one."""
+    return [hook for module in model.modules() if callable(hook := getattr(module, name, None))]
+
+
 def _after_optimizer_step(model) -> None:
     """Call ``after_optimizer_step()`` on every module of the model that has one (SMoRA's balancing bias)."""
-    for module in model.modules():
-        hook = getattr(module, "after_optimizer_step", None)
-        if callable(hook):
-            hook()
+    for hook in _module_hooks(model, "after_optimizer_step"):
+        hook()
+
+
+def _auxiliary_backward(model, x, targets: Mapping[str, Tensor]) -> None:
+    """Add the gradient of the model's auxiliary losses to what the method left in the gradients: the sum of every
+    module's ``auxiliary_loss(x, targets)`` (a scalar, or ``None``: AdapterFusion's value regulariser). A loss of the
+    model's own, beside the tasks' losses, so that every method adds it alike (as Rep-MTL's regulariser is added to an
+    aggregated update)."""
+    losses = [loss for hook in _module_hooks(model, "auxiliary_loss") if (loss := hook(x, targets)) is not None]
+    if losses:
+        torch.stack(losses).sum().backward()
 
 
 def train(
@@ -322,6 +336,7 @@ def train(
                 trained, active = methods.for_tasks(labelled)
                 on = {name: targets[name] for name in labelled}
                 outcome = active.backward(trained, x, on)
+                _auxiliary_backward(trained, x, on)
                 jacobian = outcome.jacobian if outcome.jacobian is not None and outcome.jacobian.tasks == names else None
             seconds = time.perf_counter() - began
             for recorder in recorders:

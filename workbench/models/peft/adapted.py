@@ -74,21 +74,23 @@ def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
 def adapt(
     tasks: Sequence[Task], backbone: Backbone, scheme: str, make_layer: Callable[[str, nn.Linear], AdaptedLinear], *,
     targets: Targets, per_task: bool, default_targets: Callable[[nn.Module, str], Targets] | None = None,
+    encoder: Callable[[nn.Module, Sequence[str], bool], AdaptedEncoder] = AdaptedEncoder,
 ) -> MultiTaskModel:
     """The backbone's encoder frozen, ``make_layer(name, linear)`` in place of every targeted linear layer
     (``default_targets(root, scheme)`` when ``targets`` is ``None``, :func:`~workbench.models.peft.targets.default_targets` unless told),
+    wrapped by ``encoder(base, task_names, per_task)`` (an :class:`AdaptedEncoder`, or one that adds a loss of its own),
     one linear head per task (on its slot when ``per_task``). Errors name ``scheme``."""
     if per_task and len(backbone.shape) != 1:
         raise ValueError(f"{scheme}: a scheme with parameters per task reads each task's representation from a slot of a vector; "
                          f"the {backbone.name} backbone's representation has the shape {backbone.shape}")
-    encoder = backbone.make()
-    found = find_targets(encoder, targets, scheme, default=default_targets)
-    encoder.requires_grad_(False)
-    root, _ = adapted_region(encoder)
+    base = backbone.make()
+    found = find_targets(base, targets, scheme, default=default_targets)
+    base.requires_grad_(False)
+    root, _ = adapted_region(base)
     for name, linear in found.items():
         _replace(root, name, make_layer(name, linear))
-    encoder.train(encoder.training)  # a transformer re-marks its frozen modules
-    adapted = AdaptedEncoder(encoder, [t.name for t in tasks], per_task)
+    base.train(base.training)  # a transformer re-marks its frozen modules
+    adapted = encoder(base, [t.name for t in tasks], per_task)
     if per_task:
         return MultiTaskModel(adapted, tasks, heads=slot_heads(tasks, backbone.shape[0]))
     return MultiTaskModel(adapted, tasks, representation_dim=backbone.shape)

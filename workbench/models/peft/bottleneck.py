@@ -14,7 +14,8 @@ its layer norm; ``targets`` chooses others (``r".*\\.\\d+\\.output\\.dense"``: a
 block only, Pfeiffer's). The ``adapters`` library is not a dependency: it pins transformers 4.x.
 
 ``adapter``: one adapter shared by the tasks (the probes see it: conflict inside the adapter);
-``task_adapter``: one per task, nothing shared (what AdapterFusion and ScaLearn compose).
+``task_adapter``: one per task, nothing shared (what AdapterFusion and ScaLearn compose:
+:mod:`workbench.models.peft.fusion`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ from workbench.models.peft.lora import DEFAULT_ADAPTER
 from workbench.models.peft.targets import Targets, targets_by_model_type
 from workbench.tasks import MultiTaskModel, Task
 
-__all__ = ["BottleneckAdapter", "bottleneck_adapter", "task_adapter", "bottleneck_width", "output_projections", "OUTPUT_PROJECTIONS"]
+__all__ = [
+    "BottleneckAdapter", "bottleneck_adapter", "task_adapter", "bottleneck_width", "bottleneck_pairs", "adapter_delta", "check_adapter_options", "output_projections",
+    "OUTPUT_PROJECTIONS",
+]
 
 Activation = Literal["relu", "swish"]
 AdapterInit = Literal["bert", "zero"]
@@ -51,20 +55,12 @@ class BottleneckAdapter(AdaptedLinear):
     def __init__(self, base_layer: nn.Linear, bottleneck: int, activation: Activation = "relu", init: AdapterInit = "bert",
                  tasks: Sequence[str] = ()) -> None:
         super().__init__(base_layer, tasks)
-        _check_options("BottleneckAdapter", activation, init)
-        names = self.tasks or (DEFAULT_ADAPTER,)
+        check_adapter_options("BottleneckAdapter", activation, init)
         self.activation = activation
-        self.adapter_down = nn.ModuleDict({a: nn.Linear(self.out_features, bottleneck) for a in names})
-        self.adapter_up = nn.ModuleDict({a: nn.Linear(bottleneck, self.out_features) for a in names})
-        for a in names:
-            for layer in (self.adapter_down[a], self.adapter_up[a]):
-                nn.init.normal_(layer.weight, std=0.02)
-                nn.init.zeros_(layer.bias)
-            if init == "zero":
-                nn.init.zeros_(self.adapter_up[a].weight)
+        self.adapter_down, self.adapter_up = bottleneck_pairs(self.out_features, bottleneck, self.tasks or (DEFAULT_ADAPTER,), init)
 
     def _adapted(self, name: str, y: Tensor) -> Tensor:
-        return y + self.adapter_up[name](_ACTIVATIONS[self.activation](self.adapter_down[name](y)))
+        return y + adapter_delta(self, name, y)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.base_layer(x)
@@ -74,6 +70,26 @@ class BottleneckAdapter(AdaptedLinear):
 
     def extra_repr(self) -> str:
         return f"bottleneck={self.adapter_down[next(iter(self.adapter_down))].out_features}, activation={self.activation!r}"
+
+
+def bottleneck_pairs(width: int, bottleneck: int, names: Sequence[str], init: AdapterInit = "bert") -> tuple[nn.ModuleDict, nn.ModuleDict]:
+    """``(adapter_down, adapter_up)``: for each name a ``width -> bottleneck`` and a ``bottleneck -> width`` linear layer,
+    initialised as the module docstring says."""
+    down = nn.ModuleDict({a: nn.Linear(width, bottleneck) for a in names})
+    up = nn.ModuleDict({a: nn.Linear(bottleneck, width) for a in names})
+    for a in names:
+        for layer in (down[a], up[a]):
+            nn.init.normal_(layer.weight, std=0.02)
+            nn.init.zeros_(layer.bias)
+        if init == "zero":
+            nn.init.zeros_(up[a].weight)
+    return down, up
+
+
+def adapter_delta(layer: nn.Module, name: str, y: Tensor) -> Tensor:
+    """``W_up φ(W_down y + b_down) + b_up`` ``(..., d)``: what adapter ``name`` of ``layer`` (its ``adapter_down``,
+    ``adapter_up`` and ``activation``) adds to ``y`` ``(..., d)``."""
+    return layer.adapter_up[name](_ACTIVATIONS[layer.activation](layer.adapter_down[name](y)))
 
 
 def bottleneck_adapter(
@@ -95,7 +111,7 @@ def task_adapter(
 
 def _bottleneck(tasks, backbone, scheme: str, reduction, activation, init, targets, *, per_task: bool) -> MultiTaskModel:
     check_count(scheme, "reduction", reduction)
-    _check_options(scheme, activation, init)
+    check_adapter_options(scheme, activation, init)
     names = [t.name for t in tasks] if per_task else []
 
     def make(name: str, base: nn.Linear) -> BottleneckAdapter:
@@ -111,7 +127,8 @@ def bottleneck_width(scheme: str, name: str, base: nn.Linear, reduction: int) ->
     return base.out_features // reduction
 
 
-def _check_options(scheme: str, activation: str, init: str) -> None:
+def check_adapter_options(scheme: str, activation: str, init: str) -> None:
+    """Refuse an activation or an initialisation a bottleneck adapter does not have, naming the scheme."""
     if activation not in _ACTIVATIONS:
         raise ValueError(f"{scheme}: activation must be one of {sorted(_ACTIVATIONS)}, not {activation!r}")
     if init not in ("bert", "zero"):

@@ -1,7 +1,8 @@
 """Any scheme's trained parameters as one safetensors file, and back.
 
 :func:`save_adapters` writes what a scheme trains (every trainable parameter of the model: the scheme's
-and the heads') and the state its layers keep (SMoRA's balancing bias), named as in the model; the
+and the heads') and what its layers keep beside the frozen base layer (SMoRA's balancing bias, the frozen adapters
+that AdapterFusion and ScaLearn compose), named as in the model; the
 frozen backbone is not written, so the file is the size of the adapter. :func:`load_adapters` reads such
 a file into a model built the same way, every tensor checked before any is copied: the names must be the
 model's (missing and unexpected ones are named), the shapes too (the mismatching tensors named: an
@@ -27,11 +28,13 @@ __all__ = ["save_adapters", "load_adapters", "adapter_state"]
 
 
 def adapter_state(model: MultiTaskModel) -> dict[str, Tensor]:
-    """``{name: tensor}`` of the model's trainable parameters and its adapted layers' buffers, named as in the model."""
+    """``{name: tensor}`` of the model's trainable parameters and what its adapted layers hold beside the frozen base layer
+    (the frozen source adapters AdapterFusion composes, SMoRA's balancing bias), named as in the model."""
     state = {name: p for name, p in model.named_parameters() if p.requires_grad}
     for layer_name, layer in model.named_modules():
         if isinstance(layer, AdaptedLinear):
-            state |= {f"{layer_name}.{name}": b for name, b in layer.named_buffers() if not name.startswith("base_layer.")}
+            held = [*layer.named_parameters(), *layer.named_buffers()]
+            state |= {f"{layer_name}.{name}": tensor for name, tensor in held if not name.startswith("base_layer.")}
     return state
 
 

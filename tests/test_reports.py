@@ -158,16 +158,20 @@ def test_parameter_efficient_report(tmp_path):
     from workbench.studies import claimed_schemes, load_problem, sharing_schemes
 
     sample = claimed_schemes(per_family=1)
-    assert sample == ["lora", "task_lora", "mtl_lora", "molora", "adapter"]
+    assert sample == ["lora", "task_lora", "align_lora", "mtl_lora", "molora", "adapter", "adapter_fusion", "scalearn"]
     shared = [s for s in sharing_schemes(load_problem("lexicon", max_words=30)) if s in sample]
-    html = assert_renders_offline(folder / "07_parameter_efficient.html", figures=3 + len(shared))  # a cosine figure per sharing scheme
+    html = assert_renders_offline(folder / "07_parameter_efficient.html", figures=4 + len(shared))  # a cosine figure per sharing scheme
     ratings = results.load(folder / "07_parameter_efficient" / "ratings_schemes.nc")
     assert ratings.architecture.values.tolist() == ["hps", *sample] and ratings.sizes["task"] == 4
     assert (ratings.peak_mib > 0).all() and ratings.parameters.sel(architecture="lora") < ratings.parameters.sel(architecture="hps")
     assert ratings.conflict.sel(architecture="task_lora").isnull().all() and ratings.conflict.sel(architecture="lora").notnull().all()
     assert results.load(folder / "07_parameter_efficient" / "raters_schemes.nc").sizes["task"] == 10
     assert sorted(p.name for p in (folder / "07_parameter_efficient").glob("ratings_*_conflict.nc")) == sorted(f"ratings_{s}_conflict.nc" for s in shared)
-    assert "mtl_lora beats task_lora" in html and "ten raters" in html  # the claims' verdicts, stated
+    own = results.load(folder / "07_parameter_efficient" / "own_words_schemes.nc")
+    assert own.architecture.values.tolist() == ["hps", "lora", "task_lora", "align_lora", "mtl_lora"]  # the low-rank family, on each task's words
+    assert ratings.attrs["source_steps"] == {"adapter_fusion": 3, "scalearn": 3}  # the compositions' first stage
+    assert "mtl_lora beats task_lora" in html and "ten raters" in html and "scalearn beats adapter_fusion" in html  # the claims' verdicts, stated
+    assert "align_lora beats task_lora" in html and "own words" in html
     assert "profiler_start" not in html
 
 

@@ -28,6 +28,10 @@ SCHEME_CLAIMS = [
     ("mtl_lora", "lora", "Yang et al. 2024: MTL-LoRA above one shared LoRA"),
     ("lora", "task_lora", "Liu et al. 2025 (Align-LoRA): one shared LoRA at least as good as one per task (here without its alignment loss; "
                           "'at least as good' holds unless the verdict is reversed)"),
+    ("align_lora", "task_lora", "Liu et al. 2025: Align-LoRA (one shared LoRA and its alignment loss) at least as good as one LoRA per task "
+                                "('at least as good' holds unless the verdict is reversed)"),
+    ("align_lora", "lora", "Liu et al. 2025: Align-LoRA above the shared LoRA without its alignment loss (a zero loss where every task "
+                           "is labelled on every sample: there the two train alike)"),
     ("scalearn", "adapter_fusion", "Frohmann et al. 2024: ScaLearn close to AdapterFusion with far fewer parameters ('close' holds unless "
                                    "the verdict is reversed; the parameters are in the comparison)"),
 ]

@@ -154,9 +154,10 @@ def test_the_study_trains_the_source_adapters_then_composes_them_under_each_seed
         return train(model, *args, **kwargs)
 
     monkeypatch.setattr(schemes_study, "train", recording_train)
-    result = compare_schemes(problem, ["ew"], seeds=[0, 1], steps=4, schemes=["task_adapter", "scalearn"], batch_size=16)
-    assert list(result.architecture.values) == ["hps", "task_adapter", "scalearn"] and result.attrs["source_steps"] == {"scalearn": 4}
-    assert np.isfinite(result.delta_m.values).all()
+    result = compare_schemes(problem, ["ew"], seeds=[0, 1], steps=4, schemes=["task_adapter", "scalearn", "adapter_fusion"], batch_size=16)
+    assert list(result.architecture.values) == ["hps", "task_adapter", "scalearn", "adapter_fusion"]
+    assert result.attrs["source_steps"] == {"scalearn": 4, "adapter_fusion": 4} and np.isfinite(result.delta_m.values).all()
+    # one first stage per seed, shared by both compositions
     assert [(args[1], kwargs["method"], kwargs["seed"]) for _, args, kwargs in trained] == [(4, "sum", 0), (4, "sum", 1)]
     sources = trained[0][0]
     torch.manual_seed(0)

@@ -27,8 +27,8 @@ from workbench.studies.merging import (
 from workbench.studies.methods import compare_methods, method_summary
 from workbench.studies.problems import DATA_SHAPES, DATASETS, Problem, load_problem
 from workbench.studies.schemes import (
-    SCHEME_CLAIMS, adapter_conflict, check_scheme_claims, claimed_schemes, compare_schemes, composed_comparison, peak_memory_mib, sharing_schemes,
-    step_memory,
+    SCHEME_CLAIMS, adapter_conflict, check_scheme_claims, claimed_schemes, compare_schemes, composed_comparison, first_stage, peak_memory_mib,
+    sharing_schemes, step_memory,
 )
 from workbench.studies.shapes import claims_across_shapes, methods_across_shapes, probes_across_shapes
 from workbench.studies.saliency import attribution_validity_study, representation_vs_parameter, saliency_during_training
@@ -42,6 +42,7 @@ __all__ = [
     "claimed_schemes",
     "compare_schemes",
     "composed_comparison",
+    "first_stage",
     "peak_memory_mib",
     "sharing_schemes",
     "step_memory",

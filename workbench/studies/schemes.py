@@ -21,7 +21,7 @@ from workbench.studies.architectures import check_architecture_claims, compare_a
 from workbench.studies.methods import compare_methods
 from workbench.train.loop import train
 
-__all__ = ["SCHEME_CLAIMS", "compare_schemes", "composed_comparison", "claimed_schemes", "check_scheme_claims", "peak_memory_mib", "step_memory", "sharing_schemes", "adapter_conflict"]
+__all__ = ["SCHEME_CLAIMS", "compare_schemes", "composed_comparison", "first_stage", "claimed_schemes", "check_scheme_claims", "peak_memory_mib", "step_memory", "sharing_schemes", "adapter_conflict"]
 
 SCHEME_CLAIMS = [
     ("mtl_lora", "task_lora", "Yang et al. 2024: MTL-LoRA above one LoRA per task"),
@@ -47,8 +47,9 @@ def compare_schemes(
     the conflict inside the adapter; NaN for a scheme that shares nothing).
 
     A scheme that composes trained adapters (trait ``composes``: AdapterFusion, ScaLearn) runs its two stages
-    under each seed (:func:`composed_comparison`): its ``steps`` and ``seconds_per_step`` are the second stage's,
-    and ``attrs["source_steps"]`` says what the first stage trained before."""
+    under each seed (:func:`first_stage`, once for all the compositions of one scheme, then
+    :func:`composed_comparison`): its ``steps`` and ``seconds_per_step`` are the second stage's, and
+    ``attrs["source_steps"]`` says what the first stage trained before."""
     names = list(SCHEMES) if schemes is None else list(schemes)
     unknown = [name for name in names if name not in SCHEMES]
     if unknown:
@@ -57,28 +58,45 @@ def compare_schemes(
     done = {}
     if composing:
         done["hps"] = compare_methods(problem, methods, seeds, steps, architecture="hps", **options)
-        done |= {name: composed_comparison(problem, name, methods, seeds, steps, single_task=done["hps"].single_task, **options) for name in composing}
+        stages = {source: first_stage(problem, source, seeds, steps, **options) for source in dict.fromkeys(SCHEMES[n].traits["composes"] for n in composing)}
+        done |= {name: composed_comparison(problem, name, methods, seeds, steps, single_task=done["hps"].single_task,
+                                           sources=stages[SCHEMES[name].traits["composes"]], **options) for name in composing}
     result = compare_architectures(problem, methods, seeds, steps, architectures=["hps", *names], done=done, **options)
     return result.assign_attrs(source_steps={name: steps for name in composing})
 
 
-def composed_comparison(problem, scheme: str, methods: Sequence[str], seeds: Sequence[int], steps: int, *, single_task: xr.DataArray,
-                        **options: Any) -> xr.Dataset:
-    """:func:`~workbench.studies.compare_methods` of a scheme that composes trained adapters, in its two stages under each
-    seed: the scheme it composes (its ``composes`` trait, ``task_adapter``) trained ``steps`` steps by summing the tasks'
-    losses (nothing is shared, so each adapter trains on its task alone, as a single-task run), then the composition
-    built on those adapters (its ``sources``) and trained by each method for ``steps`` steps, scored against the
-    baselines ``single_task``. ``options`` go to ``compare_methods`` (the batch size, optimizer and device to the
-    first stage too)."""
-    source_scheme = SCHEMES[scheme].traits["composes"]
-    first_stage = {key: options[key] for key in ("batch_size", "optimizer", "device") if key in options}
-    per_seed = []
+def first_stage(problem, scheme: str, seeds: Sequence[int], steps: int, **options: Any) -> dict[int, Any]:
+    """``{seed: model}``: ``scheme`` (the adapters a composition reads, ``task_adapter``) trained ``steps`` steps under each
+    seed by summing the tasks' losses (nothing is shared, so each adapter trains on its task alone, as a single-task
+    run), evaluated on the validation split at the start and the end only. ``options``: ``compare_methods``'s; the
+    batch size, optimizer and device are used."""
+    training = {key: options[key] for key in ("batch_size", "optimizer", "device") if key in options}
+    splits, trained = problem.splits, {}
     for seed in seeds:
         torch.manual_seed(seed)
-        sources = problem.make_model(problem.splits.tasks, architecture=source_scheme)
-        train(sources, problem.splits.train, steps, method="sum", seed=seed, progress=False, **first_stage).complete(f"{scheme}'s {source_scheme}, seed {seed}")
+        model = problem.make_model(splits.tasks, architecture=scheme)
+        train(model, splits.train, steps, method="sum", eval_data=splits.validation, eval_every=steps, seed=seed, progress=False,
+              **training).complete(f"the {scheme} of seed {seed}")
+        trained[seed] = model
+    return trained
+
+
+def composed_comparison(problem, scheme: str, methods: Sequence[str], seeds: Sequence[int], steps: int, *, single_task: xr.DataArray,
+                        sources: Mapping[int, Any] | None = None, **options: Any) -> xr.Dataset:
+    """:func:`~workbench.studies.compare_methods` of a scheme that composes trained adapters, in its two stages under each
+    seed: ``sources[seed]``, the scheme it composes (its ``composes`` trait) trained by :func:`first_stage` (trained
+    here when not given), then the composition built on those adapters and trained by each method for ``steps``
+    steps, scored against the baselines ``single_task``. ``options`` go to ``compare_methods``."""
+    source_scheme = SCHEMES[scheme].traits["composes"]
+    if sources is None:
+        sources = first_stage(problem, source_scheme, seeds, steps, **options)
+    missing = [seed for seed in seeds if seed not in sources]
+    if missing:
+        raise ValueError(f"{scheme}: no trained {source_scheme} for the seeds {missing}")
+    per_seed = []
+    for seed in seeds:
         composing = dataclasses.replace(problem, architecture_options={
-            **problem.architecture_options, scheme: {**problem.architecture_options.get(scheme, {}), "sources": sources}})
+            **problem.architecture_options, scheme: {**problem.architecture_options.get(scheme, {}), "sources": sources[seed]}})
         per_seed.append(compare_methods(composing, methods, [seed], steps, architecture=scheme, single_task=single_task, **options))
     return xr.concat(per_seed, dim="seed", data_vars="minimal", join="exact", combine_attrs="override").assign_attrs(sources=source_scheme)
 

@@ -35,8 +35,10 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+# One pytest worker per core (pytest-xdist), each test file on one worker so that its module fixtures are built once.
+TEST_WORKERS ?= auto
 test: install chromium
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 reports: install
 	$(VENV)/bin/workbench reports

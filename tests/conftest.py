@@ -16,6 +16,14 @@ settings.register_profile("ci", max_examples=25, derandomize=True, database=None
 settings.register_profile("thorough", max_examples=500)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
+# Under pytest-xdist (`make test` runs one worker per core) each worker, and every kernel or process it starts,
+# gets its share of the cores: torch's own default of one thread per core in every worker oversubscribes them.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_variable, _threads)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 from workbench.models import mlp_encoder
 from workbench.tasks import MultiTaskModel, regression_task
 

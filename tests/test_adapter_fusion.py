@@ -124,7 +124,7 @@ def test_sources_of_another_width_layers_or_kind_are_refused_naming_what_is_wron
     with torch.no_grad():
         fusion_target = next(p for name, p in poisoned.named_parameters() if ".adapter_up.b." in name)
         fusion_target[0] = float("nan")
-    with pytest.raises(ValueError, match=r"scalearn: the source tensors \['encoder\.base\.0\.adapter_up\.b\.weight'\] hold NaN"):
+    with pytest.raises(ValueError, match=r"scalearn: tensors \['encoder\.base\.0\.adapter_up\.b\.weight'\] hold NaN"):
         fused("scalearn", sources=poisoned)
     for options, message in [({"omega": "matrix"}, "omega must be 'vector' or 'scalar'"), ({"value_penalty": -1}, "value_penalty must be")]:
         scheme = "scalearn" if "omega" in options else "adapter_fusion"

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from workbench.files import atomic_write
 from workbench.weights.safetensors_format import encode_header, read_header
 
-__all__ = ["Weights", "MemoryWeights", "SafetensorsWeights", "Selection", "Source", "TensorPlan", "open_weights", "open_task_weights", "plan", "equal_buffer", "write_safetensors", "write_state_dict"]
+__all__ = ["Weights", "MemoryWeights", "SafetensorsWeights", "Selection", "Source", "TensorPlan", "open_weights", "open_task_weights", "plan", "equal_buffer", "write_safetensors", "write_state_dict", "copy_into"]
 
 Source = Union[str, os.PathLike, Mapping[str, Tensor], nn.Module]
 
@@ -303,3 +303,25 @@ def write_state_dict(path: str | os.PathLike, tensors: Mapping[str, Tensor], met
     """Write the tensors of a state dict (in memory) as a safetensors file, atomically (see :func:`write_safetensors`)."""
     plans = [TensorPlan(name, tuple(tensor.shape), tensor.dtype, "copy") for name, tensor in tensors.items()]
     return write_safetensors(path, plans, tensors.values(), metadata)
+
+
+@torch.no_grad()
+def copy_into(targets: Mapping[str, Tensor], weights: Weights, label: str, other_shapes: str, where: str = "the file",
+              stored: Mapping[str, str] | None = None) -> None:
+    """Copy ``weights[stored[name]]`` into each tensor of ``targets`` (``{name: a model's parameter or buffer}``; ``stored``
+    maps a name to its key in ``weights``, the name itself by default), every tensor checked before any is copied.
+
+    Refused, naming the tensors: a shape other than the target's (``"{label}: {other_shapes}; tensors of other
+    shapes: {name: '<shape> in {where}, <shape> here'}"``), a floating-point tensor with NaN or infinite values.
+    """
+    stored = stored or {name: name for name in targets}
+    shapes = {name: (tuple(weights.spec(stored[name])[0]), tuple(target.shape)) for name, target in targets.items()}
+    mismatched = {name: f"{theirs} in {where}, {ours} here" for name, (theirs, ours) in shapes.items() if theirs != ours}
+    if mismatched:
+        raise ValueError(f"{label}: {other_shapes}; tensors of other shapes: {mismatched}")
+    values = {name: weights[stored[name]] for name in targets}
+    bad = [name for name, value in values.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise ValueError(f"{label}: tensors {bad[:6]} hold NaN or infinite values")
+    for name, target in targets.items():
+        target.copy_(values[name].to(target.dtype))

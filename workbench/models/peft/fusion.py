@@ -51,7 +51,7 @@ from workbench.models.peft.bottleneck import Activation, check_adapter_options, 
 from workbench.models.peft.layer import AdaptedLinear, check_count, check_dropout
 from workbench.models.peft.targets import Targets
 from workbench.tasks import MultiTaskModel, Task
-from workbench.weights.state_dicts import open_weights
+from workbench.weights.state_dicts import copy_into, open_weights
 
 __all__ = ["AdapterFusionLayer", "ScaLearnLayer", "FusedAdapters", "adapter_fusion", "scalearn", "source_adapters"]
 
@@ -204,13 +204,4 @@ def _copy_sources(model: MultiTaskModel, weights, scheme: str) -> None:
     if missing:
         raise ValueError(f"{scheme}: the sources have no adapters at {missing[:6]}: trained on other layers (targets) or another backbone")
     wanted = {name: tensor for name, tensor in held.items() if name in available and ".fusion." not in name}
-    mismatched = {name: f"{tuple(weights.spec(name)[0])} in the sources, {tuple(tensor.shape)} here"
-                  for name, tensor in wanted.items() if tuple(weights.spec(name)[0]) != tuple(tensor.shape)}
-    if mismatched:
-        raise ValueError(f"{scheme}: the source adapters were built with another reduction or backbone; tensors of other shapes: {mismatched}")
-    values = {name: weights[name] for name in wanted}
-    bad = [name for name, value in values.items() if value.is_floating_point() and not torch.isfinite(value).all()]
-    if bad:
-        raise ValueError(f"{scheme}: the source tensors {bad[:6]} hold NaN or infinite values")
-    for name, tensor in wanted.items():
-        tensor.copy_(values[name].to(tensor.dtype))
+    copy_into(wanted, weights, scheme, "the source adapters were built with another reduction or backbone", where="the sources")

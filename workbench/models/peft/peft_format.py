@@ -33,7 +33,7 @@ import torch
 
 from workbench.models.peft.lora import DEFAULT_ADAPTER, LoRALinear
 from workbench.tasks import MultiTaskModel
-from workbench.weights.state_dicts import open_weights, write_state_dict
+from workbench.weights.state_dicts import copy_into, open_weights, write_state_dict
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "save_lora", "load_lora", "lora_layers"]
 
@@ -163,14 +163,5 @@ def load_lora(model: MultiTaskModel, folder: str | os.PathLike, adapter: str | N
         raise ValueError(f"{folder}: the adapter's modules are not the model's: missing tensors {missing[:6]}, tensors of modules the model "
                          f"does not adapt {extra[:6]}")
     stored = {key.replace(f".{DEFAULT_ADAPTER}.weight", ".weight"): key for key in weights.keys()}
-    shapes = {key: (tuple(weights.spec(stored[key])[0]), tuple(p.shape)) for key, p in expected.items()}
-    mismatched = {key: f"{theirs} in the file, {ours} here" for key, (theirs, ours) in shapes.items() if theirs != ours}
-    if mismatched:
-        raise ValueError(f"{folder}: an adapter for another base model; tensors of other shapes: {mismatched}")
-    values = {key: weights[stored[key]] for key in expected}
-    for key, value in values.items():
-        if not torch.isfinite(value).all():
-            raise ValueError(f"{folder}: tensor {key!r} holds NaN or infinite values")
-    for key, parameter in expected.items():
-        parameter.copy_(values[key].to(parameter.dtype))
+    copy_into(expected, weights, str(folder), "an adapter for another base model", stored=stored)
     return model

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from workbench.models.peft.layer import AdaptedLinear
 from workbench.tasks import MultiTaskModel
-from workbench.weights.state_dicts import open_weights, write_state_dict
+from workbench.weights.state_dicts import copy_into, open_weights, write_state_dict
 
 __all__ = ["save_adapters", "load_adapters", "adapter_state"]
 
@@ -65,14 +65,5 @@ def load_adapters(model: MultiTaskModel, path: str | os.PathLike) -> MultiTaskMo
     missing, unexpected = sorted(set(ours) - set(weights.keys())), sorted(set(weights.keys()) - set(ours))
     if missing or unexpected:
         raise ValueError(f"{path}: not this model's adapters: missing tensors {missing[:6]}, tensors the model does not have {unexpected[:6]}")
-    mismatched = {name: f"{tuple(weights.spec(name)[0])} in the file, {tuple(tensor.shape)} here"
-                  for name, tensor in ours.items() if tuple(weights.spec(name)[0]) != tuple(tensor.shape)}
-    if mismatched:
-        raise ValueError(f"{path}: adapters of another scheme, rank or base model; tensors of other shapes: {mismatched}")
-    values = {name: weights[name] for name in ours}
-    bad = [name for name, value in values.items() if value.is_floating_point() and not torch.isfinite(value).all()]
-    if bad:
-        raise ValueError(f"{path}: tensors {bad[:6]} hold NaN or infinite values")
-    for name, tensor in ours.items():
-        tensor.copy_(values[name].to(tensor.dtype))
+    copy_into(ours, weights, str(path), "adapters of another scheme, rank or base model")
     return model

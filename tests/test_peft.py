@@ -363,7 +363,7 @@ def test_adapters_of_another_rank_are_refused_naming_the_tensors(tmp_path):
 
 
 def test_lorahub_composes_loras_entry_wise_and_its_search_finds_the_lora_that_made_the_targets(tmp_path):
-    from workbench.models.peft.lorahub import compose_loras, lorahub
+    from workbench.models.peft.lorahub import compose_loras, lorahub, read_loras
     from workbench.tasks import regression_task
 
     tasks = [regression_task("a"), regression_task("b")]
@@ -381,16 +381,14 @@ def test_lorahub_composes_loras_entry_wise_and_its_search_finds_the_lora_that_ma
     with torch.no_grad():
         targets = {name: out.squeeze(1) for name, out in model(ids).items()}  # what LoRA 1 gives, under these heads
         z = model.represent(ids)
-    from workbench.models.peft.lorahub import _read
-
-    loras = _read(model, folders)
+    loras = read_loras(model, folders)
     compose_loras(model, loras, [0.0, 1.0, 0.0])
     torch.testing.assert_close(model.represent(ids), z, rtol=0, atol=0)  # one-hot weights: LoRA 1 itself
     compose_loras(model, loras, [0.5, 0.5, 0.0])
     layer = next(iter(model.encoder.adapted_layers().values()))
     name = next(n for n in loras["lora 0"] if n.endswith("lora_A"))
     torch.testing.assert_close(layer.lora_A["default"].weight, 0.5 * loras["lora 0"][name] + 0.5 * loras["lora 1"][name])
-    found = lorahub(model, folders, (ids, targets), budget=60)
+    found = lorahub(model, loras, (ids, targets), budget=60)
     torch.manual_seed(0)  # the model's heads, as it was built
     with torch.no_grad():
         at_zero = torch.stack(list(make_scheme("lora", tasks, BACKBONES["BERT"], rank=2).eval().losses(ids, targets).values())).mean()
@@ -398,7 +396,53 @@ def test_lorahub_composes_loras_entry_wise_and_its_search_finds_the_lora_that_ma
     assert found["objective"] < 0.5 * found["start"] and 0 < found["evaluations"] <= 60 + 2
     assert max(found["weights"], key=lambda k: found["weights"][k]) == "lora 1"
     with pytest.raises(ValueError, match="LoraHub composes two or more LoRAs"):
-        lorahub(model, {"lora 0": folders["lora 0"]}, (ids, targets))
+        lorahub(model, {"lora 0": loras["lora 0"]}, (ids, targets))
+
+
+def test_lorahub_composes_a_task_lora_models_loras_and_with_fitted_heads_finds_the_one_whose_features_carry_the_task():
+    from workbench.models.few_shot_heads import fit_heads
+    from workbench.models.peft.lorahub import compose_loras, lorahub, task_loras
+    from workbench.tasks import regression_task
+
+    sources = perturbed(make_scheme("task_lora", TASKS, BACKBONES["BERT"], rank=2), seed=5)
+    with torch.no_grad():
+        for layer in sources.encoder.adapted_layers().values():
+            for adapter in layer.lora_B.values():
+                adapter.weight.mul_(30)  # LoRAs that change the features well beyond the l1 penalty
+    loras = task_loras(sources)
+    assert list(loras) == sources.task_names
+    torch.manual_seed(0)
+    model = make_scheme("lora", [regression_task("new")], BACKBONES["BERT"], rank=2).eval()
+    second = sources.task_names[1]
+    compose_loras(model, loras, [float(t == second) for t in loras])  # one-hot: that task's LoRA, in the shared slot
+    for name, layer in model.encoder.adapted_layers().items():
+        source = sources.encoder.adapted_layers()[name]
+        for part in ("lora_A", "lora_B"):
+            torch.testing.assert_close(getattr(layer, part)["default"].weight, getattr(source, part)[second].weight, rtol=0, atol=0)
+    ids = token_batch(n=24, seed=6)
+    with torch.no_grad():
+        z = model.represent(ids)
+    targets = {"new": z @ torch.randn(z.shape[1], generator=torch.Generator().manual_seed(1))}  # linear in that LoRA's features
+    found = lorahub(model, loras, (ids, targets), budget=80, ridge=1e-3)
+    assert max(found["weights"], key=lambda k: abs(found["weights"][k])) == second
+    assert found["objective"] < 0.05 * found["start"]
+    kept = [p.detach().clone() for p in (*model.parameters(),)]
+    for k, label in enumerate(loras):  # the search starts from each LoRA alone: it never ends worse than the best of them
+        compose_loras(model, loras, [float(j == k) for j in range(len(loras))])
+        alone = float(fit_heads(model, ids, targets, 1e-3)["new"]) + 0.05 / len(loras)
+        assert found["objective"] <= alone + 1e-12, label
+    with torch.no_grad():
+        for p, value in zip(model.parameters(), kept):
+            p.copy_(value)
+    head = model.heads["new"]
+    with torch.no_grad():
+        fitted = head(model.represent(ids)).squeeze(1)
+    assert float(torch.mean((fitted - targets["new"]) ** 2)) < found["objective"]  # the heads left are fitted on every example
+    narrow = {label: {name: t[..., :1] if name.endswith("lora_A") else t for name, t in lora.items()} for label, lora in loras.items()}
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with pytest.raises(ValueError, match=rf"LoRA '{sources.task_names[0]}' has tensors of other shapes \(its, the model's\)"):
+        lorahub(model, narrow, (ids, targets), ridge=1e-3)
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
 
 
 def test_adapters_files_are_safetensors_by_name_and_the_peak_memory_of_a_step_counts_its_tensors(tmp_path):

@@ -153,14 +153,14 @@ def test_architectures_report(tmp_path):
 @pytest.mark.slow
 def test_parameter_efficient_report(tmp_path):
     """Notebook 07, quick: every scheme against full training on the ratings and the raters, memory, the conflict inside
-    the adapter and the published claims, offline."""
+    the adapter, LoraHub's compositions and the published claims, offline."""
     folder = run_quick("notebooks/07_parameter_efficient.ipynb", {"quick": True}, tmp_path)
     from workbench.studies import claimed_schemes, load_problem, sharing_schemes
 
     sample = claimed_schemes(per_family=1)
     assert sample == ["lora", "task_lora", "align_lora", "mtl_lora", "molora", "adapter", "adapter_fusion", "scalearn"]
     shared = [s for s in sharing_schemes(load_problem("lexicon", max_words=30)) if s in sample]
-    html = assert_renders_offline(folder / "07_parameter_efficient.html", figures=4 + len(shared))  # a cosine figure per sharing scheme
+    html = assert_renders_offline(folder / "07_parameter_efficient.html", figures=5 + len(shared))  # a cosine figure per sharing scheme
     ratings = results.load(folder / "07_parameter_efficient" / "ratings_schemes.nc")
     assert ratings.architecture.values.tolist() == ["hps", *sample] and ratings.sizes["task"] == 4
     assert (ratings.peak_mib > 0).all() and ratings.parameters.sel(architecture="lora") < ratings.parameters.sel(architecture="hps")
@@ -172,6 +172,9 @@ def test_parameter_efficient_report(tmp_path):
     assert ratings.attrs["source_steps"] == {"adapter_fusion": 3, "scalearn": 3}  # the compositions' first stage
     assert "mtl_lora beats task_lora" in html and "ten raters" in html and "scalearn beats adapter_fusion" in html  # the claims' verdicts, stated
     assert "align_lora beats task_lora" in html and "own words" in html
+    hub = results.load(folder / "07_parameter_efficient" / "ratings_lorahub.nc")
+    assert hub.sizes["task"] == 4 and hub.weights.notnull().sum() == 4 * 3 and hub.attrs["budget"] == 10  # each rating from the other three
+    assert "lorahub beats retrieval" in html
     assert "profiler_start" not in html
 
 

@@ -5,6 +5,7 @@
   and :mod:`~workbench.studies.claims`, the published claims about them (:func:`check_claims`);
 - :mod:`~workbench.studies.architectures`: every architecture under the same methods, and what their gates do;
 - :mod:`~workbench.studies.schemes`: every parameter-efficient scheme against full training, its costs and the conflict inside it;
+- :mod:`~workbench.studies.composition`: LoraHub, each task's LoRA composed from the others' on a few examples;
 - :mod:`~workbench.studies.transfer`: ground-truth transfer by training every subset (:func:`measure_transfer`);
 - :mod:`~workbench.studies.grouping`: every affinity probe against the measured transfer, groupings and their payoff;
 - :mod:`~workbench.studies.validity`: every pairwise probe against the truth over random synthetic problems;
@@ -18,6 +19,7 @@ from workbench.studies.architectures import (
     expert_summary, expert_usage, gated_architectures, remedy_study,
 )
 from workbench.studies.claims import check_claims, claimed_methods
+from workbench.studies.composition import COMPOSITIONS, LORAHUB_CLAIMS, check_lorahub_claims, lorahub_study
 from workbench.studies.fine_tuned import FineTunedSet, Recipe, fine_tuned_checkpoints
 from workbench.studies.grouping import GroupingStudy, study_task_grouping
 from workbench.studies.merging import (
@@ -46,6 +48,10 @@ __all__ = [
     "peak_memory_mib",
     "sharing_schemes",
     "step_memory",
+    "COMPOSITIONS",
+    "LORAHUB_CLAIMS",
+    "check_lorahub_claims",
+    "lorahub_study",
     "ARCHITECTURE_CLAIMS",
     "COLLAPSE_MEASURES",
     "DATA_SHAPES",

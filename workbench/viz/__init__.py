@@ -3,6 +3,7 @@
 from workbench.viz.affinity import affinity_dendrogram, affinity_graph, affinity_slider, payoff_figure, predicted_vs_measured, validity_figure
 from workbench.viz.affinity_explorer import affinity_explorer
 from workbench.viz.architectures import architecture_bars, architecture_costs
+from workbench.viz.composition import lorahub_figure
 from workbench.viz.conflict import agreement_over_training, cosine_matrix_slider, layer_conflict_heatmap, pair_cosine_over_time, reference_vs_measured
 from workbench.viz.experts import expert_utilisation
 from workbench.viz.explorers import Figures, conflict_explorer, conflict_views, methods_explorer
@@ -31,6 +32,7 @@ from workbench.viz.saliency_explorer import saliency_explorer
 __all__ = [
     "architecture_bars",
     "architecture_costs",
+    "lorahub_figure",
     "expert_utilisation",
     "affinity_dendrogram",
     "affinity_graph",

@@ -22,6 +22,7 @@ import torch
 from workbench.probes import tag_affinity, tag_affinity_loop
 from workbench.models import mlp_encoder
 from workbench.tasks import MultiTaskModel, regression_task
+from workbench.train.loop import summed_step
 
 from timing import median_seconds  # benchmarks/timing.py
 
@@ -36,14 +37,8 @@ def setup(n_tasks: int, optimizer: str, seed: int = 0):
     x = torch.randn(64, 16)
     targets = {name: torch.randn(64) for name in model.task_names}
     for _ in range(3):
-        plain_step(model, opt, x, targets)
+        summed_step(model, opt, x, targets)
     return model, opt, (x, targets)
-
-
-def plain_step(model, optimizer, x, targets) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    sum(model.losses(x, targets).values()).backward()
-    optimizer.step()
 
 
 def main() -> None:
@@ -67,7 +62,7 @@ def main() -> None:
                 {
                     "batched": lambda: tag_affinity(model, batch, opt),
                     "loop": lambda: tag_affinity_loop(model, batch, opt),
-                    "plain step": lambda: plain_step(stepped, stepped_opt, *batch),
+                    "plain step": lambda: summed_step(stepped, stepped_opt, *batch),
                 },
                 repeats,
             )

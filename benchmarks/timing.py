@@ -29,15 +29,13 @@ def median_seconds(calls: Mapping[str, Callable[[], object]], repeats: int, warm
 
 
 def plain_step(model, x, targets):
-    """A plain training step of ``model`` on the batch, as a call: forward, the summed loss's backward, Adam's step over the
-    trainable parameters (a learning rate too small to change what the next call times)."""
+    """A plain training step of ``model`` on the batch, as a call: :func:`~workbench.train.loop.summed_step` (the summed
+    loss's backward, the model's auxiliary losses', Adam's step over the trainable parameters, the after-step hooks), with a
+    learning rate too small to change what the next call times."""
+    import functools
+
     import torch
 
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-9)
+    from workbench.train.loop import summed_step
 
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        sum(model.losses(x, targets).values()).backward()
-        optimizer.step()
-
-    return step
+    return functools.partial(summed_step, model, torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-9), x, targets)

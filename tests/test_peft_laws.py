@@ -247,3 +247,22 @@ def test_bad_ranks_widths_targets_and_options_are_refused_naming_what_exists(nam
     if "dropout" in options:
         with pytest.raises(ValueError, match=rf"{name}: dropout must be a probability in \[0, 1\), got 1.0"):
             make_scheme(name, TASKS, BACKBONES["MLP"], dropout=1.0)
+
+
+@pytest.mark.parametrize("name, backbone", CASES)
+def test_a_summed_step_is_the_training_loops_step_with_the_sum_method(name, backbone):
+    """What the timings and the memory of a scheme's step measure is one step of training: its auxiliary losses and after-step hooks included."""
+    x, targets = batch(backbone, n=16)
+    data = MultiTaskData(x, targets, TASKS).without_labels(0.4, seed=2)  # the tasks labelled on different samples: Align-LoRA's term acts
+    model = perturbed(build(name, backbone))
+    stepped, before = copy.deepcopy(model), {n: p.detach().clone() for n, p in model.named_parameters()}
+    sgd = partial(torch.optim.SGD, lr=0.5)
+    train(model, data, 1, method="sum", batch_size=16, optimizer=sgd, progress=False)
+    stepped.train()
+    loop.summed_step(stepped, sgd([p for p in stepped.parameters() if p.requires_grad]), *data.batch(0, 16))
+    trained, reference = dict(model.named_parameters()), dict(stepped.named_parameters())
+    assert any(not torch.equal(p, before[n]) for n, p in trained.items() if p.requires_grad)  # the step moved the scheme
+    for parameter, value in trained.items():
+        torch.testing.assert_close(reference[parameter], value, atol=1e-6, rtol=1e-5, msg=parameter)
+    for buffer, value in model.named_buffers():
+        torch.testing.assert_close(dict(stepped.named_buffers())[buffer], value, atol=1e-6, rtol=1e-5, msg=buffer)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,7 +20,7 @@ from workbench.probes.recorder import ProbeRecorder
 from workbench.probes.registry import applies_to
 from workbench.studies.architectures import check_architecture_claims, compare_architectures
 from workbench.studies.methods import compare_methods
-from workbench.train.loop import train
+from workbench.train.loop import summed_step, train
 
 __all__ = ["SCHEME_CLAIMS", "compare_schemes", "composed_comparison", "first_stage", "claimed_schemes", "check_scheme_claims", "peak_memory_mib", "step_memory", "sharing_schemes", "adapter_conflict"]
 
@@ -152,20 +153,14 @@ def _quiet_native_output() -> Iterator[None]:
 
 
 def step_memory(problem, architectures: Sequence[str], batch_size: int = 64, seed: int = 0) -> xr.DataArray:
-    """``(architecture,)`` peak MiB of one training step (forward, the summed loss's backward, Adam's step) of each
+    """``(architecture,)`` peak MiB of one training step (:func:`~workbench.train.loop.summed_step` with Adam) of each
     architecture or scheme on the first ``batch_size`` training samples of ``problem``."""
     x, targets = problem.splits.train.batch(0, batch_size)
     peaks = []
     for name in architectures:
         torch.manual_seed(seed)
         model = problem.make_model(problem.splits.tasks, architecture=name)
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad])
-
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            sum(model.losses(x, targets).values()).backward()
-            optimizer.step()
-
+        step = functools.partial(summed_step, model, torch.optim.Adam([p for p in model.parameters() if p.requires_grad]), x, targets)
         step()  # Adam's state is allocated at the first step: the peak counted is a step's in training
         peaks.append(peak_memory_mib(step))
     return xr.DataArray(peaks, dims="architecture", coords={"architecture": list(architectures)}, name="peak_mib",

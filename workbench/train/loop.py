@@ -39,7 +39,7 @@ from workbench.tasks import EVALUATION_BATCH, MultiTaskData, MultiTaskModel, Tas
 from workbench.train.method import Method
 from workbench.train.registry import make_method, method_for_tasks
 
-__all__ = ["Monitor", "TrainingResult", "train", "single_task_baselines"]
+__all__ = ["Monitor", "TrainingResult", "train", "single_task_baselines", "summed_step"]
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 # The live monitor is a face (widgets, plotly): named by its dotted path, as the registries name what they build,
@@ -234,6 +234,17 @@ def _auxiliary_backward(model, x, targets: Mapping[str, Tensor]) -> None:
     losses = [loss for hook in _module_hooks(model, "auxiliary_loss") if (loss := hook(x, targets)) is not None]
     if losses:
         torch.stack(losses).sum().backward()
+
+
+def summed_step(model: MultiTaskModel, optimizer: torch.optim.Optimizer, x, targets: Mapping[str, Tensor]) -> None:
+    """One training step as :func:`train` takes it with the ``"sum"`` method, on the batch ``(x, targets)``: the summed
+    task losses' backward, the model's auxiliary losses' (Align-LoRA's alignment term), the optimizer's step and the
+    modules' after-step hooks (SMoRA's balancing bias). What timings and memory of a scheme's step measure."""
+    optimizer.zero_grad(set_to_none=True)
+    sum(model.losses(x, targets).values()).backward()
+    _auxiliary_backward(model, x, targets)
+    optimizer.step()
+    _after_optimizer_step(model)
 
 
 def train(

@@ -5,8 +5,9 @@ Model: all-MiniLM-L6-v2 (eager attention, the pooler removed) with its top block
 tasks with linear heads on the mean-pooled tokens; batch: 64 words of 8 tokens, every sample labelled for every
 task. The peer is ``peft.get_peft_model`` with ``peft``'s default LoRA (r = 8, α = 8, query and value) on the top
 block, under the same heads; the workbench's ``lora`` has the same options by default. Everything runs in eval mode
-(no dropout) with the full forward (no cached frozen blocks, which the peer cannot use). A step is forward, the
-summed loss's backward and Adam's step over the trainable parameters. Calls take turns in every round (median of
+(no dropout) with the full forward (no cached frozen blocks, which the peer cannot use). A step is the training loop's ``sum`` step
+(``summed_step``: forward, the summed loss's backward, the model's auxiliary losses', Adam's step over the trainable
+parameters); every task labels every word, so Align-LoRA's alignment term is zero and its step a shared LoRA's. Calls take turns in every round (median of
 the rounds). Ratio = time / ``peft``'s LoRA (< 1: faster). Peak MiB: the most bytes held by tensors allocated
 during one step (torch's profiler).
 

@@ -160,7 +160,7 @@ def test_parameter_efficient_report(tmp_path):
     sample = claimed_schemes(per_family=1)
     assert sample == ["lora", "task_lora", "align_lora", "mtl_lora", "molora", "adapter", "adapter_fusion", "scalearn"]
     shared = [s for s in sharing_schemes(load_problem("lexicon", max_words=30)) if s in sample]
-    html = assert_renders_offline(folder / "07_parameter_efficient.html", figures=5 + len(shared))  # a cosine figure per sharing scheme
+    html = assert_renders_offline(folder / "07_parameter_efficient.html", figures=7 + len(shared))  # a cosine figure per sharing scheme, two of the explorer
     ratings = results.load(folder / "07_parameter_efficient" / "ratings_schemes.nc")
     assert ratings.architecture.values.tolist() == ["hps", *sample] and ratings.sizes["task"] == 4
     assert (ratings.peak_mib > 0).all() and ratings.parameters.sel(architecture="lora") < ratings.parameters.sel(architecture="hps")

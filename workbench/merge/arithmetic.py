@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from workbench.weights.state_dicts import Weights, MemoryWeights, Source, equal_buffer, open_weights, open_task_weights, plan, write_safetensors
+from workbench.weights.model_folder import DEFAULT_SHARD_BYTES, check_model_folders, is_model_folder, write_model_folder
 from workbench.weights.task_vectors import magnitude_thresholds, task_vector_chunks, work_dtype
 from workbench.progress import progress as progress_bar
 
@@ -238,17 +239,25 @@ def merge_task_vectors(
     strict: bool = True,
     out: str | os.PathLike | None = None,
     out_dtype: torch.dtype | None = None,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: bool = True,
 ) -> dict[str, Tensor] | Path:
     """Merge fine-tuned ``models`` of ``base`` (``None``: θ_0 = 0) with ``options``, streamed tensor by tensor.
 
     Checkpoints are read and merged one tensor at a time (the rules for keys, shapes, dtypes and
     non-floating tensors are in :mod:`workbench.weights.state_dicts`). Merged tensors are written in their
-    input dtype, or ``out_dtype``. Returns the merged state dict, or, with ``out``, writes it to that
-    safetensors file as it is made (atomically) and returns the path.
+    input dtype, or ``out_dtype``. Returns the merged state dict, or, with ``out``, writes it as it is made
+    (atomically) and returns the path: to that safetensors file when ``out`` ends in ``.safetensors``, else as a
+    model folder of shards up to ``max_shard_bytes`` (:func:`~workbench.weights.model_folder.write_model_folder`)
+    with the base folder's configuration and tokenizer when the base is a model folder. When the base and every
+    model are model folders, their ``config.json`` are compared first
+    (:func:`~workbench.weights.model_folder.check_model_folders`).
     """
     if base is None and (options.density < 1 or options.drop > 0 or options.elect_sign):
         raise ValueError("trimming, dropping and sign election act on task vectors, which need a base model")
+    named = dict(models) if isinstance(models, Mapping) else {Path(m).name if isinstance(m, (str, os.PathLike)) else str(i): m for i, m in enumerate(models)}
+    if isinstance(base, (str, os.PathLike)) and is_model_folder(base) and all(isinstance(m, (str, os.PathLike)) and is_model_folder(m) for m in named.values()):
+        check_model_folders(base, named)
     names, checkpoints = open_task_weights(models)
     base_checkpoint = open_weights(base, "base") if base is not None else None
     plans = plan(checkpoints, base_checkpoint, strict)
@@ -271,4 +280,7 @@ def merge_task_vectors(
     if out is None:
         return {p.name: tensor for p, tensor in zip(plans, tensors())}
     metadata = {"merged": ",".join(names), "options": repr(options)}
-    return write_safetensors(out, out_plans, tensors(), metadata)
+    if Path(out).suffix == ".safetensors":
+        return write_safetensors(out, out_plans, tensors(), metadata)
+    like = base if isinstance(base, (str, os.PathLike)) and is_model_folder(base) else None
+    return write_model_folder(out, out_plans, tensors(), like=like, max_shard_bytes=max_shard_bytes, metadata=metadata)

@@ -1,6 +1,6 @@
 """State dicts read tensor by tensor or chunk by chunk, checked against each other, and written as they are made.
 
-A source is a safetensors file (read with positioned reads straight into the destination tensor:
+A source is a Hugging Face model folder (:mod:`workbench.weights.model_folder`: its shards read as below), a safetensors file (read with positioned reads straight into the destination tensor:
 nothing is memory-mapped, so reading a file does not grow the process's resident memory beyond what
 the caller holds), a pickle checkpoint (``.pt``, ``.pth``, ``.bin``, ``.ckpt``: loaded only with
 ``torch.load(weights_only=True)``, memory-mapped where the file allows it), an in-memory state dict
@@ -199,7 +199,8 @@ def _refusal(path: Path, error: Exception) -> ValueError:
 
 
 def open_weights(source: Source | Weights, name: str | None = None) -> Weights:
-    """A :class:`Weights` over a file path, a state dict or a module (opened weights are returned as they are); ``name`` labels it in errors."""
+    """A :class:`Weights` over a file path, a Hugging Face model folder (:mod:`~workbench.weights.model_folder`), a state dict
+    or a module (opened weights are returned as they are); ``name`` labels it in errors."""
     if isinstance(source, Weights):
         return source
     if isinstance(source, nn.Module):
@@ -207,6 +208,10 @@ def open_weights(source: Source | Weights, name: str | None = None) -> Weights:
     if isinstance(source, Mapping):
         return MemoryWeights(name or "state dict", source)
     path = Path(source)
+    if path.is_dir():
+        from workbench.weights.model_folder import open_model_folder
+
+        return open_model_folder(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     if path.suffix == ".safetensors":

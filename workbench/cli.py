@@ -1,7 +1,7 @@
-"""The ``workbench`` command: run notebooks into reports, run sweeps, list parameters, install the kernel.
+"""The ``workbench`` command: run notebooks into reports, run sweeps, list parameters, install the kernel, merge model folders.
 
 It exits with status 0 when everything ran, 1 when a notebook failed (a run, or a sweep's run), and
-2 when it refused to start (an unknown parameter, a bad sweep file, an output folder that is a file,
+2 when it refused to start (an unknown parameter, a bad sweep or merge file, an output folder that is a file or exists for a merge,
 a run of the same notebook into the same folder under way) or the system refused a file; a refusal
 is one line on stderr, ``workbench: ...``, and is checked before anything is written.
 """
@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     params.add_argument("notebook")
 
     commands.add_parser("kernel", help="install the 'workbench' Jupyter kernel for this Python if missing")
+
+    merge = commands.add_parser("merge", help="merge model folders as a mergekit-style YAML configuration says, into a new model folder")
+    merge.add_argument("config", metavar="CONFIG.yaml")
+    merge.add_argument("out_dir", metavar="OUT_DIR")
+    merge.add_argument("--dry-run", action="store_true", help="print the plan (tensors, bytes read and written, peak memory) and read no weight")
+    merge.add_argument("--max-shard-size", default="5GB", help="the largest shard written, as 5GB or 500MB (default: 5GB)")
     return parser
 
 
@@ -72,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "params":
             for parameter in runner.notebook_parameters(args.notebook).values():
                 print(f"{parameter.name} = {parameter.default!r}  ({parameter.kind.__name__})")
+        elif args.command == "merge":
+            from workbench.merge.config import describe_dry_run, dry_run, parse_size, read_merge_config, run_merge_config
+
+            plan, shard = read_merge_config(args.config), parse_size(args.max_shard_size)
+            if args.dry_run:
+                print(describe_dry_run(dry_run(plan)))
+            else:
+                print(f"wrote {run_merge_config(plan, args.out_dir, max_shard_bytes=shard)}")
         elif args.command == "kernel":
             print(f"kernel {runner.ensure_kernel()!r} is ready")
     except PapermillExecutionError as error:

@@ -240,6 +240,7 @@ def merge_task_vectors(
     out: str | os.PathLike | None = None,
     out_dtype: torch.dtype | None = None,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    like: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict[str, Tensor] | Path:
     """Merge fine-tuned ``models`` of ``base`` (``None``: θ_0 = 0) with ``options``, streamed tensor by tensor.
@@ -249,14 +250,17 @@ def merge_task_vectors(
     input dtype, or ``out_dtype``. Returns the merged state dict, or, with ``out``, writes it as it is made
     (atomically) and returns the path: to that safetensors file when ``out`` ends in ``.safetensors``, else as a
     model folder of shards up to ``max_shard_bytes`` (:func:`~workbench.weights.model_folder.write_model_folder`)
-    with the base folder's configuration and tokenizer when the base is a model folder. When the base and every
-    model are model folders, their ``config.json`` are compared first
+    with the configuration and tokenizer of the model folder ``like`` (by default the base, when it is a model folder). When every model
+    and the base (without one: the first model) are model folders, their ``config.json`` are compared first
     (:func:`~workbench.weights.model_folder.check_model_folders`).
     """
     if base is None and (options.density < 1 or options.drop > 0 or options.elect_sign):
         raise ValueError("trimming, dropping and sign election act on task vectors, which need a base model")
     named = dict(models) if isinstance(models, Mapping) else {Path(m).name if isinstance(m, (str, os.PathLike)) else str(i): m for i, m in enumerate(models)}
-    if isinstance(base, (str, os.PathLike)) and is_model_folder(base) and all(isinstance(m, (str, os.PathLike)) and is_model_folder(m) for m in named.values()):
+    folders = all(isinstance(m, (str, os.PathLike)) and is_model_folder(m) for m in named.values())
+    if folders and base is None:
+        check_model_folders(next(iter(named.values())), dict(list(named.items())[1:]))
+    elif folders and isinstance(base, (str, os.PathLike)) and is_model_folder(base):
         check_model_folders(base, named)
     names, checkpoints = open_task_weights(models)
     base_checkpoint = open_weights(base, "base") if base is not None else None
@@ -282,5 +286,6 @@ def merge_task_vectors(
     metadata = {"merged": ",".join(names), "options": repr(options)}
     if Path(out).suffix == ".safetensors":
         return write_safetensors(out, out_plans, tensors(), metadata)
-    like = base if isinstance(base, (str, os.PathLike)) and is_model_folder(base) else None
+    if like is None and isinstance(base, (str, os.PathLike)) and is_model_folder(base):
+        like = base
     return write_model_folder(out, out_plans, tensors(), like=like, max_shard_bytes=max_shard_bytes, metadata=metadata)

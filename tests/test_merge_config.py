@@ -1,0 +1,134 @@
+"""`workbench merge CONFIG OUT_DIR`: mergekit's YAML on model folders, equal to mergekit's merge of the same tensors, its dry run and refusals."""
+
+
+import pytest
+import torch
+import yaml
+
+from tests.test_model_folder import _fine_tuned, _save
+from tests.test_encoders import tiny_bert
+from workbench.cli import main
+from workbench.merge.arithmetic import merge_task_vectors
+from workbench.merge.config import parse_size, read_merge_config
+from workbench.merge.presets import preset_options
+from workbench.weights.model_folder import open_model_folder
+
+
+@pytest.fixture()
+def folders(tmp_path):
+    base = _save(tiny_bert(seed=0), tmp_path / "base")
+    tasks = {f"task{k}": _save(_fine_tuned(10 + k), tmp_path / f"task{k}") for k in range(3)}
+    return base, tasks
+
+
+def _state(folder):
+    weights = open_model_folder(folder)
+    return {key: weights[key] for key in weights.keys()}
+
+
+def _write(tmp_path, config, name="merge.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+WEIGHTS = [0.5, 1.0, 2.0]
+CASES = {
+    # name: (method, per-model parameters (weight added), global parameters, with a base)
+    "linear": ("linear", {}, {}, False),
+    "task_arithmetic": ("task_arithmetic", {}, {"lambda": 0.7}, True),
+    "ties": ("ties", {"density": 0.3}, {"normalize": True, "lambda": 0.9, "int8_mask": True}, True),
+    "ties_sum": ("ties", {"density": 0.5}, {"normalize": False}, True),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_mergekit_configuration_merges_as_mergekit_does_into_a_model_folder(case, folders, tmp_path, capsys):
+    from mergekit.merge_methods.api import merge_state_dicts
+
+    method, per_model, general, with_base = CASES[case]
+    base, tasks = folders
+    config = {"merge_method": method, "models": [{"model": p.name, "parameters": {"weight": w, **per_model}} for p, w in zip(tasks.values(), WEIGHTS)],
+              "parameters": general, "dtype": "float32"}
+    if with_base:
+        config["base_model"] = "base"
+    assert main(["merge", str(_write(tmp_path, config)), str(tmp_path / "merged"), "--max-shard-size", "6KB"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    ours = _state(tmp_path / "merged")
+    states = {label: _state(folder) for label, folder in tasks.items()}
+    parameters = {**general, **per_model}
+    parameters.pop("int8_mask", None)
+    if with_base:
+        theirs = merge_state_dicts({"base": _state(base), **states}, method, base="base", parameters={**parameters, "weight": dict(zip(states, WEIGHTS))})
+    else:
+        theirs = merge_state_dicts(list(states.values()), method, parameters={**parameters, "weight": WEIGHTS})
+    assert sorted(ours) == sorted(theirs)
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key].to(ours[key].dtype), rtol=1e-5, atol=1e-6, msg=key)
+    assert (tmp_path / "merged" / "config.json").is_file() and len(list((tmp_path / "merged").glob("model-*.safetensors"))) > 1
+
+
+def test_the_workbenchs_own_methods_read_the_same_format_with_their_option_names(folders, tmp_path):
+    base, tasks = folders
+    config = {"merge_method": "dare", "base_model": "base", "models": [{"model": p.name} for p in tasks.values()],
+              "parameters": {"drop": 0.3, "lam": 0.8, "seed": 4}}
+    assert main(["merge", str(_write(tmp_path, config)), str(tmp_path / "merged")]) == 0
+    expected = merge_task_vectors(str(base), {k: str(v) for k, v in tasks.items()}, preset_options("dare", drop=0.3, lam=0.8, seed=4), progress=False)
+    ours = _state(tmp_path / "merged")
+    for key in expected:
+        torch.testing.assert_close(ours[key], expected[key], rtol=0, atol=0)
+
+
+def test_a_dry_run_prints_the_plan_and_writes_nothing(folders, tmp_path, capsys):
+    base, tasks = folders
+    config = {"merge_method": "ties", "base_model": "base", "models": [{"model": p.name, "parameters": {"density": 0.5}} for p in tasks.values()],
+              "dtype": "float16"}
+    path = _write(tmp_path, config)
+    assert main(["merge", str(path), str(tmp_path / "merged"), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert not (tmp_path / "merged").exists()
+    state = _state(base)
+    floating = sum(t.numel() * t.element_size() for t in state.values() if t.is_floating_point())
+    written = sum(t.numel() * (2 if t.is_floating_point() else t.element_size()) for t in state.values())  # float16 out
+    assert f"reads {4 * floating / 2**20:,.1f} MiB" in printed and f"writes {written / 2**20:,.1f} MiB" in printed
+    assert f"tensors: {len(state)}" in printed and "method: ties" in printed and "task2" in printed
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"merge_method": "frankenmerge"}, r"unknown merge_method 'frankenmerge'; mergekit's methods read here: \['dare_linear'"),
+    ({"parameters": {"densty": 0.5}}, r"parameters: unknown parameters \['densty'\] for ties; it reads \["),
+    ({"models": [{"model": "task0", "parameters": {"density": 0.2}}, {"model": "task1", "parameters": {"density": 0.4}}]},
+     r"the models' densities differ \(\[0.2, 0.4\]\)"),
+    ({"merge_method": "linear"}, "linear averages the listed models and reads no base_model"),
+    ({"tokenizer_source": "union"}, "tokenizer_source 'union' is not supported"),
+    ({"models": [{"model": "nowhere"}]}, r"no model at \['.*nowhere'\]"),
+    ({"dtype": "float8"}, r"unknown dtype 'float8'"),
+    ({"slices": []}, r"unknown keys \['slices'\]"),
+    ({"merge_method": "tall"}, r"the merges that read data run from Python: \[.*'tall'"),
+])
+def test_a_bad_configuration_is_refused_naming_what_is_wrong_before_anything_is_written(change, message, folders, tmp_path, capsys):
+    base, tasks = folders
+    config = {"merge_method": "ties", "base_model": "base", "models": [{"model": p.name} for p in tasks.values()], **change}
+    path = _write(tmp_path, config)
+    with pytest.raises(ValueError, match=message):
+        read_merge_config(path)
+    assert main(["merge", str(path), str(tmp_path / "merged")]) == 2
+    assert capsys.readouterr().err.startswith(f"workbench: {path}: ")
+    assert not (tmp_path / "merged").exists()
+
+
+def test_an_existing_output_folder_is_refused_and_left_alone(folders, tmp_path, capsys):
+    base, tasks = folders
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    config = {"merge_method": "task_arithmetic", "base_model": "base", "models": [{"model": p.name} for p in tasks.values()]}
+    assert main(["merge", str(_write(tmp_path, config)), str(out)]) == 2
+    assert "exists; a merge writes a new folder" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"
+
+
+def test_shard_sizes_read_as_transformers_writes_them():
+    assert [parse_size(s) for s in ("5GB", "500MB", "2GiB", "1024", "1.5KB")] == [5 * 10**9, 500 * 10**6, 2 * 2**30, 1024, 1500]
+    for bad in ("", "five", "0GB", "5PB"):
+        with pytest.raises(ValueError, match="a size is a positive number with a unit"):
+            parse_size(bad)

@@ -1,0 +1,224 @@
+"""Merge configurations in mergekit's YAML format, planned and run on model folders as they sit on disk.
+
+A configuration names ``merge_method``, ``base_model``, ``models`` (each ``model`` with its own ``parameters``),
+global ``parameters``, ``dtype`` and ``tokenizer_source``, as mergekit reads them::
+
+    merge_method: ties
+    base_model: models/base
+    models:
+      - model: models/sst2
+        parameters: {weight: 1.0, density: 0.5}
+      - model: models/qnli
+        parameters: {weight: 0.5, density: 0.5}
+    parameters: {normalize: true, lambda: 1.0}
+    dtype: float16
+
+mergekit's methods that the workbench's generalised merge expresses are read with mergekit's parameters and
+defaults (:data:`MERGEKIT_METHODS`); a parameter given per model or globally means the same (a per-model value
+wins). ``weight`` may differ between models; ``density`` must be the same for all (the core trims every task to
+one density). ``int8_mask`` (a memory setting of mergekit's) is accepted and changes nothing. ``linear`` takes no ``base_model``
+(mergekit would add it to the average with parameters of its own): list it among the models. DARE's masks are
+the workbench's seeded ones (``seed`` in the parameters), not mergekit's unseeded draws. Every other registered
+preset of the generalised merge (:func:`~workbench.merge.presets.preset_options`) is read by its own name with the
+workbench's option names in ``parameters``. Paths are relative to the configuration's folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workbench.merge.arithmetic import MergeOptions, merge_task_vectors
+from workbench.merge.presets import preset_options
+from workbench.merge.registry import MERGES
+
+__all__ = ["MERGEKIT_METHODS", "MergePlan", "read_merge_config", "dry_run", "run_merge_config", "parse_size", "describe_dry_run"]
+
+_TOP_LEVEL = {"merge_method", "base_model", "models", "parameters", "dtype", "tokenizer_source"}
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+_GENERAL = {"weight", "density", "normalize", "lambda", "int8_mask", "seed"}
+MERGEKIT_METHODS = {
+    # method: (its parameters, mergekit's defaults of normalize and of density)
+    "linear": ({"weight", "normalize", "int8_mask"}, True),
+    "task_arithmetic": (_GENERAL - {"density", "seed"}, False),
+    "ties": (_GENERAL - {"seed"}, True),
+    "dare_linear": (_GENERAL, False),
+    "dare_ties": (_GENERAL, False),
+}
+"""mergekit's methods read with mergekit's parameters: ``{method: (parameters, normalize by default)}``."""
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """A configuration read and checked: what :func:`run_merge_config` will do."""
+
+    method: str
+    base: Path | None
+    models: dict[str, Path]
+    options: MergeOptions
+    dtype: torch.dtype | None
+    like: Path
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+def _fail(path: Path, message: str) -> ValueError:
+    return ValueError(f"{path}: {message}")
+
+
+def read_merge_config(path: str | os.PathLike) -> MergePlan:
+    """Read and check the configuration at ``path`` (see the module docstring); every error names the file and what is wrong."""
+    import yaml
+
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise _fail(path, f"not YAML: {error}") from error
+    if not isinstance(config, Mapping):
+        raise _fail(path, "a merge configuration is a mapping with merge_method, models and base_model")
+    unknown = sorted(set(config) - _TOP_LEVEL)
+    if unknown:
+        raise _fail(path, f"unknown keys {unknown}; a configuration has {sorted(_TOP_LEVEL)}")
+    method = config.get("merge_method")
+    presets = [name for name in MERGES if hasattr(MERGES[name].target(), "options_of")]
+    if method not in MERGEKIT_METHODS and method not in presets:
+        raise _fail(path, f"unknown merge_method {method!r}; mergekit's methods read here: {sorted(MERGEKIT_METHODS)}; "
+                          f"the workbench's: {presets} (the merges that read data run from Python: {[n for n in MERGES if n not in presets]})")
+    entries = config.get("models")
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, Mapping) and "model" in e for e in entries):
+        raise _fail(path, "models must be a list of {model: PATH, parameters: {...}}")
+    folder = path.parent
+    models = {}
+    for entry in entries:
+        model = folder / str(entry["model"])
+        label = Path(str(entry["model"])).name
+        if label in models:
+            raise _fail(path, f"two models are named {label!r}")
+        models[label] = model
+    base = folder / str(config["base_model"]) if config.get("base_model") is not None else None
+    if base is None and method != "linear":
+        raise _fail(path, f"{method} merges task vectors, which need a base_model")
+    if base is not None and method in ("linear", "average"):
+        raise _fail(path, f"{method} averages the listed models and reads no base_model; list the base among the models (with its weight) instead")
+    missing = [str(p) for p in [*([base] if base else []), *models.values()] if not p.exists()]
+    if missing:
+        raise _fail(path, f"no model at {missing}")
+    dtype = config.get("dtype")
+    if dtype is not None and dtype not in _DTYPES:
+        raise _fail(path, f"unknown dtype {dtype!r}; one of {sorted(_DTYPES)}")
+    if config.get("tokenizer_source", "base") != "base":
+        raise _fail(path, f"tokenizer_source {config['tokenizer_source']!r} is not supported; the merge keeps the base's tokenizer (tokenizer_source: base)")
+    per_model = [dict(entry.get("parameters") or {}) for entry in entries]
+    general = dict(config.get("parameters") or {})
+    options = (_mergekit_options(path, method, general, per_model) if method in MERGEKIT_METHODS
+               else _workbench_options(path, method, general, per_model))
+    like = base if base is not None else next(iter(models.values()))
+    return MergePlan(method, base, models, options, _DTYPES.get(dtype), like, dict(config))
+
+
+def _mergekit_options(path: Path, method: str, general: dict, per_model: list[dict]) -> MergeOptions:
+    known, normalize_default = MERGEKIT_METHODS[method]
+    for where, given in [("parameters", general), *((f"models[{k}].parameters", p) for k, p in enumerate(per_model))]:
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise _fail(path, f"{where}: unknown parameters {unknown} for {method}; it reads {sorted(known)}")
+
+    def value(name: str, k: int, default):
+        return per_model[k].get(name, general.get(name, default))
+
+    weights = [float(value("weight", k, 1.0)) for k in range(len(per_model))]
+    densities = {float(value("density", k, 1.0)) for k in range(len(per_model))}
+    if len(densities) > 1:
+        raise _fail(path, f"the models' densities differ ({sorted(densities)}); the merge trims every model to one density")
+    density = densities.pop()
+    normalize = bool(general.get("normalize", normalize_default))
+    combine = "mean" if normalize else "sum"
+    lam, seed = float(general.get("lambda", 1.0)), int(general.get("seed", 0))
+    try:
+        if method == "linear":
+            return MergeOptions(weights=weights, combine=combine)
+        if method == "task_arithmetic":
+            return MergeOptions(lam=lam, weights=weights, combine=combine)
+        if method == "ties":
+            return MergeOptions(lam=lam, weights=weights, density=density, trim="tensor", elect_sign=True, combine=combine)
+        return MergeOptions(lam=lam, weights=weights, drop=1.0 - density, rescale="l1", elect_sign=method == "dare_ties", combine=combine, seed=seed)
+    except ValueError as error:
+        raise _fail(path, str(error)) from error
+
+
+def _workbench_options(path: Path, method: str, general: dict, per_model: list[dict]) -> MergeOptions:
+    given = [p for p in per_model if p]
+    if any(set(p) - {"weight"} for p in given):
+        raise _fail(path, f"{method}: the workbench's methods take per-model weight only; other options go in the global parameters")
+    options = dict(general)
+    if given:
+        options["weights"] = [float(p.get("weight", 1.0)) for p in per_model]
+    try:
+        return preset_options(method, **options)
+    except (ValueError, TypeError) as error:
+        raise _fail(path, str(error)) from error
+
+
+def dry_run(plan: MergePlan) -> dict[str, Any]:
+    """What the merge will read, write and hold, from the files' headers only (no weight is read).
+
+    ``peak_bytes`` is an estimate from the merge's buffers, not a measurement: the largest merged tensor in the work
+    dtype (and once more in the output dtype), plus two buffers of one 2^16-entry chunk per model."""
+    from workbench.weights.state_dicts import open_task_weights, open_weights, plan as plan_tensors
+    from workbench.weights.task_vectors import work_dtype
+
+    _, checkpoints = open_task_weights({label: str(p) for label, p in plan.models.items()})
+    base = open_weights(str(plan.base)) if plan.base is not None else None
+    plans = plan_tensors(checkpoints, base)
+    nbytes = lambda p, dtype: int(torch.Size(p.shape).numel()) * dtype.itemsize  # noqa: E731
+    merged = [p for p in plans if p.action == "merge"]
+    inputs = len(checkpoints) + (base is not None)
+    read = sum(nbytes(p, p.dtype) for p in merged) * inputs + sum(nbytes(p, p.dtype) for p in plans if p.action != "merge")
+    written = sum(nbytes(p, plan.dtype or p.dtype) if p.action == "merge" else nbytes(p, p.dtype) for p in plans)
+    largest = max(merged, key=lambda p: int(torch.Size(p.shape).numel()), default=None)
+    peak = 0
+    if largest is not None:
+        work = work_dtype(largest.dtype)
+        peak = nbytes(largest, work) + (nbytes(largest, plan.dtype) if plan.dtype not in (None, work) else 0) + 2 * len(checkpoints) * 2**16 * work.itemsize
+    return {"method": plan.method, "options": plan.options, "base": str(plan.base) if plan.base else None,
+            "models": {label: str(p) for label, p in plan.models.items()}, "tensors": len(plans), "merged_tensors": len(merged),
+            "bytes_read": read, "bytes_written": written, "peak_bytes": peak}
+
+
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size written as ``transformers`` writes shard sizes: ``"5GB"``, ``"500MB"``, ``"2GiB"`` or a number of bytes."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B)?\s*", str(text).upper())
+    if not match or (match.group(2) or "B") not in _UNITS or float(match.group(1)) <= 0:
+        raise ValueError(f"a size is a positive number with a unit among {sorted(_UNITS)} (as 5GB or 500MB), got {text!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2) or "B"])
+
+
+def describe_dry_run(summary: Mapping[str, Any]) -> str:
+    """:func:`dry_run`'s summary as lines for a person."""
+    mib = lambda n: f"{n / 2**20:,.1f} MiB"  # noqa: E731
+    lines = [f"method: {summary['method']} ({summary['options']})", f"base: {summary['base']}"]
+    lines += [f"model {label}: {path}" for label, path in summary["models"].items()]
+    lines += [f"tensors: {summary['tensors']} ({summary['merged_tensors']} merged, the others copied)",
+              f"reads {mib(summary['bytes_read'])}, writes {mib(summary['bytes_written'])}, "
+              f"holds about {mib(summary['peak_bytes'])} at most (an estimate from its buffers)"]
+    return "\n".join(lines)
+
+
+def run_merge_config(plan: MergePlan, out: str | os.PathLike, max_shard_bytes: int | None = None, progress: bool = True) -> Path:
+    """Run ``plan`` into the new model folder ``out`` (shards of at most ``max_shard_bytes``, the core's default when ``None``)."""
+    if Path(out).exists():
+        raise FileExistsError(f"{out} exists; a merge writes a new folder (remove it, or choose another)")
+    shards = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
+    base = str(plan.base) if plan.base is not None else None
+    return merge_task_vectors(base, {label: str(p) for label, p in plan.models.items()}, plan.options, out=out, out_dtype=plan.dtype,
+                              like=plan.like, progress=progress, **shards)

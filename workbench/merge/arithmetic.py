@@ -45,8 +45,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from workbench.weights.state_dicts import Weights, MemoryWeights, Source, equal_buffer, open_weights, open_task_weights, plan, write_safetensors
-from workbench.weights.model_folder import DEFAULT_SHARD_BYTES, check_model_folders, is_model_folder, write_model_folder
+from workbench.weights.state_dicts import MemoryWeights, Source, Weights
+from workbench.merge.streaming import emit, fixed_tensor, open_inputs
+from workbench.weights.model_folder import DEFAULT_SHARD_BYTES
 from workbench.weights.task_vectors import magnitude_thresholds, task_vector_chunks, work_dtype
 from workbench.progress import progress as progress_bar
 
@@ -202,14 +203,6 @@ def _non_finite(name: str, checkpoints: Sequence[Weights], start: int, stop: int
     return ValueError(f"merging tensor {name!r} gave non-finite values at entries {start}..{stop - 1}: {where}; nothing was written")
 
 
-def _copied(name: str, base: Weights) -> Tensor:
-    """Tensor ``name`` of the base, taken unchanged into the merge; refused when it holds NaN or infinite values."""
-    tensor = base[name]
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"tensor {name!r}, taken unchanged from {base.name}, holds NaN or infinite values; nothing was written")
-    return tensor
-
-
 def merge_tensor(
     base: Tensor | None,
     tasks: Sequence[Tensor],
@@ -256,15 +249,8 @@ def merge_task_vectors(
     """
     if base is None and (options.density < 1 or options.drop > 0 or options.elect_sign):
         raise ValueError("trimming, dropping and sign election act on task vectors, which need a base model")
-    named = dict(models) if isinstance(models, Mapping) else {Path(m).name if isinstance(m, (str, os.PathLike)) else str(i): m for i, m in enumerate(models)}
-    folders = all(isinstance(m, (str, os.PathLike)) and is_model_folder(m) for m in named.values())
-    if folders and base is None:
-        check_model_folders(next(iter(named.values())), dict(list(named.items())[1:]))
-    elif folders and isinstance(base, (str, os.PathLike)) and is_model_folder(base):
-        check_model_folders(base, named)
-    names, checkpoints = open_task_weights(models)
-    base_checkpoint = open_weights(base, "base") if base is not None else None
-    plans = plan(checkpoints, base_checkpoint, strict)
+    inputs = open_inputs(base, models, strict)
+    names, checkpoints, base_checkpoint, plans = inputs.names, inputs.checkpoints, inputs.base, inputs.plans
     merged_names = [p.name for p in plans if p.action == "merge"]
     thresholds = None
     if options.density < 1 and options.trim == "model":
@@ -273,19 +259,11 @@ def merge_task_vectors(
 
     def tensors() -> Iterator[Tensor]:
         for p, out_plan in zip(progress_bar(plans, "merge", enabled=progress, leave=False), out_plans):
-            if p.action == "copy":
-                yield _copied(p.name, base_checkpoint)
-            elif p.action == "buffer":
-                yield equal_buffer(p.name, ([base_checkpoint] if base_checkpoint else []) + checkpoints)
-            else:
+            if p.action == "merge":
                 weights = options.task_weights(p.name, len(checkpoints))
                 yield _merge_key(base_checkpoint, checkpoints, p.name, options, weights, thresholds, out_plan.dtype)
+            else:
+                yield fixed_tensor(p, inputs)
 
-    if out is None:
-        return {p.name: tensor for p, tensor in zip(plans, tensors())}
     metadata = {"merged": ",".join(names), "options": repr(options)}
-    if Path(out).suffix == ".safetensors":
-        return write_safetensors(out, out_plans, tensors(), metadata)
-    if like is None and isinstance(base, (str, os.PathLike)) and is_model_folder(base):
-        like = base
-    return write_model_folder(out, out_plans, tensors(), like=like, max_shard_bytes=max_shard_bytes, metadata=metadata)
+    return emit(out_plans, tensors(), out, metadata, like=like, base=base, max_shard_bytes=max_shard_bytes)

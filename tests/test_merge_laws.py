@@ -24,6 +24,10 @@ IDENTITY = {
     "ties": (3, {"density": 1.0}),
     "dare": (3, {"drop": 0.0, "lam": 1 / 3}),
     "dare_ties": (3, {"drop": 0.0, "combine": "mean", "lam": 1.0}),
+    "slerp": (1, {"t": 1.0}),
+    "nuslerp": (2, {}),
+    "model_stock": (3, {}),
+    "karcher": (3, {}),
     "tall": (1, {"lambdas": 0.3}),
     "consensus": (1, {"k": 1, "lambdas": 0.3}),
     "fisher": (3, {}),
@@ -56,7 +60,14 @@ def data_for(merge, tasks, dtype=torch.float32) -> MergeData | None:
     return MergeData(inputs, {task: torch.randint(0, CLASSES[task], (24,), generator=generators[task]) for task in tasks})
 
 
+def taken(name, models):
+    """The task models the merge takes: as many as its ``models`` trait allows, in order."""
+    most = MERGES[name].traits.get("models", (1, None))[1]
+    return dict(list(models.items())[:most]) if most is not None else models
+
+
 def run(name, base, models, **options):
+    models = taken(name, models)
     merge = make_merge(name, **{**{k: v for k, v in SMALL.items() if k in MERGES[name].options()}, **options})
     return merge(base, models, data_for(merge, list(models), next(iter(base.values())).dtype))
 
@@ -107,6 +118,7 @@ def test_the_order_of_the_tasks_changes_nothing_or_the_merge_says_it_depends_on_
     base, models = task_models(seed=3)
     first = run(name, base, models)
     again = run(name, base, models)
+    models = taken(name, models)
     reversed_order = run(name, base, dict(reversed(models.items())))
     for task in models:
         assert_weights(again.for_task(task), first.for_task(task), atol=0)  # the same inputs and seed, the same numbers
@@ -117,9 +129,10 @@ def test_the_order_of_the_tasks_changes_nothing_or_the_merge_says_it_depends_on_
 @pytest.mark.parametrize("name", list(MERGES))
 def test_a_non_finite_task_model_is_refused_naming_it(name):
     base, models = task_models(seed=4)
+    last = list(taken(name, models))[-1]  # a task model the merge reads
     with torch.no_grad():
-        models["b"].encoder[2].weight[1, 2] = float("nan")
-    with pytest.raises(ValueError, match=r"(NaN or infinite values.*'b': \['encoder.2.weight'\])|('encoder.2.weight' gave non-finite values .*\['b'\] hold NaN)"):
+        models[last].encoder[2].weight[1, 2] = float("nan")
+    with pytest.raises(ValueError, match=rf"(NaN or infinite values.*'{last}': \['encoder.2.weight'\])|('encoder.2.weight' gave non-finite values .*\['{last}'\] hold NaN)"):
         run(name, base, models)
 
 
@@ -128,7 +141,7 @@ def test_missing_data_is_refused_naming_what_the_merge_reads(name):
     base, models = task_models(seed=5)
     merge = make_merge(name)
     if merge.data_need == "none":
-        assert merge(base, {task: encoder_part(m.state_dict()) for task, m in models.items()}).weights is not None  # weights alone suffice
+        assert merge(base, {task: encoder_part(m.state_dict()) for task, m in taken(name, models).items()}).weights is not None  # weights alone suffice
         return
     with pytest.raises(ValueError, match=f"merge {name!r} reads {merge.data_need} data of every task"):
         merge(base, models)
@@ -145,3 +158,13 @@ def test_an_unknown_option_is_refused_and_every_entry_states_what_it_is(name):
     entry = MERGES[name]
     assert entry.family in {"data-free", "localised", "data-dependent"} and entry.summary and entry.paper
     assert make_merge(name).data_need in {"none", "unlabelled", "labelled", "gradients"}
+
+
+@pytest.mark.parametrize("name", [n for n in MERGES if MERGES[n].traits.get("models", (1, None)) != (1, None)])
+def test_a_merge_of_a_fixed_number_of_models_refuses_another_number_naming_it(name):
+    fewest, most = MERGES[name].traits["models"]
+    base, models = task_models(seed=6)
+    wrong = dict(list(models.items())[:fewest - 1]) if most is None or fewest > 1 else models
+    wanted = f"exactly {fewest}" if fewest == most else f"at least {fewest}"
+    with pytest.raises(ValueError, match=rf"{name} merges {wanted} models? beside the base; got {len(wrong)}"):
+        make_merge(name)(base, wrong)

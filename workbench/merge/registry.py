@@ -8,9 +8,12 @@ after the base, the task models and the data), its paper, and these traits:
 - ``test_time``: it adapts to the inputs it will serve, so a study gives it the test inputs;
 - ``kinds``: the task kinds it can merge (AdaMerging's entropy needs classification), all by default;
 - ``order_free``: whether the order of the task models leaves the result unchanged (``True`` by
-  default; DARE seeds each task's mask by its position, AdaMerging draws each task's batches in turn).
+  default; DARE seeds each task's mask by its position, AdaMerging draws each task's batches in turn);
+- ``models``: ``(fewest, most)`` task models it merges (``most`` ``None``: any number; by default ``(1, None)``):
+  SLERP one beside the base, NuSLERP two.
 
-Families: **data-free** (weight averaging, task arithmetic, TIES, DARE, DARE-TIES), **localised**
+Families: **data-free** (weight averaging, task arithmetic, TIES, DARE, DARE-TIES; SLERP, NuSLERP, Model Stock and the
+Karcher mean, tensor-wise rules of :mod:`workbench.merge.tensor_wise`), **localised**
 (TALL masks: per-task retrieval and Consensus) and **data-dependent** (Fisher, RegMean, AdaMerging).
 """
 
@@ -47,6 +50,14 @@ MERGES: Registry[Entry] = Registry("merge", [
            "Yu et al. 2024, Language models are super Mario: absorbing abilities from homologous models as a free lunch", order_free=False),
     _entry("dare_ties", "data-free", "drop and rescale, then sign election and the disjoint sum", "presets.dare_ties",
            "Yu et al. 2024 (DARE) with Yadav et al. 2023 (TIES), as FusionBench runs them", order_free=False),
+    _entry("slerp", "data-free", "the base and one model interpolated along the great circle", "slerp.slerp_merge",
+           "Shoemake 1985, Animating rotation with quaternion curves (as mergekit merges two models)", models=(1, 1)),
+    _entry("nuslerp", "data-free", "two models' task vectors interpolated along the great circle, by their weights", "nuslerp.nuslerp_merge",
+           "mergekit's NuSLERP (Goddard et al. 2024, Arcee's MergeKit)", models=(2, 2)),
+    _entry("model_stock", "data-free", "the models' mean pulled towards the base by the angle of their offsets", "model_stock.model_stock_merge",
+           "Jang et al. 2024, Model Stock: all we need is just a few fine-tuned models", models=(2, None)),
+    _entry("karcher", "data-free", "the models' spherical (Karcher) mean, scaled to their mean norm", "karcher.karcher_merge",
+           "Karcher 1977, Riemannian center of mass and mollifier smoothing (as mergekit merges models)"),
     _entry("tall", "localised", "each task served by its TALL mask of the task-arithmetic model", "tall.tall",
            "Wang et al. 2024, Localizing task information for improved model merging and compression", data=_localised_need),
     _entry("consensus", "localised", "the coordinates at least k TALL masks keep", "tall.consensus",

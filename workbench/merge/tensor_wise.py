@@ -1,0 +1,97 @@
+"""Merges defined tensor by tensor: a rule maps one tensor of the base and of every model to the merged tensor.
+
+A rule is ``rule(base, tensors, **options) -> merged``: ``base`` the base's tensor (``None`` for a rule that reads no
+base) and ``tensors`` the models' ``(T, *shape)``, both in the work dtype (float32; float64 stays), ``merged``
+``(*shape)``. Its ``models`` attribute, ``(fewest, most)`` (``most`` ``None``: any number), says how many models it
+merges. :func:`merge_tensor_wise` streams a rule over files, folders, state dicts or modules, one tensor at a time
+(holding that tensor of every input, the merged one and the rule's work on it), and returns or writes the result as
+:func:`~workbench.merge.streaming.emit` does; :func:`as_tensor_merge` makes a rule a registered merge. Non-floating
+tensors are copied when every input holds them alike, as in the generalised core.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from workbench.merge.method import MergeData, Merged, TaskModel
+from workbench.merge.streaming import emit, fixed_tensor, open_inputs
+from workbench.progress import progress as progress_bar
+from workbench.weights.model_folder import DEFAULT_SHARD_BYTES
+from workbench.weights.state_dicts import Source, Weights
+from workbench.weights.task_vectors import work_dtype
+
+__all__ = ["TensorRule", "merge_tensor_wise", "as_tensor_merge", "model_count"]
+
+TensorRule = Callable[..., Tensor]
+
+
+def model_count(rule: TensorRule) -> tuple[int, int | None]:
+    """``(fewest, most)`` models the rule merges (``most`` ``None``: any number)."""
+    return getattr(rule, "models", (1, None))
+
+
+def _check_count(rule: TensorRule, names: Sequence[str]) -> None:
+    fewest, most = model_count(rule)
+    if len(names) < fewest or (most is not None and len(names) > most):
+        wanted = f"exactly {fewest}" if fewest == most else f"at least {fewest}" if most is None else f"{fewest} to {most}"
+        raise ValueError(f"{rule.__name__} merges {wanted} model{'s' if most != 1 else ''} beside the base; got {len(names)}: {list(names)}")
+
+
+def merge_tensor_wise(
+    base: Source | Weights | None, models: Sequence[Source | Weights] | Mapping[str, Source | Weights], rule: TensorRule,
+    options: Mapping[str, Any] | None = None, *, uses_base: bool = True, strict: bool = True, out: str | os.PathLike | None = None,
+    out_dtype: torch.dtype | None = None, max_shard_bytes: int = DEFAULT_SHARD_BYTES, like: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict[str, Tensor] | Path:
+    """``rule`` with ``options`` on every floating tensor of the inputs (see the module docstring); the base names the
+    tensors (without one, the first model) and, when ``uses_base``, is the rule's ``base``. Merged tensors keep their
+    dtype, or take ``out_dtype``; a non-finite result is refused naming the inputs that are not finite there."""
+    options = dict(options or {})
+    inputs = open_inputs(base, models, strict)
+    _check_count(rule, inputs.names)
+    if uses_base and inputs.base is None:
+        raise ValueError(f"{rule.__name__} reads a base model; give one")
+    out_plans = [dataclasses.replace(p, dtype=out_dtype) if out_dtype is not None and p.action == "merge" else p for p in inputs.plans]
+
+    def tensors() -> Iterator[Tensor]:
+        for p, out_plan in zip(progress_bar(inputs.plans, "merge", enabled=progress, leave=False), out_plans):
+            if p.action != "merge":
+                yield fixed_tensor(p, inputs)
+                continue
+            work = work_dtype(p.dtype)
+            stacked = torch.stack([checkpoint[p.name] if p.name in checkpoint else inputs.base[p.name] for checkpoint in inputs.checkpoints]).to(work)
+            theta0 = inputs.base[p.name].to(work) if uses_base else None
+            merged = rule(theta0, stacked, **options)
+            if not bool(torch.isfinite(merged).all()):
+                culprits = [c.name for c in inputs.inputs if p.name in c and not bool(torch.isfinite(c[p.name]).all())]
+                where = f"{culprits} hold NaN or infinite entries there" if culprits else "every input is finite there"
+                raise ValueError(f"merging tensor {p.name!r} gave non-finite values ({where}); nothing was written")
+            yield merged.to(out_plan.dtype)
+
+    metadata = {"merged": ",".join(inputs.names), "rule": rule.__name__, "options": repr(options)}
+    return emit(out_plans, tensors(), out, metadata, like=like, base=base, max_shard_bytes=max_shard_bytes)
+
+
+def as_tensor_merge(rule: TensorRule, uses_base: bool = True) -> Callable[..., Merged]:
+    """The registered merge of ``rule``: its signature is the merges' fixed arguments, then the rule's options (the
+    parameters after ``base`` and ``tensors``), which the registry reads."""
+
+    def merge(base: Weights, tasks: Mapping[str, TaskModel], data: MergeData | None, *, strict: bool, progress: bool, **options: Any) -> Merged:
+        weights = {task: model.weights for task, model in tasks.items()}
+        return Merged(weights=merge_tensor_wise(base, weights, rule, options, uses_base=uses_base, strict=strict, progress=progress))
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    fixed = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in ("base", "tasks", "data")]
+    fixed += [inspect.Parameter(name, keyword) for name in ("strict", "progress")]
+    rule_options = list(inspect.signature(rule).parameters.values())[2:]
+    merge.__signature__ = inspect.Signature(fixed + [p.replace(kind=keyword) for p in rule_options])
+    merge.__name__, merge.__doc__, merge.rule, merge.uses_base = rule.__name__, rule.__doc__, rule, uses_base
+    return merge

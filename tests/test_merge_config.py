@@ -99,7 +99,7 @@ def test_a_dry_run_prints_the_plan_and_writes_nothing(folders, tmp_path, capsys)
     ({"parameters": {"densty": 0.5}}, r"parameters: unknown parameters \['densty'\] for ties; it reads \["),
     ({"models": [{"model": "task0", "parameters": {"density": 0.2}}, {"model": "task1", "parameters": {"density": 0.4}}]},
      r"the models' densities differ \(\[0.2, 0.4\]\)"),
-    ({"merge_method": "linear"}, "linear averages the listed models and reads no base_model"),
+    ({"merge_method": "linear"}, "linear merges the listed models and reads no base_model"),
     ({"tokenizer_source": "union"}, "tokenizer_source 'union' is not supported"),
     ({"models": [{"model": "nowhere"}]}, r"no model at \['.*nowhere'\]"),
     ({"dtype": "float8"}, r"unknown dtype 'float8'"),
@@ -132,3 +132,59 @@ def test_shard_sizes_read_as_transformers_writes_them():
     for bad in ("", "five", "0GB", "5PB"):
         with pytest.raises(ValueError, match="a size is a positive number with a unit"):
             parse_size(bad)
+
+
+TENSOR_WISE = {
+    # name: (config parameters global, per model (by position), how many models, a base, mergekit's models then includes it)
+    "slerp": ({"t": 0.3}, [{}], True),
+    "nuslerp": ({"nuslerp_flatten": False}, [{"weight": 1.0}, {"weight": 2.0}], True),
+    "nuslerp_without_base": ({}, [{"weight": 3.0}, {"weight": 1.0}], False),
+    "model_stock": ({}, [{}, {}, {}], True),
+    "karcher": ({"max_iter": 5}, [{}, {}, {}], False),
+}
+
+
+@pytest.mark.parametrize("method", TENSOR_WISE)
+def test_mergekits_tensor_wise_methods_read_as_mergekit_does_and_merge_as_it_does(method, folders, tmp_path):
+    from mergekit.merge_methods.api import merge_state_dicts
+
+    general, per_model, with_base = TENSOR_WISE[method]
+    method = method.removesuffix("_without_base")
+    base, tasks = folders
+    chosen = dict(list(tasks.items())[:len(per_model)])
+    models = [{"model": p.name, **({"parameters": q} if q else {})} for p, q in zip(chosen.values(), per_model)]
+    config = {"merge_method": method, "models": ([{"model": "base"}] if with_base else []) + models, "parameters": general}
+    if with_base:
+        config["base_model"] = "base"
+    assert main(["merge", str(_write(tmp_path, config)), str(tmp_path / "merged")]) == 0
+    ours = _state(tmp_path / "merged")
+    states = {label: _state(folder) for label, folder in chosen.items()}
+    parameters = dict(general)
+    if any("weight" in q for q in per_model):
+        parameters["weight"] = {label: q["weight"] for label, q in zip(states, per_model)} if with_base else [q["weight"] for q in per_model]
+    if with_base:
+        theirs = merge_state_dicts({"base": _state(base), **states}, method, base="base", parameters=parameters)
+    else:
+        theirs = merge_state_dicts(list(states.values()), method, parameters=parameters)
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_a_tensor_wise_method_refuses_parameters_that_vary_by_layer_and_a_wrong_number_of_models(folders, tmp_path, capsys):
+    base, tasks = folders
+    config = {"merge_method": "slerp", "base_model": "base", "models": [{"model": "base"}, {"model": "task0"}],
+              "parameters": {"t": [0.0, 0.5, 1.0]}}
+    with pytest.raises(ValueError, match=r"parameters: \['t'\] vary by layer in mergekit"):
+        read_merge_config(_write(tmp_path, config))
+    config["parameters"] = {"t": 0.5}
+    config["models"].append({"model": "task1"})
+    assert main(["merge", str(_write(tmp_path, config)), str(tmp_path / "merged")]) == 2
+    assert "slerp merges exactly 1 model beside the base; got 2" in capsys.readouterr().err and not (tmp_path / "merged").exists()
+
+
+def test_a_tensor_wise_dry_run_expects_every_inputs_tensor_in_memory(folders, tmp_path, capsys):
+    base, tasks = folders
+    config = {"merge_method": "model_stock", "base_model": "base", "models": [{"model": p.name} for p in tasks.values()]}
+    assert main(["merge", str(_write(tmp_path, config)), str(tmp_path / "merged"), "--dry-run"]) == 0
+    largest = max(t.numel() for t in _state(base).values() if t.is_floating_point())
+    assert f"holds about {(4 + 2) * 4 * largest / 2**20:,.1f} MiB" in capsys.readouterr().out and not (tmp_path / "merged").exists()

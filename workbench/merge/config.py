@@ -14,7 +14,8 @@ global ``parameters``, ``dtype`` and ``tokenizer_source``, as mergekit reads the
     dtype: float16
 
 mergekit's methods that the workbench's generalised merge expresses are read with mergekit's parameters and
-defaults (:data:`MERGEKIT_METHODS`); a parameter given per model or globally means the same (a per-model value
+defaults (:data:`MERGEKIT_METHODS`), and so are SLERP, NuSLERP, Model Stock and the Karcher mean, tensor-wise rules here
+(:data:`TENSOR_WISE_METHODS`; a base listed among their models too, as mergekit has it, is the base); a parameter given per model or globally means the same (a per-model value
 wins). ``weight`` may differ between models; ``density`` must be the same for all (the core trims every task to
 one density). ``int8_mask`` (a memory setting of mergekit's) is accepted and changes nothing. ``linear`` takes no ``base_model``
 (mergekit would add it to the average with parameters of its own): list it among the models. DARE's masks are
@@ -36,8 +37,9 @@ import torch
 from workbench.merge.arithmetic import MergeOptions, merge_task_vectors
 from workbench.merge.presets import preset_options
 from workbench.merge.registry import MERGES
+from workbench.merge.tensor_wise import merge_tensor_wise
 
-__all__ = ["MERGEKIT_METHODS", "MergePlan", "read_merge_config", "dry_run", "run_merge_config", "parse_size", "describe_dry_run"]
+__all__ = ["MERGEKIT_METHODS", "TENSOR_WISE_METHODS", "MergePlan", "read_merge_config", "dry_run", "run_merge_config", "parse_size", "describe_dry_run"]
 
 _TOP_LEVEL = {"merge_method", "base_model", "models", "parameters", "dtype", "tokenizer_source"}
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
@@ -50,7 +52,16 @@ MERGEKIT_METHODS = {
     "dare_linear": (_GENERAL, False),
     "dare_ties": (_GENERAL, False),
 }
-"""mergekit's methods read with mergekit's parameters: ``{method: (parameters, normalize by default)}``."""
+"""mergekit's methods of the generalised merge, read with mergekit's parameters: ``{method: (parameters, normalize by default)}``."""
+TENSOR_WISE_METHODS = {
+    # method: (mergekit's parameters -> the rule's options, whether it reads the base)
+    "slerp": ({"t": "t"}, True),
+    "nuslerp": ({"weight": "weights", "nuslerp_flatten": "flatten", "nuslerp_row_wise": "row_wise"}, None),
+    "model_stock": ({"filter_wise": "filter_wise"}, True),
+    "karcher": ({"max_iter": "max_iter", "tol": "tol"}, False),
+}
+"""mergekit's methods that are tensor-wise rules here: ``{method: ({mergekit parameter: rule option}, base read: True,
+False, or None for optional)}``. ``weight`` is per model (NuSLERP's two weights); the others are global."""
 
 
 @dataclass(frozen=True)
@@ -60,10 +71,15 @@ class MergePlan:
     method: str
     base: Path | None
     models: dict[str, Path]
-    options: MergeOptions
+    options: MergeOptions | dict[str, Any]
     dtype: torch.dtype | None
     like: Path
     source: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tensor_wise(self) -> bool:
+        """Whether the merge is a tensor-wise rule (:mod:`workbench.merge.tensor_wise`) rather than the generalised core."""
+        return not isinstance(self.options, MergeOptions)
 
 
 def _fail(path: Path, message: str) -> ValueError:
@@ -86,13 +102,16 @@ def read_merge_config(path: str | os.PathLike) -> MergePlan:
         raise _fail(path, f"unknown keys {unknown}; a configuration has {sorted(_TOP_LEVEL)}")
     method = config.get("merge_method")
     presets = [name for name in MERGES if hasattr(MERGES[name].target(), "options_of")]
-    if method not in MERGEKIT_METHODS and method not in presets:
-        raise _fail(path, f"unknown merge_method {method!r}; mergekit's methods read here: {sorted(MERGEKIT_METHODS)}; "
-                          f"the workbench's: {presets} (the merges that read data run from Python: {[n for n in MERGES if n not in presets]})")
+    if method not in MERGEKIT_METHODS and method not in TENSOR_WISE_METHODS and method not in presets:
+        raise _fail(path, f"unknown merge_method {method!r}; mergekit's methods read here: {sorted(MERGEKIT_METHODS | TENSOR_WISE_METHODS)}; "
+                          f"the workbench's: {presets} (the merges that read data run from Python: "
+                          f"{[n for n in MERGES if n not in presets and n not in TENSOR_WISE_METHODS]})")
     entries = config.get("models")
     if not isinstance(entries, list) or not entries or not all(isinstance(e, Mapping) and "model" in e for e in entries):
         raise _fail(path, "models must be a list of {model: PATH, parameters: {...}}")
     folder = path.parent
+    if method in TENSOR_WISE_METHODS and config.get("base_model") is not None:  # mergekit lists the base among the models too
+        entries = [e for e in entries if str(e["model"]) != str(config["base_model"])]
     models = {}
     for entry in entries:
         model = folder / str(entry["model"])
@@ -101,10 +120,11 @@ def read_merge_config(path: str | os.PathLike) -> MergePlan:
             raise _fail(path, f"two models are named {label!r}")
         models[label] = model
     base = folder / str(config["base_model"]) if config.get("base_model") is not None else None
-    if base is None and method != "linear":
-        raise _fail(path, f"{method} merges task vectors, which need a base_model")
-    if base is not None and method in ("linear", "average"):
-        raise _fail(path, f"{method} averages the listed models and reads no base_model; list the base among the models (with its weight) instead")
+    reads_base = TENSOR_WISE_METHODS[method][1] if method in TENSOR_WISE_METHODS else method not in ("linear", "average")
+    if base is None and reads_base:
+        raise _fail(path, f"{method} reads a base_model; give one")
+    if base is not None and reads_base is False:
+        raise _fail(path, f"{method} merges the listed models and reads no base_model (mergekit would add it to them); list it among the models instead")
     missing = [str(p) for p in [*([base] if base else []), *models.values()] if not p.exists()]
     if missing:
         raise _fail(path, f"no model at {missing}")
@@ -115,8 +135,12 @@ def read_merge_config(path: str | os.PathLike) -> MergePlan:
         raise _fail(path, f"tokenizer_source {config['tokenizer_source']!r} is not supported; the merge keeps the base's tokenizer (tokenizer_source: base)")
     per_model = [dict(entry.get("parameters") or {}) for entry in entries]
     general = dict(config.get("parameters") or {})
-    options = (_mergekit_options(path, method, general, per_model) if method in MERGEKIT_METHODS
-               else _workbench_options(path, method, general, per_model))
+    if method in MERGEKIT_METHODS:
+        options = _mergekit_options(path, method, general, per_model)
+    elif method in TENSOR_WISE_METHODS:
+        options = _tensor_wise_options(path, method, general, per_model)
+    else:
+        options = _workbench_options(path, method, general, per_model)
     like = base if base is not None else next(iter(models.values()))
     return MergePlan(method, base, models, options, _DTYPES.get(dtype), like, dict(config))
 
@@ -151,6 +175,26 @@ def _mergekit_options(path: Path, method: str, general: dict, per_model: list[di
         raise _fail(path, str(error)) from error
 
 
+def _tensor_wise_options(path: Path, method: str, general: dict, per_model: list[dict]) -> dict[str, Any]:
+    """The rule's options from mergekit's parameters, checked as the registry checks them."""
+    names, _ = TENSOR_WISE_METHODS[method]
+    for where, given in [("parameters", general), *((f"models[{k}].parameters", p) for k, p in enumerate(per_model))]:
+        unknown = sorted(set(given) - set(names) - ({"weight"} if "weight" in names else set()))
+        if unknown:
+            raise _fail(path, f"{where}: unknown parameters {unknown} for {method}; it reads {sorted(names)}")
+        listed = sorted(name for name, value in given.items() if isinstance(value, (list, dict)))
+        if listed:
+            raise _fail(path, f"{where}: {listed} vary by layer in mergekit (lists or filters); give one number each")
+    options = {names[name]: value for name, value in general.items() if name != "weight"}
+    if "weight" in names:
+        options["weights"] = [float(p.get("weight", general.get("weight", 1.0))) for p in per_model]
+    try:
+        MERGES.resolve(method, options)
+    except (ValueError, TypeError) as error:
+        raise _fail(path, str(error)) from error
+    return options
+
+
 def _workbench_options(path: Path, method: str, general: dict, per_model: list[dict]) -> MergeOptions:
     given = [p for p in per_model if p]
     if any(set(p) - {"weight"} for p in given):
@@ -168,7 +212,8 @@ def dry_run(plan: MergePlan) -> dict[str, Any]:
     """What the merge will read, write and hold, from the files' headers only (no weight is read).
 
     ``peak_bytes`` is an estimate from the merge's buffers, not a measurement: the largest merged tensor in the work
-    dtype (and once more in the output dtype), plus two buffers of one 2^16-entry chunk per model."""
+    dtype (and once more in the output dtype), plus two buffers of one 2^16-entry chunk per model for the generalised
+    core, or that tensor of every input and twice more for a tensor-wise rule."""
     from workbench.weights.state_dicts import open_task_weights, open_weights, plan as plan_tensors
     from workbench.weights.task_vectors import work_dtype
 
@@ -184,7 +229,11 @@ def dry_run(plan: MergePlan) -> dict[str, Any]:
     peak = 0
     if largest is not None:
         work = work_dtype(largest.dtype)
-        peak = nbytes(largest, work) + (nbytes(largest, plan.dtype) if plan.dtype not in (None, work) else 0) + 2 * len(checkpoints) * 2**16 * work.itemsize
+        output = nbytes(largest, plan.dtype) if plan.dtype not in (None, work) else 0
+        if plan.tensor_wise:  # the tensor of every input in the work dtype, the merged one and about as much of the rule's work
+            peak = (inputs + 2) * nbytes(largest, work) + output
+        else:
+            peak = nbytes(largest, work) + output + 2 * len(checkpoints) * 2**16 * work.itemsize
     return {"method": plan.method, "options": plan.options, "base": str(plan.base) if plan.base else None,
             "models": {label: str(p) for label, p in plan.models.items()}, "tensors": len(plans), "merged_tensors": len(merged),
             "bytes_read": read, "bytes_written": written, "peak_bytes": peak}
@@ -218,7 +267,10 @@ def run_merge_config(plan: MergePlan, out: str | os.PathLike, max_shard_bytes: i
     """Run ``plan`` into the new model folder ``out`` (shards of at most ``max_shard_bytes``, the core's default when ``None``)."""
     if Path(out).exists():
         raise FileExistsError(f"{out} exists; a merge writes a new folder (remove it, or choose another)")
-    shards = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
+    shared = {"out": out, "out_dtype": plan.dtype, "like": plan.like, "progress": progress} | ({} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes})
     base = str(plan.base) if plan.base is not None else None
-    return merge_task_vectors(base, {label: str(p) for label, p in plan.models.items()}, plan.options, out=out, out_dtype=plan.dtype,
-                              like=plan.like, progress=progress, **shards)
+    models = {label: str(p) for label, p in plan.models.items()}
+    if plan.tensor_wise:
+        target = MERGES[plan.method].target()
+        return merge_tensor_wise(base, models, target.rule, plan.options, uses_base=target.uses_base and base is not None, **shared)
+    return merge_task_vectors(base, models, plan.options, **shared)

@@ -31,19 +31,21 @@ def _slerp_rows(t: float, a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
     return torch.where(parallel, (1 - t) * a + t * b, curved)
 
 
-def nuslerp(base: Tensor, tensors: Tensor, weights: Sequence[float] = (1.0, 1.0), row_wise: bool = False, flatten: bool = True) -> Tensor:
-    """θ_0 + slerp_t(τ_1, τ_2) of the base ``(*shape)`` and two models ``tensors`` ``(2, *shape)`` (see the module docstring)."""
+def nuslerp(base: Tensor | None, tensors: Tensor, weights: Sequence[float] = (1.0, 1.0), row_wise: bool = False, flatten: bool = True) -> Tensor:
+    """θ_0 + slerp_t(τ_1, τ_2) of the base ``(*shape)`` and two models ``tensors`` ``(2, *shape)`` (see the module docstring);
+    without a base (``None``), slerp_t(θ_1, θ_2) of the models themselves, as mergekit merges them."""
     weights = [float(w) for w in weights]
     if len(weights) != 2:
         raise ValueError(f"nuslerp weighs its two models: give two weights, got {weights}")
     total = sum(weights)
     t = 0.5 if abs(total) < 1e-6 else weights[1] / total
-    a, b = tensors[0] - base, tensors[1] - base
+    origin = base if base is not None else torch.zeros_like(tensors[0])
+    a, b = tensors[0] - origin, tensors[1] - origin
     if flatten:
-        return base + _slerp_rows(t, a.reshape(-1), b.reshape(-1)).reshape(base.shape)
+        return origin + _slerp_rows(t, a.reshape(-1), b.reshape(-1)).reshape(a.shape)
     if row_wise and a.dim() > 1:
-        return base + _slerp_rows(t, a.transpose(0, -1), b.transpose(0, -1)).transpose(0, -1)
-    return base + _slerp_rows(t, a, b)
+        return origin + _slerp_rows(t, a.transpose(0, -1), b.transpose(0, -1)).transpose(0, -1)
+    return origin + _slerp_rows(t, a, b)
 
 
 nuslerp.models = (2, 2)

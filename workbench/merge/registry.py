@@ -87,9 +87,11 @@ def merge(base: Source, models: Mapping[str, Source], method: str = "task_arithm
 
 
 def applies_to(name: str, tasks: Sequence[Task]) -> bool:
-    """Whether the merge ``name`` can merge models of these tasks (its ``kinds`` trait)."""
-    kinds = MERGES.entry(name).traits.get("kinds")
-    return kinds is None or all(task.kind in kinds for task in tasks)
+    """Whether the merge ``name`` can merge one model of each of these tasks: its ``kinds`` and ``models`` traits."""
+    entry = MERGES.entry(name)
+    kinds = entry.traits.get("kinds")
+    fewest, most = entry.traits.get("models", (1, None))
+    return (kinds is None or all(task.kind in kinds for task in tasks)) and fewest <= len(tasks) and (most is None or len(tasks) <= most)
 
 
 def merge_table():

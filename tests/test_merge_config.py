@@ -95,7 +95,7 @@ def test_a_dry_run_prints_the_plan_and_writes_nothing(folders, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"merge_method": "frankenmerge"}, r"unknown merge_method 'frankenmerge'; mergekit's methods read here: \['dare_linear'"),
+    ({"merge_method": "frankenmerge"}, r"unknown merge_method 'frankenmerge'; mergekit's methods read here: \['breadcrumbs', 'breadcrumbs_ties', 'dare_linear'"),
     ({"parameters": {"densty": 0.5}}, r"parameters: unknown parameters \['densty'\] for ties; it reads \["),
     ({"models": [{"model": "task0", "parameters": {"density": 0.2}}, {"model": "task1", "parameters": {"density": 0.4}}]},
      r"the models' densities differ \(\[0.2, 0.4\]\)"),
@@ -141,6 +141,7 @@ TENSOR_WISE = {
     "nuslerp_without_base": ({}, [{"weight": 3.0}, {"weight": 1.0}], False),
     "model_stock": ({}, [{}, {}, {}], True),
     "karcher": ({"max_iter": 5}, [{}, {}, {}], False),
+    "breadcrumbs_ties": ({"density": 0.5, "gamma": 0.1, "lambda": 0.7}, [{"weight": 1.0}, {"weight": 2.0}, {"weight": 0.5}], True),
 }
 
 

@@ -24,6 +24,8 @@ IDENTITY = {
     "ties": (3, {"density": 1.0}),
     "dare": (3, {"drop": 0.0, "lam": 1 / 3}),
     "dare_ties": (3, {"drop": 0.0, "combine": "mean", "lam": 1.0}),
+    "breadcrumbs": (3, {"density": 1.0, "lam": 1 / 3}),
+    "breadcrumbs_ties": (3, {"density": 1.0, "lam": 1 / 3}),
     "slerp": (1, {"t": 1.0}),
     "nuslerp": (2, {}),
     "model_stock": (3, {}),

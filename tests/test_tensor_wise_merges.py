@@ -1,4 +1,4 @@
-"""SLERP, NuSLERP, Model Stock and the Karcher mean against mergekit's merge of the same tensors, and their definitions' edge cases."""
+"""Breadcrumbs, SLERP, NuSLERP, Model Stock and the Karcher mean against mergekit's merge of the same tensors, and their definitions' edge cases."""
 
 import pytest
 import torch
@@ -17,6 +17,11 @@ CASES = {
     "model_stock": (("model_stock", {}), ("model_stock", {}), 3, True),
     "model_stock_filter_wise": (("model_stock", {"filter_wise": True}), ("model_stock", {"filter_wise": True}), 3, True),
     "karcher": (("karcher", {}), ("karcher", {}), 3, False),
+    "breadcrumbs": (("breadcrumbs", {"density": 0.5, "gamma": 0.1, "lam": 0.8, "weights": [0.5, 1.0, 2.0]}),
+                    ("breadcrumbs", {"density": 0.5, "gamma": 0.1, "lambda": 0.8, "weight": [0.5, 1.0, 2.0]}), 3, True),
+    "breadcrumbs_no_outliers": (("breadcrumbs", {"density": 0.3, "gamma": 0.0}), ("breadcrumbs", {"density": 0.3, "gamma": 0.0, "weight": [1.0, 1.0, 1.0]}), 3, True),
+    "breadcrumbs_ties": (("breadcrumbs_ties", {"density": 0.6, "gamma": 0.05, "weights": [1.0, 0.5, 1.5]}),
+                         ("breadcrumbs_ties", {"density": 0.6, "gamma": 0.05, "weight": [1.0, 0.5, 1.5]}), 3, True),
 }
 
 

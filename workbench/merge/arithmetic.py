@@ -51,7 +51,7 @@ from workbench.weights.model_folder import DEFAULT_SHARD_BYTES
 from workbench.weights.task_vectors import magnitude_thresholds, task_vector_chunks, work_dtype
 from workbench.progress import progress as progress_bar
 
-__all__ = ["MergeOptions", "merge_task_vectors", "merge_tensor"]
+__all__ = ["MergeOptions", "merge_task_vectors", "merge_tensor", "combine_task_vectors"]
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def _l1_scales(base: Weights | None, tasks: Sequence[Weights], name: str, option
     return scale.view(-1, 1)
 
 
-def _combine(tau: Tensor, weights: Tensor, options: MergeOptions, thresholds: Tensor | None, scratch: Tensor) -> Tensor:
+def combine_task_vectors(tau: Tensor, weights: Tensor, options: MergeOptions, thresholds: Tensor | None, scratch: Tensor) -> Tensor:
     """The merged task vector of one chunk: ``tau`` (T, c), DARE-dropped already, is trimmed and weighted in place; returns shape (c,).
 
     ``weights``: w_t, shape (T, 1); ``thresholds``: trimming thresholds, shape (T, 1), or None;
@@ -182,7 +182,7 @@ def _merge_key(
             scratch = torch.empty_like(tau)
         if options.drop > 0:
             tau.mul_(_keep_masks(generators, options.drop, scratch)).mul_(rescale)
-        merged = _combine(tau, weights, options, thresholds, scratch).mul_(options.lam)
+        merged = combine_task_vectors(tau, weights, options, thresholds, scratch).mul_(options.lam)
         merged = merged.add_(theta0) if theta0 is not None else merged
         if not bool(torch.isfinite(merged).all()):
             raise _non_finite(name, ([base] if base is not None else []) + list(tasks), start, stop)

@@ -14,7 +14,7 @@ global ``parameters``, ``dtype`` and ``tokenizer_source``, as mergekit reads the
     dtype: float16
 
 mergekit's methods that the workbench's generalised merge expresses are read with mergekit's parameters and
-defaults (:data:`MERGEKIT_METHODS`), and so are SLERP, NuSLERP, Model Stock and the Karcher mean, tensor-wise rules here
+defaults (:data:`MERGEKIT_METHODS`), and so are Breadcrumbs (and its TIES form), SLERP, NuSLERP, Model Stock and the Karcher mean, tensor-wise rules here
 (:data:`TENSOR_WISE_METHODS`; a base listed among their models too, as mergekit has it, is the base); a parameter given per model or globally means the same (a per-model value
 wins). ``weight`` may differ between models; ``density`` must be the same for all (the core trims every task to
 one density). ``int8_mask`` (a memory setting of mergekit's) is accepted and changes nothing. ``linear`` takes no ``base_model``
@@ -59,6 +59,8 @@ TENSOR_WISE_METHODS = {
     "nuslerp": ({"weight": "weights", "nuslerp_flatten": "flatten", "nuslerp_row_wise": "row_wise"}, None),
     "model_stock": ({"filter_wise": "filter_wise"}, True),
     "karcher": ({"max_iter": "max_iter", "tol": "tol"}, False),
+    "breadcrumbs": ({"weight": "weights", "density": "density", "gamma": "gamma", "lambda": "lam"}, True),
+    "breadcrumbs_ties": ({"weight": "weights", "density": "density", "gamma": "gamma", "lambda": "lam"}, True),
 }
 """mergekit's methods that are tensor-wise rules here: ``{method: ({mergekit parameter: rule option}, base read: True,
 False, or None for optional)}``. ``weight`` is per model (NuSLERP's two weights); the others are global."""
@@ -179,9 +181,11 @@ def _tensor_wise_options(path: Path, method: str, general: dict, per_model: list
     """The rule's options from mergekit's parameters, checked as the registry checks them."""
     names, _ = TENSOR_WISE_METHODS[method]
     for where, given in [("parameters", general), *((f"models[{k}].parameters", p) for k, p in enumerate(per_model))]:
-        unknown = sorted(set(given) - set(names) - ({"weight"} if "weight" in names else set()))
+        unknown = sorted(set(given) - set(names))
         if unknown:
             raise _fail(path, f"{where}: unknown parameters {unknown} for {method}; it reads {sorted(names)}")
+        if where != "parameters" and set(given) - {"weight"}:
+            raise _fail(path, f"{where}: {sorted(set(given) - {'weight'})} are one value for every model here; give them in the global parameters")
         listed = sorted(name for name, value in given.items() if isinstance(value, (list, dict)))
         if listed:
             raise _fail(path, f"{where}: {listed} vary by layer in mergekit (lists or filters); give one number each")

@@ -12,8 +12,8 @@ after the base, the task models and the data), its paper, and these traits:
 - ``models``: ``(fewest, most)`` task models it merges (``most`` ``None``: any number; by default ``(1, None)``):
   SLERP one beside the base, NuSLERP two.
 
-Families: **data-free** (weight averaging, task arithmetic, TIES, DARE, DARE-TIES; SLERP, NuSLERP, Model Stock and the
-Karcher mean, tensor-wise rules of :mod:`workbench.merge.tensor_wise`), **localised**
+Families: **data-free** (weight averaging, task arithmetic, TIES, DARE, DARE-TIES; Breadcrumbs (and its TIES form), SLERP, NuSLERP,
+Model Stock and the Karcher mean, tensor-wise rules of :mod:`workbench.merge.tensor_wise`), **localised**
 (TALL masks: per-task retrieval and Consensus) and **data-dependent** (Fisher, RegMean, AdaMerging).
 """
 
@@ -50,6 +50,10 @@ MERGES: Registry[Entry] = Registry("merge", [
            "Yu et al. 2024, Language models are super Mario: absorbing abilities from homologous models as a free lunch", order_free=False),
     _entry("dare_ties", "data-free", "drop and rescale, then sign election and the disjoint sum", "presets.dare_ties",
            "Yu et al. 2024 (DARE) with Yadav et al. 2023 (TIES), as FusionBench runs them", order_free=False),
+    _entry("breadcrumbs", "data-free", "each task vector without its largest and smallest entries, then summed", "breadcrumbs.breadcrumbs_merge",
+           "Davari & Belilovsky 2024, Model breadcrumbs: scaling multi-task model merging with sparse masks"),
+    _entry("breadcrumbs_ties", "data-free", "breadcrumbs' masks, then TIES' sign election", "breadcrumbs.breadcrumbs_ties_merge",
+           "Davari & Belilovsky 2024 (Breadcrumbs) with Yadav et al. 2023 (TIES), as mergekit merges them"),
     _entry("slerp", "data-free", "the base and one model interpolated along the great circle", "slerp.slerp_merge",
            "Shoemake 1985, Animating rotation with quaternion curves (as mergekit merges two models)", models=(1, 1)),
     _entry("nuslerp", "data-free", "two models' task vectors interpolated along the great circle, by their weights", "nuslerp.nuslerp_merge",

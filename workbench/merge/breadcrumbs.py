@@ -1,0 +1,70 @@
+"""Model Breadcrumbs (Davari & Belilovsky 2024, as mergekit 0.1.5 merges it): each task vector loses its largest
+entries as outliers and its smallest as noise, then task arithmetic, or TIES' sign election (``breadcrumbs_ties``).
+
+Per tensor of ``n`` entries and task vector τ_m = θ_m − θ_0: with ``k = ⌊density · n⌋`` and ``top = ⌊γ n⌋``, the entries
+are sorted by magnitude (ascending) and those at places ``b … b + k − 1`` kept, ``b = max(0, n − k − top)``: the
+``top`` largest are dropped as outliers unless that would leave fewer than ``k``, the rest of the smallest as noise;
+the others become 0 (no rescaling). Then, with weights ``w_m``, the generalised core's step
+(:func:`~workbench.merge.arithmetic.combine_task_vectors`): the sum ``Σ_m w_m τ̂_m`` (``breadcrumbs``), or the sum of
+the entries whose sign is that of ``Σ_m w_m τ̂_m`` (``breadcrumbs_ties``), neither normalised as mergekit's defaults
+have it; θ = θ_0 + λ · merged. ``density = 1`` keeps every entry. (mergekit's older code kept nothing where
+``⌊γ n⌋ = 0``; 0.1.5, the oracle, keeps the top ``k`` there.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from workbench.merge.arithmetic import MergeOptions, combine_task_vectors
+from workbench.merge.tensor_wise import as_tensor_merge
+
+__all__ = ["breadcrumbs", "breadcrumbs_ties", "breadcrumbs_merge", "breadcrumbs_ties_merge", "breadcrumbs_mask"]
+
+
+def breadcrumbs_mask(tau: Tensor, density: float, gamma: float) -> Tensor:
+    """1 where a task vector ``tau`` (any shape) keeps its entry, 0 elsewhere (see the module docstring); ``tau``'s shape."""
+    if density >= 1:
+        return torch.ones_like(tau)
+    n = tau.numel()
+    keep, top = int(density * n), int(gamma * n)
+    bottom = max(0, n - keep - top)
+    order = torch.sort(tau.abs().reshape(-1), stable=True).indices
+    mask = torch.zeros(n, dtype=tau.dtype)
+    mask[order[bottom:bottom + keep]] = 1
+    return mask.reshape(tau.shape)
+
+
+def _check(density: float, gamma: float) -> None:
+    if not 0 < density <= 1:
+        raise ValueError(f"density must be in (0, 1], got {density!r}")
+    if not 0 <= gamma < 1:
+        raise ValueError(f"gamma must be in [0, 1), got {gamma!r}")
+
+
+def _merge(base: Tensor, tensors: Tensor, density: float, gamma: float, lam: float, weights: Sequence[float] | None, elect_sign: bool) -> Tensor:
+    _check(density, gamma)
+    count = tensors.shape[0]
+    tau = (tensors - base).reshape(count, -1)
+    tau = torch.stack([row * breadcrumbs_mask(row, density, gamma) for row in tau])
+    w = torch.ones(count, 1, dtype=tau.dtype) if weights is None else torch.as_tensor(weights, dtype=tau.dtype).reshape(-1, 1)
+    if w.shape[0] != count:
+        raise ValueError(f"{w.shape[0]} weights for {count} models")
+    merged = combine_task_vectors(tau, w, MergeOptions(elect_sign=elect_sign, combine="sum"), None, torch.empty_like(tau))
+    return base + lam * merged.reshape(base.shape)
+
+
+def breadcrumbs(base: Tensor, tensors: Tensor, density: float = 0.9, gamma: float = 0.01, lam: float = 1.0, weights: Sequence[float] | None = None) -> Tensor:
+    """Breadcrumbs of the base ``(*shape)`` and the models ``tensors`` ``(T, *shape)``, summed (see the module docstring)."""
+    return _merge(base, tensors, density, gamma, lam, weights, elect_sign=False)
+
+
+def breadcrumbs_ties(base: Tensor, tensors: Tensor, density: float = 0.9, gamma: float = 0.01, lam: float = 1.0, weights: Sequence[float] | None = None) -> Tensor:
+    """Breadcrumbs with TIES' sign election, the agreeing entries summed (see the module docstring)."""
+    return _merge(base, tensors, density, gamma, lam, weights, elect_sign=True)
+
+
+breadcrumbs_merge = as_tensor_merge(breadcrumbs)
+breadcrumbs_ties_merge = as_tensor_merge(breadcrumbs_ties)

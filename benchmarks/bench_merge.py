@@ -11,12 +11,13 @@ Two checkpoint sets, each a base and T = 8 fine-tuned copies (τ = 0.01 · N(0, 
   the process may write ``/proc/sys/vm/drop_caches`` the page cache is dropped before every large-set
   measurement, so that every reader starts from the disk.
 
-Methods: task arithmetic (λ = 0.3), TIES trimmed per tensor (density 0.2, disjoint mean; mergekit's
-``ties``) and DARE (drop 0.5; mergekit's ``dare_linear`` at density 0.5). Before timing, task
-arithmetic and TIES on the MiniLM set are checked against mergekit: the table's ``differing`` column
-counts the entries that differ by more than 1e-5 (TIES: where magnitudes tie at the k-th place, the
-workbench keeps all of them and mergekit an arbitrary subset); DARE's random masks differ between the
-libraries, so it is timed only.
+Methods (:data:`METHODS`): task arithmetic (λ = 0.3), TIES trimmed per tensor (density 0.2, disjoint mean; mergekit's
+``ties``) and DARE (drop 0.5; mergekit's ``dare_linear`` at density 0.5), streamed by the generalised core; Breadcrumbs
+and its TIES form (density 0.9, γ = 0.01), SLERP (one model, t = 0.4), NuSLERP (two), Model Stock and the Karcher mean,
+tensor-wise rules. Before timing, every method but DARE is checked against mergekit on the MiniLM set: the table's
+``differing`` column counts the entries that differ by more than 1e-5 (TIES: where magnitudes tie at the k-th place, the
+workbench keeps all of them and mergekit an arbitrary subset); DARE's random masks differ between the libraries, so it
+is timed only. The copy reads the bytes of as many task models as the method merges.
 
 Every measurement runs in a fresh process, which reports its seconds and its peak resident memory
 (``VmHWM``, file pages that a memory map brought in included) and its resident memory just before the
@@ -24,7 +25,7 @@ merge. MiniLM rows are medians over rounds in which the three take turns; large 
 (mergekit's TIES on the large set would take about 10 minutes and runs only with ``--large-mergekit-ties``).
 Throughput = bytes of the T task checkpoints / seconds. Ratio = mergekit seconds / workbench seconds.
 
-Run: ``python benchmarks/bench_merge.py [--quick] [--sets minilm large]``.
+Run: ``python benchmarks/bench_merge.py [--quick] [--sets minilm large] [--methods ...]``.
 """
 
 from __future__ import annotations
@@ -46,11 +47,38 @@ import torch
 N_TASKS = 8
 LARGE_SHAPE, LARGE_TENSORS = (4096, 8192), 16
 METHODS = {
-    # name: (the workbench's registered preset and its options, mergekit method, mergekit parameters)
-    "task_arithmetic": (("task_arithmetic", {}), "task_arithmetic", {"weight": 1.0, "lambda": 0.3}),
-    "ties": (("ties", {"trim": "tensor"}), "ties", {"weight": 1.0, "density": 0.2}),
-    "dare": (("dare", {"lam": 1.0}), "dare_linear", {"weight": 1.0, "density": 0.5}),
+    # name: (the workbench's registered merge and its options, mergekit method, mergekit parameters, task models merged)
+    "task_arithmetic": (("task_arithmetic", {}), "task_arithmetic", {"weight": 1.0, "lambda": 0.3}, N_TASKS),
+    "ties": (("ties", {"trim": "tensor"}), "ties", {"weight": 1.0, "density": 0.2}, N_TASKS),
+    "dare": (("dare", {"lam": 1.0}), "dare_linear", {"weight": 1.0, "density": 0.5}, N_TASKS),
+    "breadcrumbs": (("breadcrumbs", {"density": 0.9, "gamma": 0.01}), "breadcrumbs", {"weight": 1.0, "density": 0.9, "gamma": 0.01}, N_TASKS),
+    "breadcrumbs_ties": (("breadcrumbs_ties", {"density": 0.9, "gamma": 0.01}), "breadcrumbs_ties", {"weight": 1.0, "density": 0.9, "gamma": 0.01}, N_TASKS),
+    "slerp": (("slerp", {"t": 0.4}), "slerp", {"t": 0.4}, 1),
+    "nuslerp": (("nuslerp", {}), "nuslerp", {"weight": 1.0}, 2),
+    "model_stock": (("model_stock", {}), "model_stock", {}, N_TASKS),
+    "karcher": (("karcher", {}), "karcher", {}, N_TASKS),
 }
+ORACLE_CHECKED = [m for m in METHODS if m != "dare"]  # DARE's random masks differ between the libraries
+
+
+def workbench_merge(name: str, changes: dict, base, tasks, **kwargs):
+    """The registered merge ``name`` streamed by the generalised core (a preset) or the tensor-wise merge (a rule)."""
+    from workbench.merge import MERGES, merge_task_vectors, preset_options
+    from workbench.merge.tensor_wise import merge_tensor_wise
+
+    target = MERGES[name].target()
+    if hasattr(target, "options_of"):
+        return merge_task_vectors(base, tasks, preset_options(name, **changes), progress=False, **kwargs)
+    return merge_tensor_wise(base, tasks, target.rule, changes, uses_base=target.uses_base, progress=False, **kwargs)
+
+
+def mergekit_merge(method: str, parameters: dict, base, tasks: dict):
+    """mergekit's ``merge_state_dicts`` of ``method``: the Karcher mean over the task models alone, the others around the base."""
+    from mergekit.merge_methods.api import merge_state_dicts
+
+    if method == "karcher":
+        return merge_state_dicts(list(tasks.values()), method, parameters=parameters)
+    return merge_state_dicts({"base": base, **tasks}, method, base="base", parameters=parameters)
 
 
 # ---- the checkpoint sets ----
@@ -58,7 +86,7 @@ METHODS = {
 def minilm_set() -> tuple[dict, dict]:
     """The MiniLM base state dict and N_TASKS fine-tuned copies, in memory."""
     from workbench.models import minilm_path
-    from workbench.merge import open_weights
+    from workbench.weights import open_weights
 
     checkpoint = open_weights(minilm_path() / "model.safetensors")
     base = {key: checkpoint[key].float() for key in checkpoint.keys() if checkpoint.spec(key)[1].is_floating_point}
@@ -69,7 +97,7 @@ def minilm_set() -> tuple[dict, dict]:
 
 def large_set(folder: Path) -> tuple[Path, list[Path]]:
     """The base and N_TASKS task files of the large set in ``folder``, made when missing (about 20 GB)."""
-    from workbench.merge import TensorPlan, write_safetensors
+    from workbench.weights import TensorPlan, write_safetensors
 
     folder.mkdir(parents=True, exist_ok=True)
     names = [f"layer{i}.weight" for i in range(LARGE_TENSORS)]
@@ -117,14 +145,10 @@ def resident_bytes(field: str) -> int:
 
 def measure(spec: dict) -> dict:
     """Build the set, run one merge (or copy) and report seconds and memory."""
-    from mergekit.merge_methods.api import merge_state_dicts
-
-    from workbench.merge import merge_task_vectors, preset_options
-
-    (name, changes), mk_method, mk_parameters = METHODS[spec["method"]]
-    options = preset_options(name, **changes)
+    (name, changes), mk_method, mk_parameters, n_models = METHODS[spec["method"]]
     if spec["set"] == "minilm":
         base, tasks = minilm_set()
+        tasks = dict(list(tasks.items())[:n_models])
         destination = torch.zeros(sum(v.numel() for sd in tasks.values() for v in sd.values()))
 
         def copy_all():
@@ -134,12 +158,13 @@ def measure(spec: dict) -> dict:
                 start += v.numel()
 
         calls = {
-            "workbench": lambda: merge_task_vectors(base, tasks, options, progress=False),
-            "mergekit": lambda: merge_state_dicts({"base": base, **tasks}, mk_method, base="base", parameters=mk_parameters),
+            "workbench": lambda: workbench_merge(name, changes, base, tasks),
+            "mergekit": lambda: mergekit_merge(mk_method, mk_parameters, base, tasks),
             "copy": copy_all,
         }
     else:
         base_path, task_paths = large_set(Path(spec["large_dir"]))
+        task_paths = task_paths[:n_models]
         out = Path(spec["large_dir"]) / "merged.safetensors"
 
         def read_all():
@@ -150,11 +175,8 @@ def measure(spec: dict) -> dict:
                         pass
 
         calls = {
-            "workbench": lambda: merge_task_vectors(base_path, {p.stem: p for p in task_paths}, options, out=out, progress=False),
-            "mergekit": lambda: merge_state_dicts(
-                {"base": mapped_state_dict(base_path), **{p.stem: mapped_state_dict(p) for p in task_paths}},
-                mk_method, base="base", parameters=mk_parameters,
-            ),
+            "workbench": lambda: workbench_merge(name, changes, base_path, {p.stem: p for p in task_paths}, out=out),
+            "mergekit": lambda: mergekit_merge(mk_method, mk_parameters, mapped_state_dict(base_path), {p.stem: mapped_state_dict(p) for p in task_paths}),
             "copy": read_all,
         }
     before = resident_bytes("VmRSS")
@@ -166,14 +188,13 @@ def measure(spec: dict) -> dict:
 
 def mergekit_differences(method: str) -> int:
     """Entries of the MiniLM set's merge where the workbench and mergekit differ by more than 1e-5."""
-    from mergekit.merge_methods.api import merge_state_dicts
-
     from workbench.merge import make_merge
 
-    (name, changes), mk_method, mk_parameters = METHODS[method]
+    (name, changes), mk_method, mk_parameters, n_models = METHODS[method]
     base, tasks = minilm_set()
+    tasks = dict(list(tasks.items())[:n_models])
     ours = make_merge(name, **changes)(base, tasks).weights
-    theirs = merge_state_dicts({"base": base, **tasks}, mk_method, base="base", parameters=mk_parameters)
+    theirs = mergekit_merge(mk_method, mk_parameters, base, tasks)
     return sum(int(((ours[k] - theirs[k]).abs() > 1e-5).sum()) for k in ours)
 
 
@@ -202,37 +223,39 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=["minilm", "large"], choices=["minilm", "large"])
     parser.add_argument("--large-dir", default=str(Path(tempfile.gettempdir()) / "workbench-bench-merge"))
     parser.add_argument("--large-mergekit-ties", action="store_true", help="also time mergekit's TIES on the large set (about 10 minutes)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(json.loads(args.measure))))
         return
-    sets = ["minilm"] if args.quick else args.sets
+    sets, methods = (["minilm"] if args.quick else args.sets), args.methods
     rounds = 1 if args.quick else 3
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; T = {N_TASKS}")
     rows = []
     for set_name in sets:
         if set_name == "minilm":
             base, tasks = minilm_set()
-            task_bytes = N_TASKS * sum(v.numel() * v.element_size() for v in base.values())
+            model_bytes = sum(v.numel() * v.element_size() for v in base.values())
             del base, tasks
-            differing = {m: mergekit_differences(m) for m in ("task_arithmetic", "ties")}
+            differing = {m: mergekit_differences(m) for m in ORACLE_CHECKED if m in methods}
             cold = False
         else:
             base_path, task_paths = large_set(Path(args.large_dir))
-            task_bytes = sum(p.stat().st_size for p in task_paths)
+            model_bytes = task_paths[0].stat().st_size
             differing, cold = {}, drop_page_cache()
-        print(f"\n{set_name}: {N_TASKS} task checkpoints, {task_bytes / 1e9:.2f} GB" + (" (page cache dropped before each run)" if cold else ""), flush=True)
+        print(f"\n{set_name}: up to {N_TASKS} task checkpoints of {model_bytes / 1e9:.2f} GB" + (" (page cache dropped before each run)" if cold else ""), flush=True)
         header = f"{'method':16} {'who':10} {'seconds':>8} {'GB/s':>6} {'mergekit/this':>13} {'peak RSS GB':>11} {'extra GB':>9} {'peak % of tasks':>15} {'differing':>9}"
         print(header)
         print("-" * len(header))
-        for method in METHODS:
+        for method in methods:
+            task_bytes = METHODS[method][3] * model_bytes
             results = {}
             for who in ("workbench", "mergekit", "copy"):
                 if set_name == "large" and who == "mergekit" and method == "ties" and not args.large_mergekit_ties:
                     continue
-                if who == "copy" and method != "task_arithmetic":
-                    continue  # the same bytes for every method
+                if who == "copy" and method not in ("task_arithmetic", "slerp", "nuslerp"):
+                    continue  # the same bytes for every method of as many models
                 spec = {"set": set_name, "method": method, "who": who, "large_dir": args.large_dir}
                 runs = []
                 for _ in range(rounds if set_name == "minilm" else 1):

@@ -25,16 +25,21 @@ __all__ = ["breadcrumbs", "breadcrumbs_ties", "breadcrumbs_merge", "breadcrumbs_
 
 
 def breadcrumbs_mask(tau: Tensor, density: float, gamma: float) -> Tensor:
-    """1 where a task vector ``tau`` (any shape) keeps its entry, 0 elsewhere (see the module docstring); ``tau``'s shape."""
+    """1 where a task vector ``tau`` (any shape) keeps its entry, 0 elsewhere (see the module docstring); ``tau``'s shape.
+
+    The kept places of the ascending order are those whose magnitude lies between the ``(b + 1)``-th and the
+    ``(b + k)``-th smallest, found by two selections (no sort); magnitudes tied at either end are kept together."""
     if density >= 1:
         return torch.ones_like(tau)
     n = tau.numel()
     keep, top = int(density * n), int(gamma * n)
+    if keep == 0:
+        return torch.zeros_like(tau)
     bottom = max(0, n - keep - top)
-    order = torch.sort(tau.abs().reshape(-1), stable=True).indices
-    mask = torch.zeros(n, dtype=tau.dtype)
-    mask[order[bottom:bottom + keep]] = 1
-    return mask.reshape(tau.shape)
+    magnitude = tau.abs().reshape(-1)
+    low = magnitude.kthvalue(bottom + 1).values
+    high = magnitude.kthvalue(bottom + keep).values
+    return ((magnitude >= low) & (magnitude <= high)).to(tau.dtype).reshape(tau.shape)
 
 
 def _check(density: float, gamma: float) -> None:
@@ -47,8 +52,9 @@ def _check(density: float, gamma: float) -> None:
 def _merge(base: Tensor, tensors: Tensor, density: float, gamma: float, lam: float, weights: Sequence[float] | None, elect_sign: bool) -> Tensor:
     _check(density, gamma)
     count = tensors.shape[0]
-    tau = (tensors - base).reshape(count, -1)
-    tau = torch.stack([row * breadcrumbs_mask(row, density, gamma) for row in tau])
+    tau = tensors.sub_(base).reshape(count, -1)  # the stacked inputs are the rule's to change
+    for row in tau:
+        row.mul_(breadcrumbs_mask(row, density, gamma))
     w = torch.ones(count, 1, dtype=tau.dtype) if weights is None else torch.as_tensor(weights, dtype=tau.dtype).reshape(-1, 1)
     if w.shape[0] != count:
         raise ValueError(f"{w.shape[0]} weights for {count} models")

@@ -23,16 +23,25 @@ __all__ = ["slerp", "slerp_merge", "spherical_interpolation"]
 DOT_THRESHOLD = 0.9995
 
 
+CHUNK = 1 << 20
+
+
+def _dot64(a: Tensor, b: Tensor) -> float:
+    """``⟨a, b⟩`` of two flat tensors, accumulated in float64 a chunk at a time (float32 over millions of entries
+    loses the digits that ``acos`` near 1 amplifies)."""
+    return sum(float(torch.dot(a[i:i + CHUNK].double(), b[i:i + CHUNK].double())) for i in range(0, a.numel(), CHUNK))
+
+
 def spherical_interpolation(v0: Tensor, v1: Tensor, t: float, threshold: float = DOT_THRESHOLD, eps: float = 1e-8) -> Tensor:
     """``v0`` and ``v1`` (the same shape) interpolated at ``t`` along the great circle through their directions (see the
-    module docstring), linearly where ``|cos Ω| > threshold``."""
+    module docstring), linearly where ``|cos Ω| > threshold``; the norms and the angle in float64."""
     a, b = v0.reshape(-1), v1.reshape(-1)
-    norm_a, norm_b = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
-    dot = torch.dot(a / (norm_a if norm_a > eps else 1), b / (norm_b if norm_b > eps else 1)).clamp(-1, 1)
-    if dot.abs() > threshold:
+    norm_a, norm_b = math.sqrt(_dot64(a, a)), math.sqrt(_dot64(b, b))
+    dot = min(max(_dot64(a, b) / ((norm_a if norm_a > eps else 1.0) * (norm_b if norm_b > eps else 1.0)), -1.0), 1.0)
+    if abs(dot) > threshold:
         return (1 - t) * v0 + t * v1
-    omega = torch.acos(dot)
-    return (torch.sin((1 - t) * omega) * v0 + torch.sin(t * omega) * v1) / torch.sin(omega)
+    omega = math.acos(dot)
+    return (math.sin((1 - t) * omega) * v0 + math.sin(t * omega) * v1) / math.sin(omega)
 
 
 def slerp(base: Tensor, tensors: Tensor, t: float = 0.5) -> Tensor:

@@ -2,7 +2,7 @@
 
 A rule is ``rule(base, tensors, **options) -> merged``: ``base`` the base's tensor (``None`` for a rule that reads no
 base) and ``tensors`` the models' ``(T, *shape)``, both in the work dtype (float32; float64 stays), ``merged``
-``(*shape)``. Its ``models`` attribute, ``(fewest, most)`` (``most`` ``None``: any number), says how many models it
+``(*shape)``; ``tensors`` is a new tensor the rule may change in place. Its ``models`` attribute, ``(fewest, most)`` (``most`` ``None``: any number), says how many models it
 merges. :func:`merge_tensor_wise` streams a rule over files, folders, state dicts or modules, one tensor at a time
 (holding that tensor of every input, the merged one and the rule's work on it), and returns or writes the result as
 :func:`~workbench.merge.streaming.emit` does; :func:`as_tensor_merge` makes a rule a registered merge. Non-floating

@@ -87,7 +87,7 @@ def test_the_explorer_merges_live_and_falls_back_to_the_precomputed_curves_in_a_
     cache, _ = built
     merges = load_merge_set(RECIPE, cache=str(cache), progress=False)
     curves = lambda_curves(merges, [0.3, 1.0])
-    assert list(curves.method.values) == swept_merges() == ["task_arithmetic", "ties", "dare", "dare_ties"]
+    assert list(curves.method.values) == swept_merges() == ["task_arithmetic", "ties", "dare", "dare_ties", "breadcrumbs", "breadcrumbs_ties"]
     one = swept_scores(merges, "ties", [1.0]).isel(model=0)
     np.testing.assert_allclose(one.values, curves.normalised.sel({"method": "ties", "lam": 1.0}).values)
     with pytest.raises(ValueError, match="unknown swept method 'fisher'"):
@@ -108,5 +108,5 @@ def test_the_explorer_merges_live_and_falls_back_to_the_precomputed_curves_in_a_
     assert asked == [("task_arithmetic", 0.3), ("task_arithmetic", 0.8), ("dare", 0.8)]
     monkeypatch.setenv("WORKBENCH_BATCH", "1")
     figure = viz.merge_explorer(score, curves, "digits")
-    assert len(figure.data) == 4 * 2 and [b.label for b in figure.layout.updatemenus[0].buttons] == swept_merges()
+    assert len(figure.data) == len(swept_merges()) * 2 and [b.label for b in figure.layout.updatemenus[0].buttons] == swept_merges()
     assert len(asked) == 3  # nothing merged in a batch run

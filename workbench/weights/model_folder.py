@@ -7,7 +7,8 @@ A model folder holds ``config.json`` and its weights as one of:
 - only pickles (``pytorch_model.bin``, or shards listed by ``pytorch_model.bin.index.json``), loaded with
   ``torch.load(weights_only=True)`` and refused when they need full unpickling.
 
-:func:`open_model_folder` checks the index against the shards before anything is read: a shard it names that is
+:func:`open_model_folder` (defined with the other readers in :mod:`workbench.weights.state_dicts`, which opens a folder
+wherever it opens a file) checks the index against the shards before anything is read: a shard it names that is
 missing, a tensor it places in a shard that lacks it, a shard holding tensors it does not list; each error names
 the shard and the tensors. The folder's tensors are then one :class:`~workbench.weights.state_dicts.Weights`,
 each read from its own shard with positioned reads (never a whole model in memory). A sentence-transformers
@@ -39,15 +40,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from workbench.weights.state_dicts import SafetensorsWeights, TensorPlan, Weights, _from_pickle, write_safetensors
+from workbench.weights.state_dicts import (
+    PICKLE_INDEX, SAFETENSORS_FILE, SAFETENSORS_INDEX, ModelFolderWeights, TensorPlan, is_model_folder, open_model_folder, write_safetensors,
+)
 
 __all__ = [
     "CONFIG_FILE", "ModelFolderWeights", "is_model_folder", "open_model_folder", "check_model_folders", "write_model_folder", "shard_plans",
 ]
 
 CONFIG_FILE = "config.json"
-SAFETENSORS_FILE, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
-PICKLE_FILE, PICKLE_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
 WEIGHT_INDEXES = (SAFETENSORS_INDEX, PICKLE_INDEX)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model",
@@ -56,75 +57,6 @@ CONFIG_FIELDS_IGNORED = frozenset({"_name_or_path", "transformers_version", "tor
                                    "problem_type", "gradient_checkpointing", "use_cache"})
 """``config.json`` fields that name, label or tune a model without changing its tensors."""
 DEFAULT_SHARD_BYTES = 5 * 2**30
-
-
-class ModelFolderWeights(Weights):
-    """The tensors of a model folder, each read from the shard that holds it (see the module docstring)."""
-
-    def __init__(self, folder: Path, shards: Mapping[str, Weights]):
-        self.folder = folder
-        self._where = {key: weights for weights in shards.values() for key in weights.keys()}
-        super().__init__(str(folder), {key: weights.spec(key) for key, weights in self._where.items()})
-        self.shards = {name: weights for name, weights in shards.items()}
-        self.in_memory = all(weights.in_memory for weights in shards.values())
-
-    def __getitem__(self, key: str) -> Tensor:
-        return self._where[key][key]
-
-    def read(self, key: str, start: int, stop: int, out: Tensor | None = None) -> Tensor:
-        return self._where[key].read(key, start, stop, out)
-
-    def gather(self, key: str, index: Tensor) -> Tensor:
-        return self._where[key].gather(key, index)
-
-
-def is_model_folder(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a folder holding model weights in one of the layouts of the module docstring."""
-    path = Path(path)
-    return path.is_dir() and any((path / name).is_file() for name in (SAFETENSORS_FILE, SAFETENSORS_INDEX, PICKLE_FILE, PICKLE_INDEX))
-
-
-def open_model_folder(folder: str | os.PathLike) -> ModelFolderWeights:
-    """The weights of a model folder, the index checked against its shards first (see the module docstring)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no model folder at {folder}")
-    for index_name, single, opener in ((SAFETENSORS_INDEX, SAFETENSORS_FILE, SafetensorsWeights), (PICKLE_INDEX, PICKLE_FILE, _from_pickle)):
-        if (folder / index_name).is_file():
-            return ModelFolderWeights(folder, _indexed_shards(folder, index_name, opener))
-        if (folder / single).is_file():
-            return ModelFolderWeights(folder, {single: opener(folder / single)})
-    present = sorted(p.name for p in folder.iterdir())
-    raise ValueError(f"{folder} holds no model weights ({SAFETENSORS_FILE}, {SAFETENSORS_INDEX}, {PICKLE_FILE} or {PICKLE_INDEX}); "
-                     f"it holds {present[:12]}")
-
-
-def _indexed_shards(folder: Path, index_name: str, opener) -> dict[str, Weights]:
-    """``{shard file: its weights}`` of the index ``index_name``, every shard checked against what the index says it holds."""
-    try:
-        weight_map = json.loads((folder / index_name).read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{folder / index_name} is not a weights index (a JSON object with a 'weight_map'): {error}") from error
-    if not isinstance(weight_map, Mapping) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise ValueError(f"{folder / index_name}: 'weight_map' must map tensor names to shard files")
-    listed: dict[str, list[str]] = {}
-    for key, shard in weight_map.items():
-        listed.setdefault(shard, []).append(key)
-    unsafe = [shard for shard in listed if Path(shard).name != shard or shard in ("", ".", "..")]
-    if unsafe:
-        raise ValueError(f"{folder / index_name} names shards outside the folder: {unsafe}")
-    missing = {shard: len(keys) for shard, keys in listed.items() if not (folder / shard).is_file()}
-    if missing:
-        raise ValueError(f"{folder / index_name} names shards that are missing from the folder: {missing} (shard: tensors it should hold)")
-    shards = {}
-    for shard, keys in listed.items():
-        weights = opener(folder / shard)
-        lacking, unlisted = sorted(set(keys) - set(weights.keys())), sorted(set(weights.keys()) - set(keys))
-        if lacking or unlisted:
-            raise ValueError(f"{folder / shard} disagrees with {index_name}: it lacks {lacking[:5]} that the index places there"
-                             f"{f' and holds {unlisted[:5]} that the index does not place there' if unlisted else ''}")
-        shards[shard] = weights
-    return shards
 
 
 def _config(folder: Path) -> dict:

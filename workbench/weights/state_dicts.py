@@ -19,6 +19,7 @@ Rules for a set of checkpoints (the base first, then the fine-tuned ones), appli
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import pickle
@@ -37,7 +38,7 @@ from torch import Tensor, nn
 from workbench.files import atomic_write
 from workbench.weights.safetensors_format import encode_header, read_header
 
-__all__ = ["Weights", "MemoryWeights", "SafetensorsWeights", "Selection", "Source", "TensorPlan", "open_weights", "open_task_weights", "plan", "equal_buffer", "write_safetensors", "write_state_dict", "copy_into"]
+__all__ = ["Weights", "MemoryWeights", "SafetensorsWeights", "Selection", "Source", "TensorPlan", "open_weights", "open_task_weights", "plan", "equal_buffer", "write_safetensors", "write_state_dict", "copy_into", "ModelFolderWeights", "is_model_folder", "open_model_folder"]
 
 Source = Union[str, os.PathLike, Mapping[str, Tensor], nn.Module]
 
@@ -198,6 +199,80 @@ def _refusal(path: Path, error: Exception) -> ValueError:
     )
 
 
+SAFETENSORS_FILE, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
+PICKLE_FILE, PICKLE_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+"""The weight files of a Hugging Face model folder (:mod:`workbench.weights.model_folder`)."""
+
+
+class ModelFolderWeights(Weights):
+    """The tensors of a model folder, each read from the shard that holds it (see the module docstring)."""
+
+    def __init__(self, folder: Path, shards: Mapping[str, Weights]):
+        self.folder = folder
+        self._where = {key: weights for weights in shards.values() for key in weights.keys()}
+        super().__init__(str(folder), {key: weights.spec(key) for key, weights in self._where.items()})
+        self.shards = {name: weights for name, weights in shards.items()}
+        self.in_memory = all(weights.in_memory for weights in shards.values())
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self._where[key][key]
+
+    def read(self, key: str, start: int, stop: int, out: Tensor | None = None) -> Tensor:
+        return self._where[key].read(key, start, stop, out)
+
+    def gather(self, key: str, index: Tensor) -> Tensor:
+        return self._where[key].gather(key, index)
+
+
+def is_model_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder holding model weights in one of the layouts of the module docstring."""
+    path = Path(path)
+    return path.is_dir() and any((path / name).is_file() for name in (SAFETENSORS_FILE, SAFETENSORS_INDEX, PICKLE_FILE, PICKLE_INDEX))
+
+
+def open_model_folder(folder: str | os.PathLike) -> ModelFolderWeights:
+    """The weights of a model folder, the index checked against its shards first (see the module docstring)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no model folder at {folder}")
+    for index_name, single, opener in ((SAFETENSORS_INDEX, SAFETENSORS_FILE, SafetensorsWeights), (PICKLE_INDEX, PICKLE_FILE, _from_pickle)):
+        if (folder / index_name).is_file():
+            return ModelFolderWeights(folder, _indexed_shards(folder, index_name, opener))
+        if (folder / single).is_file():
+            return ModelFolderWeights(folder, {single: opener(folder / single)})
+    present = sorted(p.name for p in folder.iterdir())
+    raise ValueError(f"{folder} holds no model weights ({SAFETENSORS_FILE}, {SAFETENSORS_INDEX}, {PICKLE_FILE} or {PICKLE_INDEX}); "
+                     f"it holds {present[:12]}")
+
+
+def _indexed_shards(folder: Path, index_name: str, opener) -> dict[str, Weights]:
+    """``{shard file: its weights}`` of the index ``index_name``, every shard checked against what the index says it holds."""
+    try:
+        weight_map = json.loads((folder / index_name).read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{folder / index_name} is not a weights index (a JSON object with a 'weight_map'): {error}") from error
+    if not isinstance(weight_map, Mapping) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"{folder / index_name}: 'weight_map' must map tensor names to shard files")
+    listed: dict[str, list[str]] = {}
+    for key, shard in weight_map.items():
+        listed.setdefault(shard, []).append(key)
+    unsafe = [shard for shard in listed if Path(shard).name != shard or shard in ("", ".", "..")]
+    if unsafe:
+        raise ValueError(f"{folder / index_name} names shards outside the folder: {unsafe}")
+    missing = {shard: len(keys) for shard, keys in listed.items() if not (folder / shard).is_file()}
+    if missing:
+        raise ValueError(f"{folder / index_name} names shards that are missing from the folder: {missing} (shard: tensors it should hold)")
+    shards = {}
+    for shard, keys in listed.items():
+        weights = opener(folder / shard)
+        lacking, unlisted = sorted(set(keys) - set(weights.keys())), sorted(set(weights.keys()) - set(keys))
+        if lacking or unlisted:
+            raise ValueError(f"{folder / shard} disagrees with {index_name}: it lacks {lacking[:5]} that the index places there"
+                             f"{f' and holds {unlisted[:5]} that the index does not place there' if unlisted else ''}")
+        shards[shard] = weights
+    return shards
+
+
 def open_weights(source: Source | Weights, name: str | None = None) -> Weights:
     """A :class:`Weights` over a file path, a Hugging Face model folder (:mod:`~workbench.weights.model_folder`), a state dict
     or a module (opened weights are returned as they are); ``name`` labels it in errors."""
@@ -209,8 +284,6 @@ def open_weights(source: Source | Weights, name: str | None = None) -> Weights:
         return MemoryWeights(name or "state dict", source)
     path = Path(source)
     if path.is_dir():
-        from workbench.weights.model_folder import open_model_folder
-
         return open_model_folder(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")

@@ -33,7 +33,6 @@ tensor, or over the model for ``trim="model"``, holding about 3% of the entries 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -255,7 +254,7 @@ def merge_task_vectors(
     thresholds = None
     if options.density < 1 and options.trim == "model":
         thresholds = magnitude_thresholds(base_checkpoint, checkpoints, merged_names, options.density)
-    out_plans = [dataclasses.replace(p, dtype=out_dtype) if out_dtype is not None and p.action == "merge" else p for p in plans]
+    out_plans = inputs.out_plans(out_dtype)
 
     def tensors() -> Iterator[Tensor]:
         for p, out_plan in zip(progress_bar(plans, "merge", enabled=progress, leave=False), out_plans):

@@ -20,7 +20,8 @@ a part per task, ``task_weights``, and the ``details`` it learned or chose.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+import inspect
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -33,7 +34,7 @@ from workbench.tasks import Inputs, num_samples
 from workbench.weights.state_dicts import Source, Weights, open_weights, plan
 from workbench.weights.task_vectors import TaskMasks
 
-__all__ = ["DataNeed", "DATA_NEEDS", "MergeData", "TaskModel", "Merged", "Merge", "task_tensors", "weights_in"]
+__all__ = ["DataNeed", "DATA_NEEDS", "MergeData", "TaskModel", "Merged", "Merge", "task_tensors", "weights_in", "merge_signature"]
 
 DataNeed = Literal["none", "unlabelled", "labelled", "gradients"]
 DATA_NEEDS = ("none", "unlabelled", "labelled", "gradients")
@@ -183,3 +184,12 @@ def weights_in(module: nn.Module, weights: Mapping[str, Tensor]) -> Iterator[nn.
         yield module
     finally:
         module.load_state_dict(saved, strict=False)
+
+
+def merge_signature(options: Iterable[inspect.Parameter]) -> inspect.Signature:
+    """The signature of a registered merge function: the fixed ``base, tasks, data, *, strict, progress``, then ``options``
+    as keyword-only parameters (what the registry reads as the merge's options and defaults)."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    fixed = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in ("base", "tasks", "data")]
+    fixed += [inspect.Parameter(name, keyword) for name in ("strict", "progress")]
+    return inspect.Signature(fixed + [p.replace(kind=keyword) for p in options])

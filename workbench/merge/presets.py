@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from workbench.merge.arithmetic import MergeOptions, merge_task_vectors
-from workbench.merge.method import MergeData, Merged, TaskModel
+from workbench.merge.method import MergeData, Merged, TaskModel, merge_signature
 from workbench.merge.registry import MERGES
 from workbench.weights.state_dicts import Weights
 
@@ -39,10 +39,7 @@ def as_merge(options_of: Callable[..., MergeOptions], uses_base: bool = True) ->
         weights = {task: model.weights for task, model in tasks.items()}
         return Merged(weights=merge_task_vectors(base if uses_base else None, weights, options_of(**options), strict=strict, progress=progress))
 
-    keyword = inspect.Parameter.KEYWORD_ONLY
-    fixed = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in ("base", "tasks", "data")]
-    fixed += [inspect.Parameter(name, keyword) for name in ("strict", "progress")]
-    merge.__signature__ = inspect.Signature(fixed + [p.replace(kind=keyword) for p in inspect.signature(options_of).parameters.values()])
+    merge.__signature__ = merge_signature(inspect.signature(options_of).parameters.values())
     merge.__name__, merge.__doc__, merge.options_of = options_of.__name__, options_of.__doc__, options_of
     return merge
 

@@ -9,11 +9,13 @@ writes them as they come to a safetensors file (``out`` ending in ``.safetensors
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from workbench.weights.model_folder import DEFAULT_SHARD_BYTES, check_model_folders, is_model_folder, write_model_folder
@@ -30,6 +32,10 @@ class MergeInputs:
     checkpoints: list[Weights]
     base: Weights | None
     plans: list[TensorPlan]
+
+    def out_plans(self, dtype: torch.dtype | None) -> list[TensorPlan]:
+        """The plans of the output: the merged tensors in ``dtype`` (``None``: their own), the others as they are."""
+        return [dataclasses.replace(p, dtype=dtype) if dtype is not None and p.action == "merge" else p for p in self.plans]
 
     @property
     def inputs(self) -> list[Weights]:

@@ -11,7 +11,6 @@ tensors are copied when every input holds them alike, as in the generalised core
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from workbench.merge.method import MergeData, Merged, TaskModel
+from workbench.merge.method import MergeData, Merged, TaskModel, merge_signature
 from workbench.merge.streaming import emit, fixed_tensor, open_inputs
 from workbench.progress import progress as progress_bar
 from workbench.weights.model_folder import DEFAULT_SHARD_BYTES
@@ -59,7 +58,7 @@ def merge_tensor_wise(
     _check_count(rule, inputs.names)
     if uses_base and inputs.base is None:
         raise ValueError(f"{rule.__name__} reads a base model; give one")
-    out_plans = [dataclasses.replace(p, dtype=out_dtype) if out_dtype is not None and p.action == "merge" else p for p in inputs.plans]
+    out_plans = inputs.out_plans(out_dtype)
 
     def tensors() -> Iterator[Tensor]:
         for p, out_plan in zip(progress_bar(inputs.plans, "merge", enabled=progress, leave=False), out_plans):
@@ -88,10 +87,6 @@ def as_tensor_merge(rule: TensorRule, uses_base: bool = True) -> Callable[..., M
         weights = {task: model.weights for task, model in tasks.items()}
         return Merged(weights=merge_tensor_wise(base, weights, rule, options, uses_base=uses_base, strict=strict, progress=progress))
 
-    keyword = inspect.Parameter.KEYWORD_ONLY
-    fixed = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in ("base", "tasks", "data")]
-    fixed += [inspect.Parameter(name, keyword) for name in ("strict", "progress")]
-    rule_options = list(inspect.signature(rule).parameters.values())[2:]
-    merge.__signature__ = inspect.Signature(fixed + [p.replace(kind=keyword) for p in rule_options])
+    merge.__signature__ = merge_signature(list(inspect.signature(rule).parameters.values())[2:])
     merge.__name__, merge.__doc__, merge.rule, merge.uses_base = rule.__name__, rule.__doc__, rule, uses_base
     return merge

@@ -103,7 +103,7 @@ def test_a_dry_run_prints_the_plan_and_writes_nothing(folders, tmp_path, capsys)
     ({"tokenizer_source": "union"}, "tokenizer_source 'union' is not supported"),
     ({"models": [{"model": "nowhere"}]}, r"no model at \['.*nowhere'\]"),
     ({"dtype": "float8"}, r"unknown dtype 'float8'"),
-    ({"slices": []}, r"unknown keys \['slices'\]"),
+    ({"slices": []}, r"slices \(mergekit's layer stacking.*are not read"),
     ({"merge_method": "tall"}, r"the merges that read data run from Python: \[.*'tall'"),
 ])
 def test_a_bad_configuration_is_refused_naming_what_is_wrong_before_anything_is_written(change, message, folders, tmp_path, capsys):
@@ -142,6 +142,11 @@ TENSOR_WISE = {
     "model_stock": ({}, [{}, {}, {}], True),
     "karcher": ({"max_iter": 5}, [{}, {}, {}], False),
     "breadcrumbs_ties": ({"density": 0.5, "gamma": 0.1, "lambda": 0.7}, [{"weight": 1.0}, {"weight": 2.0}, {"weight": 0.5}], True),
+    "breadcrumbs": ({"lambda": 0.7}, [{"weight": 1.0}, {"weight": 2.0}], True),  # mergekit's density 1 by default: nothing dropped
+    "della": ({"lambda": 0.9}, [{"weight": 1.0}, {"weight": 0.5}, {"weight": 2.0}], True),
+    "della_linear": ({"normalize": True}, [{"weight": 1.0}, {"weight": 3.0}], True),
+    "sce": ({"select_topk": 0.5, "int8_mask": True}, [{}, {}, {}], True),
+    "passthrough": ({"scale": 0.5}, [{}], False),
 }
 
 

@@ -50,7 +50,7 @@ from workbench.weights.model_folder import DEFAULT_SHARD_BYTES
 from workbench.weights.task_vectors import magnitude_thresholds, task_vector_chunks, work_dtype
 from workbench.progress import progress as progress_bar
 
-__all__ = ["MergeOptions", "merge_task_vectors", "merge_tensor", "combine_task_vectors"]
+__all__ = ["MergeOptions", "merge_task_vectors", "merge_tensor", "combine_task_vectors", "elected_sign"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,11 @@ def _l1_scales(base: Weights | None, tasks: Sequence[Weights], name: str, option
     return scale.view(-1, 1)
 
 
+def elected_sign(tau: Tensor) -> Tensor:
+    """TIES' elected sign of the task vectors ``tau`` ``(T, *shape)``: the sign of their sum, 0 counting as +; ``(*shape)``."""
+    return tau.sum(0).sign_().add_(0.5).sign_()
+
+
 def combine_task_vectors(tau: Tensor, weights: Tensor, options: MergeOptions, thresholds: Tensor | None, scratch: Tensor) -> Tensor:
     """The merged task vector of one chunk: ``tau`` (T, c), DARE-dropped already, is trimmed and weighted in place; returns shape (c,).
 
@@ -143,7 +148,7 @@ def combine_task_vectors(tau: Tensor, weights: Tensor, options: MergeOptions, th
         total = float(weights.sum())
         return merged.div_(total if abs(total) >= 1e-8 else 1.0) if options.combine == "mean" else merged
     tau.mul_(weights)
-    elected = tau.sum(0).sign_().add_(0.5).sign_()  # the sign of Σ_t w_t τ_t, 0 counting as +
+    elected = elected_sign(tau)  # the sign of Σ_t w_t τ_t
     agreeing = torch.mul(tau, elected, out=scratch).relu_()  # |contribution| where the entry has the elected sign, else 0
     merged = agreeing.sum(0).mul_(elected)
     if options.combine == "mean":

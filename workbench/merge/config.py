@@ -53,17 +53,26 @@ MERGEKIT_METHODS = {
     "dare_ties": (_GENERAL, False),
 }
 """mergekit's methods of the generalised merge, read with mergekit's parameters: ``{method: (parameters, normalize by default)}``."""
+_SPARSE = {"weight": "weights", "density": "density", "lambda": "lam"}
+_DELLA = _SPARSE | {"epsilon": "epsilon", "normalize": "normalize", "rescale": "rescale", "seed": "seed"}
 TENSOR_WISE_METHODS = {
-    # method: (mergekit's parameters -> the rule's options, whether it reads the base)
-    "slerp": ({"t": "t"}, True),
-    "nuslerp": ({"weight": "weights", "nuslerp_flatten": "flatten", "nuslerp_row_wise": "row_wise"}, None),
-    "model_stock": ({"filter_wise": "filter_wise"}, True),
-    "karcher": ({"max_iter": "max_iter", "tol": "tol"}, False),
-    "breadcrumbs": ({"weight": "weights", "density": "density", "gamma": "gamma", "lambda": "lam"}, True),
-    "breadcrumbs_ties": ({"weight": "weights", "density": "density", "gamma": "gamma", "lambda": "lam"}, True),
+    # method: (mergekit's parameters -> the rule's options, whether it reads the base, mergekit's defaults where the rule's differ)
+    "slerp": ({"t": "t"}, True, {}),
+    "nuslerp": ({"weight": "weights", "nuslerp_flatten": "flatten", "nuslerp_row_wise": "row_wise"}, None, {}),
+    "model_stock": ({"filter_wise": "filter_wise"}, True, {}),
+    "karcher": ({"max_iter": "max_iter", "tol": "tol"}, False, {}),
+    "breadcrumbs": (_SPARSE | {"gamma": "gamma"}, True, {"density": 1.0}),
+    "breadcrumbs_ties": (_SPARSE | {"gamma": "gamma"}, True, {"density": 1.0}),
+    "della": (_DELLA, True, {"density": 1.0}),
+    "della_linear": (_DELLA, True, {"density": 1.0}),
+    "sce": ({"select_topk": "select_topk", "int8_mask": None}, True, {}),
+    "passthrough": ({"scale": "scale"}, False, {}),
 }
-"""mergekit's methods that are tensor-wise rules here: ``{method: ({mergekit parameter: rule option}, base read: True,
-False, or None for optional)}``. ``weight`` is per model (NuSLERP's two weights); the others are global."""
+"""mergekit's methods that are tensor-wise rules here: ``{method: ({mergekit parameter: rule option (None: accepted, no
+effect)}, base read: True, False, or None for optional, {rule option: mergekit's default})}``. ``weight`` is per model
+(NuSLERP's two weights); the others are global (or per model for a method of one model). mergekit's defaults are
+applied where they differ from the rule's (its ``density`` is 1, keeping every entry, where the rules keep 0.9 or 0.5),
+so that a configuration without them merges as mergekit would."""
 
 
 @dataclass(frozen=True)
@@ -99,20 +108,23 @@ def read_merge_config(path: str | os.PathLike) -> MergePlan:
         raise _fail(path, f"not YAML: {error}") from error
     if not isinstance(config, Mapping):
         raise _fail(path, "a merge configuration is a mapping with merge_method, models and base_model")
+    if "slices" in config:
+        raise _fail(path, "slices (mergekit's layer stacking, which makes a new architecture) are not read; list whole models under models")
     unknown = sorted(set(config) - _TOP_LEVEL)
     if unknown:
         raise _fail(path, f"unknown keys {unknown}; a configuration has {sorted(_TOP_LEVEL)}")
     method = config.get("merge_method")
     presets = [name for name in MERGES if hasattr(MERGES[name].target(), "options_of")]
-    if method not in MERGEKIT_METHODS and method not in TENSOR_WISE_METHODS and method not in presets:
+    rules = [name for name in MERGES if hasattr(MERGES[name].target(), "rule") and name not in TENSOR_WISE_METHODS]
+    if method not in MERGEKIT_METHODS and method not in TENSOR_WISE_METHODS and method not in presets + rules:
         raise _fail(path, f"unknown merge_method {method!r}; mergekit's methods read here: {sorted(MERGEKIT_METHODS | TENSOR_WISE_METHODS)}; "
-                          f"the workbench's: {presets} (the merges that read data run from Python: "
-                          f"{[n for n in MERGES if n not in presets and n not in TENSOR_WISE_METHODS]})")
+                          f"the workbench's: {presets + rules} (the merges that read data run from Python: "
+                          f"{[n for n in MERGES if n not in presets + rules and n not in TENSOR_WISE_METHODS]})")
     entries = config.get("models")
     if not isinstance(entries, list) or not entries or not all(isinstance(e, Mapping) and "model" in e for e in entries):
         raise _fail(path, "models must be a list of {model: PATH, parameters: {...}}")
     folder = path.parent
-    if method in TENSOR_WISE_METHODS and config.get("base_model") is not None:  # mergekit lists the base among the models too
+    if (method in TENSOR_WISE_METHODS or method in rules) and config.get("base_model") is not None:  # mergekit lists the base among the models too
         entries = [e for e in entries if str(e["model"]) != str(config["base_model"])]
     models = {}
     for entry in entries:
@@ -122,7 +134,10 @@ def read_merge_config(path: str | os.PathLike) -> MergePlan:
             raise _fail(path, f"two models are named {label!r}")
         models[label] = model
     base = folder / str(config["base_model"]) if config.get("base_model") is not None else None
-    reads_base = TENSOR_WISE_METHODS[method][1] if method in TENSOR_WISE_METHODS else method not in ("linear", "average")
+    if method in TENSOR_WISE_METHODS:
+        reads_base = TENSOR_WISE_METHODS[method][1]
+    else:
+        reads_base = MERGES[method].target().uses_base if method in rules else method not in ("linear", "average")
     if base is None and reads_base:
         raise _fail(path, f"{method} reads a base_model; give one")
     if base is not None and reads_base is False:
@@ -140,7 +155,11 @@ def read_merge_config(path: str | os.PathLike) -> MergePlan:
     if method in MERGEKIT_METHODS:
         options = _mergekit_options(path, method, general, per_model)
     elif method in TENSOR_WISE_METHODS:
-        options = _tensor_wise_options(path, method, general, per_model)
+        options = _tensor_wise_options(path, method, general, per_model, *TENSOR_WISE_METHODS[method][::2])
+    elif method in rules:
+        own = list(MERGES[method].options())
+        names = {name: name for name in own if name != "weights"} | ({"weight": "weights"} if "weights" in own else {})
+        options = _tensor_wise_options(path, method, general, per_model, names, {})
     else:
         options = _workbench_options(path, method, general, per_model)
     like = base if base is not None else next(iter(models.values()))
@@ -177,19 +196,22 @@ def _mergekit_options(path: Path, method: str, general: dict, per_model: list[di
         raise _fail(path, str(error)) from error
 
 
-def _tensor_wise_options(path: Path, method: str, general: dict, per_model: list[dict]) -> dict[str, Any]:
-    """The rule's options from mergekit's parameters, checked as the registry checks them."""
-    names, _ = TENSOR_WISE_METHODS[method]
+def _tensor_wise_options(path: Path, method: str, general: dict, per_model: list[dict], names: Mapping[str, str | None],
+                         defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The rule's options from the configuration's parameters (``names``: parameter -> option, ``None`` for one that
+    changes nothing), over ``defaults``, checked as the registry checks them."""
+    single = MERGES[method].traits.get("models") == (1, 1)
     for where, given in [("parameters", general), *((f"models[{k}].parameters", p) for k, p in enumerate(per_model))]:
         unknown = sorted(set(given) - set(names))
         if unknown:
             raise _fail(path, f"{where}: unknown parameters {unknown} for {method}; it reads {sorted(names)}")
-        if where != "parameters" and set(given) - {"weight"}:
+        if where != "parameters" and not single and set(given) - {"weight"}:
             raise _fail(path, f"{where}: {sorted(set(given) - {'weight'})} are one value for every model here; give them in the global parameters")
         listed = sorted(name for name, value in given.items() if isinstance(value, (list, dict)))
         if listed:
             raise _fail(path, f"{where}: {listed} vary by layer in mergekit (lists or filters); give one number each")
-    options = {names[name]: value for name, value in general.items() if name != "weight"}
+    given = general | (per_model[0] if single else {})
+    options = dict(defaults) | {names[name]: value for name, value in given.items() if name != "weight" and names[name] is not None}
     if "weight" in names:
         options["weights"] = [float(p.get("weight", general.get("weight", 1.0))) for p in per_model]
     try:

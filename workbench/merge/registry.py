@@ -12,8 +12,8 @@ after the base, the task models and the data), its paper, and these traits:
 - ``models``: ``(fewest, most)`` task models it merges (``most`` ``None``: any number; by default ``(1, None)``):
   SLERP one beside the base, NuSLERP two.
 
-Families: **data-free** (weight averaging, task arithmetic, TIES, DARE, DARE-TIES; Breadcrumbs (and its TIES form), SLERP, NuSLERP,
-Model Stock and the Karcher mean, tensor-wise rules of :mod:`workbench.merge.tensor_wise`), **localised**
+Families: **data-free** (weight averaging, task arithmetic, TIES, DARE, DARE-TIES; Breadcrumbs (and its TIES form), DELLA (and
+DELLA-linear), SCE, passthrough, SLERP, NuSLERP, Model Stock and the Karcher mean, tensor-wise rules of :mod:`workbench.merge.tensor_wise`), **localised**
 (TALL masks: per-task retrieval and Consensus) and **data-dependent** (Fisher, RegMean, AdaMerging).
 """
 
@@ -54,6 +54,15 @@ MERGES: Registry[Entry] = Registry("merge", [
            "Davari & Belilovsky 2024, Model breadcrumbs: scaling multi-task model merging with sparse masks"),
     _entry("breadcrumbs_ties", "data-free", "breadcrumbs' masks, then TIES' sign election", "breadcrumbs.breadcrumbs_ties_merge",
            "Davari & Belilovsky 2024 (Breadcrumbs) with Yadav et al. 2023 (TIES), as mergekit merges them"),
+    _entry("della", "data-free", "each task vector dropped at random, less often where it is larger, rescaled, then TIES' sign election",
+           "della.della_merge", "Deep, Bhatt & Bhardwaj 2024, DELLA-Merging: reducing interference in model merging through magnitude-based sampling",
+           order_free=False),
+    _entry("della_linear", "data-free", "DELLA's drops and rescaling, then the weighted sum", "della.della_linear_merge",
+           "Deep, Bhatt & Bhardwaj 2024, DELLA-Merging (as mergekit's della_linear)", order_free=False),
+    _entry("sce", "data-free", "the entries of highest variance across tasks, each task weighted by its energy, minority signs erased",
+           "sce.sce_merge", "Wan et al. 2024, FuseChat: knowledge fusion of chat models (SCE, as mergekit merges it)"),
+    _entry("passthrough", "data-free", "the one model's tensors, optionally scaled", "passthrough.passthrough_merge",
+           "mergekit's passthrough (Goddard et al. 2024, Arcee's MergeKit)", models=(1, 1)),
     _entry("slerp", "data-free", "the base and one model interpolated along the great circle", "slerp.slerp_merge",
            "Shoemake 1985, Animating rotation with quaternion curves (as mergekit merges two models)", models=(1, 1)),
     _entry("nuslerp", "data-free", "two models' task vectors interpolated along the great circle, by their weights", "nuslerp.nuslerp_merge",

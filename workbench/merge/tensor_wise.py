@@ -2,7 +2,8 @@
 
 A rule is ``rule(base, tensors, **options) -> merged``: ``base`` the base's tensor (``None`` for a rule that reads no
 base) and ``tensors`` the models' ``(T, *shape)``, both in the work dtype (float32; float64 stays), ``merged``
-``(*shape)``; ``tensors`` is a new tensor the rule may change in place. Its ``models`` attribute, ``(fewest, most)`` (``most`` ``None``: any number), says how many models it
+``(*shape)``; ``tensors`` is a new tensor the rule may change in place. A rule with a keyword-only ``name`` parameter
+is given the tensor's name (DELLA seeds its draws by it). Its ``models`` attribute, ``(fewest, most)`` (``most`` ``None``: any number), says how many models it
 merges. :func:`merge_tensor_wise` streams a rule over files, folders, state dicts or modules, one tensor at a time
 (holding that tensor of every input, the merged one and the rule's work on it), and returns or writes the result as
 :func:`~workbench.merge.streaming.emit` does; :func:`as_tensor_merge` makes a rule a registered merge. Non-floating
@@ -44,6 +45,11 @@ def _check_count(rule: TensorRule, names: Sequence[str]) -> None:
         raise ValueError(f"{rule.__name__} merges {wanted} model{'s' if most != 1 else ''} beside the base; got {len(names)}: {list(names)}")
 
 
+def _takes_name(rule: TensorRule) -> bool:
+    parameter = inspect.signature(rule).parameters.get("name")
+    return parameter is not None and parameter.kind is inspect.Parameter.KEYWORD_ONLY
+
+
 def merge_tensor_wise(
     base: Source | Weights | None, models: Sequence[Source | Weights] | Mapping[str, Source | Weights], rule: TensorRule,
     options: Mapping[str, Any] | None = None, *, uses_base: bool = True, strict: bool = True, out: str | os.PathLike | None = None,
@@ -59,6 +65,7 @@ def merge_tensor_wise(
     if uses_base and inputs.base is None:
         raise ValueError(f"{rule.__name__} reads a base model; give one")
     out_plans = inputs.out_plans(out_dtype)
+    named = _takes_name(rule)
 
     def tensors() -> Iterator[Tensor]:
         for p, out_plan in zip(progress_bar(inputs.plans, "merge", enabled=progress, leave=False), out_plans):
@@ -68,7 +75,7 @@ def merge_tensor_wise(
             work = work_dtype(p.dtype)
             stacked = torch.stack([checkpoint[p.name] if p.name in checkpoint else inputs.base[p.name] for checkpoint in inputs.checkpoints]).to(work)
             theta0 = inputs.base[p.name].to(work) if uses_base else None
-            merged = rule(theta0, stacked, **options)
+            merged = rule(theta0, stacked, **options, **({"name": p.name} if named else {}))
             if not bool(torch.isfinite(merged).all()):
                 culprits = [c.name for c in inputs.inputs if p.name in c and not bool(torch.isfinite(c[p.name]).all())]
                 where = f"{culprits} hold NaN or infinite entries there" if culprits else "every input is finite there"
@@ -81,12 +88,13 @@ def merge_tensor_wise(
 
 def as_tensor_merge(rule: TensorRule, uses_base: bool = True) -> Callable[..., Merged]:
     """The registered merge of ``rule``: its signature is the merges' fixed arguments, then the rule's options (the
-    parameters after ``base`` and ``tensors``), which the registry reads."""
+    parameters after ``base`` and ``tensors``, but the tensor's ``name``), which the registry reads."""
 
     def merge(base: Weights, tasks: Mapping[str, TaskModel], data: MergeData | None, *, strict: bool, progress: bool, **options: Any) -> Merged:
         weights = {task: model.weights for task, model in tasks.items()}
         return Merged(weights=merge_tensor_wise(base, weights, rule, options, uses_base=uses_base, strict=strict, progress=progress))
 
-    merge.__signature__ = merge_signature(list(inspect.signature(rule).parameters.values())[2:])
+    options = [p for p in list(inspect.signature(rule).parameters.values())[2:] if not (p.name == "name" and _takes_name(rule))]
+    merge.__signature__ = merge_signature(options)
     merge.__name__, merge.__doc__, merge.rule, merge.uses_base = rule.__name__, rule.__doc__, rule, uses_base
     return merge

@@ -1,0 +1,104 @@
+"""DELLA (Deep, Bhatt & Bhardwaj 2024, as mergekit 0.1.5 merges it): each task vector is dropped at random with a
+probability that falls with the entry's magnitude rank, rescaled to its L1 norm, then merged as TIES (``della``) or
+summed (``della_linear``).
+
+Per tensor and task vector τ_m = θ_m − θ_0, in rows along the second dimension (a 1-D tensor is one row; a matrix's
+rows are its output units; a tensor of more dimensions, as mergekit ranks it, has a row for every index of the other
+dimensions): the entries of a row of ``n`` are ranked by magnitude, ascending, ``r = 1 … n``, and entry ``i`` is kept
+with probability
+
+    p_i = (d − ε) + 2ε (r_i − 1) / (n − 1)        (p_i = d for a row of one entry, where mergekit divides by 0)
+
+so that a row keeps ``d`` of its entries on average, its largest most often. With ``rescale``, the kept entries are
+multiplied so that the tensor keeps the L1 norm of τ_m (not by 1/p_i; left as they are where either norm is below
+1e-7). Then mergekit's generalised step (:func:`~workbench.merge.arithmetic.combine_task_vectors`) with weights
+``w_m``: ``della`` elects the sign of Σ_m w_m τ̂_m and keeps the agreeing entries, ``della_linear`` keeps all; with
+``normalize`` the sum is divided by the sum of the contributing weights (``della``'s default, not ``della_linear``'s);
+θ = θ_0 + λ · merged. ``0 < d − ε`` and ``d + ε < 1`` are required; ``d = 1`` keeps every entry.
+
+The draws: task ``m``'s uniforms on tensor ``name`` come from NumPy's PCG64 seeded with
+``SeedSequence([seed, crc32(name), m])`` (as the core's DARE masks), one float32 per entry in the flattened order,
+the entry kept where its uniform is below ``p_i``. mergekit draws from torch's global generator, unseeded; the tests
+give both the same draws. The masks depend on the tasks' order.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from workbench.merge.arithmetic import MergeOptions, combine_task_vectors
+from workbench.merge.tensor_wise import as_tensor_merge
+
+__all__ = ["della", "della_linear", "della_merge", "della_linear_merge", "keep_probabilities", "della_uniforms"]
+
+
+def keep_probabilities(tau: Tensor, density: float, epsilon: float) -> Tensor:
+    """``p_i`` of every entry of ``tau`` ``(*shape)`` by its magnitude rank along its row (see the module docstring);
+    ``tau``'s shape, a 1-D ``tau`` as ``(1, n)``."""
+    rows = tau.unsqueeze(0) if tau.dim() < 2 else tau
+    n = rows.shape[1]
+    if n == 1:
+        return torch.full_like(rows, density)
+    order = rows.abs().argsort(dim=1)
+    places = torch.arange(n, dtype=rows.dtype).reshape(1, n, *([1] * (rows.dim() - 2))).expand_as(rows).contiguous()
+    ranks = torch.empty_like(rows).scatter_(1, order, places)
+    return ranks.mul_(2 * epsilon / (n - 1)).add_(density - epsilon)
+
+
+def della_uniforms(seed: int, name: str, task: int, count: int) -> Tensor:
+    """The ``count`` float32 uniforms in [0, 1) that decide task ``task``'s entries of tensor ``name``."""
+    generator = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, zlib.crc32(name.encode()), task])))
+    return torch.from_numpy(generator.random(count, dtype=np.float32))
+
+
+def _check(density: float, epsilon: float) -> None:
+    if not 0 < density <= 1:
+        raise ValueError(f"density must be in (0, 1], got {density!r}")
+    if density < 1 and not (0 < density - epsilon and density + epsilon < 1):
+        raise ValueError(f"DELLA keeps entries with probabilities density ± epsilon, which must lie in (0, 1); got density {density!r}, epsilon {epsilon!r}")
+
+
+def _l1_rescaled(tau: Tensor, kept: Tensor, eps: float = 1e-7) -> Tensor:
+    """``kept`` (τ with its dropped entries 0) times ‖τ‖₁ / ‖kept‖₁, as mergekit rescales (unchanged where either is below ``eps``)."""
+    before, after = float(tau.abs().sum()), float(kept.abs().sum())
+    return kept if before < eps or after < eps else kept.mul_(before / after)
+
+
+def _merge(base: Tensor, tensors: Tensor, name: str, density: float, epsilon: float, lam: float, weights: Sequence[float] | None,
+           normalize: bool, rescale: bool, seed: int, elect_sign: bool) -> Tensor:
+    _check(density, epsilon)
+    count = tensors.shape[0]
+    tau = tensors.sub_(base).reshape(count, -1)  # the stacked inputs are the rule's to change
+    if density < 1:
+        for m, row in enumerate(tau):
+            probabilities = keep_probabilities(row.view(base.shape), density, epsilon).reshape(-1)
+            kept = row * (della_uniforms(seed, name, m, row.numel()).to(row.dtype) < probabilities)
+            row.copy_(_l1_rescaled(row, kept) if rescale else kept)
+    w = torch.ones(count, 1, dtype=tau.dtype) if weights is None else torch.as_tensor(weights, dtype=tau.dtype).reshape(-1, 1)
+    if w.shape[0] != count:
+        raise ValueError(f"{w.shape[0]} weights for {count} models")
+    combine = "mean" if normalize else "sum"
+    merged = combine_task_vectors(tau, w, MergeOptions(elect_sign=elect_sign, combine=combine), None, torch.empty_like(tau))
+    return base + lam * merged.reshape(base.shape)
+
+
+def della(base: Tensor, tensors: Tensor, *, name: str, density: float = 0.5, epsilon: float = 0.15, lam: float = 1.0,
+          weights: Sequence[float] | None = None, normalize: bool = True, rescale: bool = True, seed: int = 0) -> Tensor:
+    """DELLA of the base ``(*shape)`` and the models ``tensors`` ``(T, *shape)`` on tensor ``name``, with TIES' sign election
+    (see the module docstring)."""
+    return _merge(base, tensors, name, density, epsilon, lam, weights, normalize, rescale, seed, elect_sign=True)
+
+
+def della_linear(base: Tensor, tensors: Tensor, *, name: str, density: float = 0.5, epsilon: float = 0.15, lam: float = 1.0,
+                 weights: Sequence[float] | None = None, normalize: bool = False, rescale: bool = True, seed: int = 0) -> Tensor:
+    """DELLA's drops, then the weighted sum (see the module docstring)."""
+    return _merge(base, tensors, name, density, epsilon, lam, weights, normalize, rescale, seed, elect_sign=False)
+
+
+della_merge = as_tensor_merge(della)
+della_linear_merge = as_tensor_merge(della_linear)

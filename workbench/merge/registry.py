@@ -13,8 +13,8 @@ after the base, the task models and the data), its paper, and these traits:
   SLERP one beside the base, NuSLERP two.
 
 Families: **data-free** (weight averaging, task arithmetic, TIES, DARE, DARE-TIES; Breadcrumbs (and its TIES form), DELLA (and
-DELLA-linear), SCE, passthrough, SLERP, NuSLERP, Model Stock and the Karcher mean, tensor-wise rules of :mod:`workbench.merge.tensor_wise`), **localised**
-(TALL masks: per-task retrieval and Consensus) and **data-dependent** (Fisher, RegMean, AdaMerging).
+DELLA-linear), SCE, passthrough, MagMax, TSV-M, Iso-C and Iso-CTS, SLERP, NuSLERP, Model Stock and the Karcher mean, tensor-wise rules of :mod:`workbench.merge.tensor_wise`), **localised**
+(TALL masks: per-task retrieval and Consensus; EMR's elect, mask and rescale) and **data-dependent** (Fisher, RegMean, AdaMerging).
 """
 
 from __future__ import annotations
@@ -63,6 +63,14 @@ MERGES: Registry[Entry] = Registry("merge", [
            "sce.sce_merge", "Wan et al. 2024, FuseChat: knowledge fusion of chat models (SCE, as mergekit merges it)"),
     _entry("passthrough", "data-free", "the one model's tensors, optionally scaled", "passthrough.passthrough_merge",
            "mergekit's passthrough (Goddard et al. 2024, Arcee's MergeKit)", models=(1, 1)),
+    _entry("magmax", "data-free", "every entry from the task vector of largest magnitude there", "magmax.magmax_merge",
+           "Marczak et al. 2024, MagMax: leveraging model merging for seamless continual learning", order_free=False),
+    _entry("tsv_merge", "data-free", "each task's top singular vectors, decorrelated across tasks (TSV-M)", "task_singular_vectors.task_singular_vectors_merge",
+           "Gargiulo et al. 2025, Task singular vectors: reducing task interference in model merging"),
+    _entry("iso_c", "data-free", "the summed task matrix with its spectrum flattened to its mean", "isotropic.iso_c_merge",
+           "Marczak et al. 2025, No task left behind: isotropic model merging with common and task-specific subspaces"),
+    _entry("iso_cts", "data-free", "a common subspace and each task's own directions, with a flat spectrum", "isotropic.iso_cts_merge",
+           "Marczak et al. 2025, No task left behind: isotropic model merging with common and task-specific subspaces"),
     _entry("slerp", "data-free", "the base and one model interpolated along the great circle", "slerp.slerp_merge",
            "Shoemake 1985, Animating rotation with quaternion curves (as mergekit merges two models)", models=(1, 1)),
     _entry("nuslerp", "data-free", "two models' task vectors interpolated along the great circle, by their weights", "nuslerp.nuslerp_merge",
@@ -75,6 +83,8 @@ MERGES: Registry[Entry] = Registry("merge", [
            "Wang et al. 2024, Localizing task information for improved model merging and compression", data=_localised_need),
     _entry("consensus", "localised", "the coordinates at least k TALL masks keep", "tall.consensus",
            "Wang et al. 2024, Localizing task information for improved model merging and compression", data=_localised_need),
+    _entry("emr", "localised", "one elected task vector, each task served through its sign mask and its rescaler", "emr.emr",
+           "Huang et al. 2024, EMR-Merging: tuning-free high-performance model merging"),
     _entry("fisher", "data-dependent", "each entry weighted by the task models' diagonal Fisher", "fisher.fisher",
            "Matena & Raffel 2022, Merging models with Fisher-weighted averaging", data="gradients"),
     _entry("regmean", "data-dependent", "each linear map fitted to every task's inputs in closed form", "regmean.regmean",

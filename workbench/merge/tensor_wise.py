@@ -58,7 +58,8 @@ def merge_tensor_wise(
 ) -> dict[str, Tensor] | Path:
     """``rule`` with ``options`` on every floating tensor of the inputs (see the module docstring); the base names the
     tensors (without one, the first model) and, when ``uses_base``, is the rule's ``base``. Merged tensors keep their
-    dtype, or take ``out_dtype``; a non-finite result is refused naming the inputs that are not finite there."""
+    dtype, or take ``out_dtype``; a non-finite input is refused naming it and the tensor (a rule such as MagMax would
+    pass over it), and so is a non-finite result."""
     options = dict(options or {})
     inputs = open_inputs(base, models, strict)
     _check_count(rule, inputs.names)
@@ -75,11 +76,12 @@ def merge_tensor_wise(
             work = work_dtype(p.dtype)
             stacked = torch.stack([checkpoint[p.name] if p.name in checkpoint else inputs.base[p.name] for checkpoint in inputs.checkpoints]).to(work)
             theta0 = inputs.base[p.name].to(work) if uses_base else None
+            if not (bool(torch.isfinite(stacked).all()) and (theta0 is None or bool(torch.isfinite(theta0).all()))):
+                culprits = {c.name: [p.name] for c in inputs.inputs if p.name in c and not bool(torch.isfinite(c[p.name]).all())}
+                raise ValueError(f"NaN or infinite values in the inputs, by input and tensor: {culprits}; nothing was written")
             merged = rule(theta0, stacked, **options, **({"name": p.name} if named else {}))
             if not bool(torch.isfinite(merged).all()):
-                culprits = [c.name for c in inputs.inputs if p.name in c and not bool(torch.isfinite(c[p.name]).all())]
-                where = f"{culprits} hold NaN or infinite entries there" if culprits else "every input is finite there"
-                raise ValueError(f"merging tensor {p.name!r} gave non-finite values ({where}); nothing was written")
+                raise ValueError(f"merging tensor {p.name!r} gave non-finite values though every input is finite there; nothing was written")
             yield merged.to(out_plan.dtype)
 
     metadata = {"merged": ",".join(inputs.names), "rule": rule.__name__, "options": repr(options)}

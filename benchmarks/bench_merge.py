@@ -13,11 +13,12 @@ Two checkpoint sets, each a base and T = 8 fine-tuned copies (τ = 0.01 · N(0, 
 
 Methods (:data:`METHODS`): task arithmetic (λ = 0.3), TIES trimmed per tensor (density 0.2, disjoint mean; mergekit's
 ``ties``) and DARE (drop 0.5; mergekit's ``dare_linear`` at density 0.5), streamed by the generalised core; Breadcrumbs
-and its TIES form (density 0.9, γ = 0.01), SLERP (one model, t = 0.4), NuSLERP (two), Model Stock and the Karcher mean,
-tensor-wise rules. Before timing, every method but DARE is checked against mergekit on the MiniLM set: the table's
+and its TIES form (density 0.9, γ = 0.01), DELLA and DELLA-linear (density 0.5, ε = 0.15), SCE (select_topk 0.5),
+SLERP (one model, t = 0.4), NuSLERP (two), Model Stock and the Karcher mean, tensor-wise rules. Before timing, every
+method but DARE and DELLA is checked against mergekit on the MiniLM set: the table's
 ``differing`` column counts the entries that differ by more than 1e-5 (TIES: where magnitudes tie at the k-th place, the
-workbench keeps all of them and mergekit an arbitrary subset); DARE's random masks differ between the libraries, so it
-is timed only. The copy reads the bytes of as many task models as the method merges.
+workbench keeps all of them and mergekit an arbitrary subset); DARE's and DELLA's random masks differ between the
+libraries, so they are timed only (the tests check DELLA against mergekit given the same draws). The copy reads the bytes of as many task models as the method merges.
 
 Every measurement runs in a fresh process, which reports its seconds and its peak resident memory
 (``VmHWM``, file pages that a memory map brought in included) and its resident memory just before the
@@ -53,12 +54,15 @@ METHODS = {
     "dare": (("dare", {"lam": 1.0}), "dare_linear", {"weight": 1.0, "density": 0.5}, N_TASKS),
     "breadcrumbs": (("breadcrumbs", {"density": 0.9, "gamma": 0.01}), "breadcrumbs", {"weight": 1.0, "density": 0.9, "gamma": 0.01}, N_TASKS),
     "breadcrumbs_ties": (("breadcrumbs_ties", {"density": 0.9, "gamma": 0.01}), "breadcrumbs_ties", {"weight": 1.0, "density": 0.9, "gamma": 0.01}, N_TASKS),
+    "della": (("della", {"density": 0.5, "epsilon": 0.15}), "della", {"weight": 1.0, "density": 0.5, "epsilon": 0.15}, N_TASKS),
+    "della_linear": (("della_linear", {"density": 0.5, "epsilon": 0.15}), "della_linear", {"weight": 1.0, "density": 0.5, "epsilon": 0.15}, N_TASKS),
+    "sce": (("sce", {"select_topk": 0.5}), "sce", {"select_topk": 0.5}, N_TASKS),
     "slerp": (("slerp", {"t": 0.4}), "slerp", {"t": 0.4}, 1),
     "nuslerp": (("nuslerp", {}), "nuslerp", {"weight": 1.0}, 2),
     "model_stock": (("model_stock", {}), "model_stock", {}, N_TASKS),
     "karcher": (("karcher", {}), "karcher", {}, N_TASKS),
 }
-ORACLE_CHECKED = [m for m in METHODS if m != "dare"]  # DARE's random masks differ between the libraries
+ORACLE_CHECKED = [m for m in METHODS if m not in ("dare", "della", "della_linear")]  # their random masks differ between the libraries
 
 
 def workbench_merge(name: str, changes: dict, base, tasks, **kwargs):

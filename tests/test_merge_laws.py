@@ -150,6 +150,16 @@ def test_the_order_of_the_tasks_changes_nothing_or_the_merge_says_it_depends_on_
             assert_weights(reversed_order.for_task(task), first.for_task(task), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", [n for n in MERGES if "lam" in MERGES[n].options()])
+def test_a_merge_with_a_coefficient_lam_is_the_base_plus_lam_times_one_merged_task_vector(name):
+    """θ(λ) = θ_0 + λ (θ(1) − θ_0): what lets a study sweep λ from one merge."""
+    base, models = task_models(seed=7)
+    at_one, at_lam = run(name, base, models, lam=1.0), run(name, base, models, lam=0.35)
+    for task in taken(name, models):
+        expected = {k: base[k] + 0.35 * (v - base[k]) for k, v in at_one.for_task(task).items()}
+        assert_weights(at_lam.for_task(task), expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", list(MERGES))
 def test_a_non_finite_task_model_is_refused_naming_it(name):
     base, models = task_models(seed=4)

@@ -40,12 +40,22 @@ __all__ = ["della", "della_linear", "della_merge", "della_linear_merge", "keep_p
 def keep_probabilities(tau: Tensor, density: float, epsilon: float) -> Tensor:
     """``p_i`` of every entry of ``tau`` ``(*shape)`` by its magnitude rank along its row (see the module docstring);
     ``tau``'s shape, a 1-D ``tau`` as ``(1, n)``."""
-    rows = tau.unsqueeze(0) if tau.dim() < 2 else tau
+    return _probabilities(tau.abs(), density, epsilon)
+
+
+def _probabilities(magnitudes: Tensor, density: float, epsilon: float) -> Tensor:
+    rows = magnitudes.unsqueeze(0) if magnitudes.dim() < 2 else magnitudes
     n = rows.shape[1]
     if n == 1:
         return torch.full_like(rows, density)
-    order = rows.abs().argsort(dim=1)
     places = torch.arange(n, dtype=rows.dtype).reshape(1, n, *([1] * (rows.dim() - 2))).expand_as(rows).contiguous()
+    # on CPU, NumPy's SIMD argsort is about 2.7 times torch's, and faster again (1.1 to 1.5 times) on the magnitudes'
+    # bits read as integers, which sort in the same order (the magnitudes are finite and not negative)
+    if rows.device.type == "cpu":
+        bits = rows.numpy().view(np.int32 if rows.dtype == torch.float32 else np.int64)
+        order = torch.from_numpy(np.argsort(bits, axis=1))
+    else:
+        order = rows.argsort(dim=1)
     ranks = torch.empty_like(rows).scatter_(1, order, places)
     return ranks.mul_(2 * epsilon / (n - 1)).add_(density - epsilon)
 
@@ -63,12 +73,6 @@ def _check(density: float, epsilon: float) -> None:
         raise ValueError(f"DELLA keeps entries with probabilities density ± epsilon, which must lie in (0, 1); got density {density!r}, epsilon {epsilon!r}")
 
 
-def _l1_rescaled(tau: Tensor, kept: Tensor, eps: float = 1e-7) -> Tensor:
-    """``kept`` (τ with its dropped entries 0) times ‖τ‖₁ / ‖kept‖₁, as mergekit rescales (unchanged where either is below ``eps``)."""
-    before, after = float(tau.abs().sum()), float(kept.abs().sum())
-    return kept if before < eps or after < eps else kept.mul_(before / after)
-
-
 def _merge(base: Tensor, tensors: Tensor, name: str, density: float, epsilon: float, lam: float, weights: Sequence[float] | None,
            normalize: bool, rescale: bool, seed: int, elect_sign: bool) -> Tensor:
     _check(density, epsilon)
@@ -76,9 +80,15 @@ def _merge(base: Tensor, tensors: Tensor, name: str, density: float, epsilon: fl
     tau = tensors.sub_(base).reshape(count, -1)  # the stacked inputs are the rule's to change
     if density < 1:
         for m, row in enumerate(tau):
-            probabilities = keep_probabilities(row.view(base.shape), density, epsilon).reshape(-1)
-            kept = row * (della_uniforms(seed, name, m, row.numel()).to(row.dtype) < probabilities)
-            row.copy_(_l1_rescaled(row, kept) if rescale else kept)
+            magnitudes = row.abs()
+            probabilities = _probabilities(magnitudes.view(base.shape), density, epsilon).reshape(-1)
+            kept = torch.lt(della_uniforms(seed, name, m, row.numel()).to(row.dtype), probabilities, out=probabilities)  # 1 or 0
+            before = float(magnitudes.sum())
+            row.mul_(kept)
+            if rescale:  # to τ_m's L1 norm, as mergekit rescales (not where either norm is below 1e-7)
+                after = float(magnitudes.mul_(kept).sum())
+                if before >= 1e-7 and after >= 1e-7:
+                    row.mul_(before / after)
     w = torch.ones(count, 1, dtype=tau.dtype) if weights is None else torch.as_tensor(weights, dtype=tau.dtype).reshape(-1, 1)
     if w.shape[0] != count:
         raise ValueError(f"{w.shape[0]} weights for {count} models")

@@ -24,13 +24,14 @@ __all__ = ["sce", "sce_merge", "variance_mask"]
 
 
 def variance_mask(tau: Tensor, select_topk: float) -> Tensor:
-    """1 at the ``⌊select_topk · nnz⌋`` entries of largest variance over the task vectors ``tau`` ``(T, *shape)``; ``(*shape)``."""
-    variance = tau.var(dim=0, unbiased=False)
-    mask = torch.zeros_like(variance)
+    """1 at the ``⌊select_topk · nnz⌋`` entries of largest variance over the task vectors ``tau`` ``(T, *shape)``; ``(*shape)``
+    (variances tied at the threshold are kept together, where mergekit keeps an arbitrary subset)."""
+    variance = (tau - tau.mean(0)).square_().mean(0)  # the population variance (torch.var over dim 0 took 4.6 of 7.9 s on MiniLM)
     k = int(int(torch.count_nonzero(variance)) * select_topk)
-    if k:
-        mask.view(-1)[variance.reshape(-1).topk(k).indices] = 1
-    return mask
+    if k == 0:
+        return torch.zeros_like(variance)
+    threshold = variance.reshape(-1).kthvalue(variance.numel() - k + 1).values  # a selection, not a sort (mergekit's topk)
+    return (variance >= threshold).to(variance.dtype)
 
 
 def sce(base: Tensor, tensors: Tensor, select_topk: float = 1.0) -> Tensor:

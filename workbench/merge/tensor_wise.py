@@ -45,6 +45,17 @@ def _check_count(rule: TensorRule, names: Sequence[str]) -> None:
         raise ValueError(f"{rule.__name__} merges {wanted} model{'s' if most != 1 else ''} beside the base; got {len(names)}: {list(names)}")
 
 
+def _check_finite(name: str, stacked: Tensor, theta0: Tensor | None, inputs) -> None:
+    """Refuse tensor ``name`` when an input holds NaN or infinite values there, naming the inputs. The sums are a fast
+    first test (a finite sum means every entry is finite); only a non-finite one looks entry by entry, and a sum that
+    merely overflowed passes."""
+    if bool(torch.isfinite(stacked.sum())) and (theta0 is None or bool(torch.isfinite(theta0.sum()))):
+        return
+    culprits = {c.name: [name] for c in inputs.inputs if name in c and not bool(torch.isfinite(c[name]).all())}
+    if culprits:
+        raise ValueError(f"NaN or infinite values in the inputs, by input and tensor: {culprits}; nothing was written")
+
+
 def _takes_name(rule: TensorRule) -> bool:
     parameter = inspect.signature(rule).parameters.get("name")
     return parameter is not None and parameter.kind is inspect.Parameter.KEYWORD_ONLY
@@ -76,9 +87,7 @@ def merge_tensor_wise(
             work = work_dtype(p.dtype)
             stacked = torch.stack([checkpoint[p.name] if p.name in checkpoint else inputs.base[p.name] for checkpoint in inputs.checkpoints]).to(work)
             theta0 = inputs.base[p.name].to(work) if uses_base else None
-            if not (bool(torch.isfinite(stacked).all()) and (theta0 is None or bool(torch.isfinite(theta0).all()))):
-                culprits = {c.name: [p.name] for c in inputs.inputs if p.name in c and not bool(torch.isfinite(c[p.name]).all())}
-                raise ValueError(f"NaN or infinite values in the inputs, by input and tensor: {culprits}; nothing was written")
+            _check_finite(p.name, stacked, theta0, inputs)
             merged = rule(theta0, stacked, **options, **({"name": p.name} if named else {}))
             if not bool(torch.isfinite(merged).all()):
                 raise ValueError(f"merging tensor {p.name!r} gave non-finite values though every input is finite there; nothing was written")

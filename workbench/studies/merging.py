@@ -31,12 +31,14 @@ from workbench.studies.problems import Problem, load_problem
 from workbench.train.loop import Monitor
 
 __all__ = [
-    "MergeSet", "load_merge_set", "swept_merges", "lambda_curves", "swept_scores", "compare_merges", "published_ordering",
+    "MergeSet", "load_merge_set", "swept_merges", "lambda_curves", "swept_scores", "compare_merges", "published_ordering", "published_data_free_ordering",
     "pairwise_interference", "interference_correlations", "LAMBDAS",
 ]
 
 PUBLISHED_ORDER = ("task_arithmetic", "ties", "layer_wise_adamerging", "regmean")
 """FusionBench's 8-task CLIP ordering: TA < TIES < layer-wise AdaMerging ≈ RegMean < individual (REFERENCES.md)."""
+PUBLISHED_DATA_FREE_ORDER = ("task_arithmetic", "ties", ("tsv_merge", "iso_cts"))
+"""The data-free ordering FusionBench reports on CLIP-ViT-B/32, eight tasks: TA < TIES < TSV-M and Iso-CTS."""
 
 LAMBDAS = tuple(np.round(np.arange(0.1, 1.01, 0.1), 2).tolist())
 
@@ -107,8 +109,15 @@ def swept_scores(merges: MergeSet, method: str, lambdas, split: str = "validatio
     """``normalised`` ``(model, task)`` of the swept ``method`` (one of :func:`swept_merges`) merged with each λ of ``lambdas`` (the ``model`` labels)."""
     if method not in swept_merges():
         raise ValueError(f"unknown swept method {method!r}; the swept methods are {swept_merges()}")
-    models = {lam: merges.model(make_merge(method, lam=lam)(merges.base, merges.individual).weights) for lam in lambdas}
+    at_one = make_merge(method, lam=1.0)(merges.base, merges.individual).weights
+    models = {lam: merges.model(_at_lambda(merges.base, at_one, lam)) for lam in lambdas}
     return merges.scores(models, split).normalised
+
+
+def _at_lambda(base: dict[str, Tensor], at_one: dict[str, Tensor], lam: float) -> dict[str, Tensor]:
+    """θ_0 + λ (θ(1) − θ_0): a swept merge at ``lam`` from its merge at λ = 1, one merge for the whole curve (every swept
+    merge is θ_0 + λ · (a merged task vector that does not depend on λ), a law of the registry's battery)."""
+    return {k: (base[k] + lam * (v - base[k])).to(v.dtype) if v.is_floating_point() else v for k, v in at_one.items()}
 
 
 def lambda_curves(merges: MergeSet, lambdas=LAMBDAS, split: str = "validation") -> xr.Dataset:
@@ -163,6 +172,15 @@ def published_ordering(scores: xr.Dataset) -> str:
     holds = all(mean[a] < mean[b] for a, b in zip(strict, strict[1:])) and all(mean[m] < 1 for m in present)
     measured = ", ".join(f"{m} {mean[m]:.3f}" for m in present)
     return f"mean normalised scores: {measured} (individual models: 1). The published ordering TA < TIES < AdaMerging ≈ RegMean < individual {'holds' if holds else 'does not hold'} here"
+
+
+def published_data_free_ordering(scores: xr.Dataset) -> str:
+    """Whether the mean normalised scores follow TA < TIES < TSV-M and Iso-CTS (each of the last two above TIES), in words."""
+    mean = scores.normalised.mean("task").to_series()
+    ta, ties, top = PUBLISHED_DATA_FREE_ORDER
+    holds = mean[ta] < mean[ties] < min(mean[m] for m in top)
+    measured = ", ".join(f"{m} {mean[m]:.3f}" for m in (ta, ties, *top))
+    return f"mean normalised scores: {measured}. The published data-free ordering TA < TIES < TSV-M, Iso-CTS {'holds' if holds else 'does not hold'} here"
 
 
 def pairwise_interference(merges: MergeSet, lam: float = 0.3, density: float = 0.2) -> xr.Dataset:

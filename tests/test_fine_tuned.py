@@ -80,6 +80,19 @@ def test_published_ordering_is_checked_on_the_strict_steps_only():
     assert published_ordering(scores(task_arithmetic=0.8, ties=1.02, regmean=0.94)).endswith("does not hold here")  # above the individual models
 
 
+def test_the_published_data_free_ordering_needs_both_svd_merges_above_ties_above_task_arithmetic():
+    import xarray as xr
+
+    from workbench.studies.merging import published_data_free_ordering
+
+    def scores(**means):
+        return xr.Dataset({"normalised": (("model", "task"), [[v] for v in means.values()])}, coords={"model": list(means), "task": ["a"]})
+
+    assert published_data_free_ordering(scores(task_arithmetic=0.8, ties=0.85, tsv_merge=0.9, iso_cts=0.88)).endswith("holds here")
+    assert published_data_free_ordering(scores(task_arithmetic=0.8, ties=0.85, tsv_merge=0.9, iso_cts=0.84)).endswith("does not hold here")
+    assert published_data_free_ordering(scores(task_arithmetic=0.86, ties=0.85, tsv_merge=0.9, iso_cts=0.88)).endswith("does not hold here")
+
+
 def test_the_explorer_merges_live_and_falls_back_to_the_precomputed_curves_in_a_batch_run(built, monkeypatch):
     from workbench import viz
     from workbench.studies.merging import lambda_curves, load_merge_set, swept_merges, swept_scores
@@ -87,7 +100,9 @@ def test_the_explorer_merges_live_and_falls_back_to_the_precomputed_curves_in_a_
     cache, _ = built
     merges = load_merge_set(RECIPE, cache=str(cache), progress=False)
     curves = lambda_curves(merges, [0.3, 1.0])
-    assert list(curves.method.values) == swept_merges() == ["task_arithmetic", "ties", "dare", "dare_ties", "breadcrumbs", "breadcrumbs_ties"]
+    assert list(curves.method.values) == swept_merges()
+    assert {"task_arithmetic", "ties", "dare", "breadcrumbs", "della", "magmax", "tsv_merge", "iso_cts"} <= set(swept_merges())
+    assert not {"average", "sce", "model_stock", "metagpt", "fisher"} & set(swept_merges())  # no λ to sweep
     one = swept_scores(merges, "ties", [1.0]).isel(model=0)
     np.testing.assert_allclose(one.values, curves.normalised.sel({"method": "ties", "lam": 1.0}).values)
     with pytest.raises(ValueError, match="unknown swept method 'fisher'"):

@@ -1,5 +1,5 @@
-"""MagMax, TSV-M, Iso-C, Iso-CTS and EMR against FusionBench 0.2.33's implementations on the same task vectors, and
-their definitions' edge cases."""
+"""MagMax, TSV-M, Iso-C, Iso-CTS and EMR against FusionBench 0.2.33's implementations on the same task vectors, their
+definitions' edge cases, and MetaGPT's coefficients (no public implementation to run) against its definition."""
 
 import contextlib
 import io
@@ -131,3 +131,17 @@ def test_emr_elects_the_sign_of_the_sum_and_the_largest_agreeing_magnitude():
     unified, masks = elect_mask(tau)
     torch.testing.assert_close(unified, torch.tensor([2.0, -3.0, 0.0]))  # a sum of 0 elects −, and no entry agrees there
     assert masks.tolist() == [[True, True, False], [False, True, False], [True, False, False]]
+
+
+def test_metagpt_weights_each_task_by_its_squared_norm_and_the_weights_sum_to_one():
+    from workbench.merge import make_merge
+
+    base = {"w": torch.zeros(2, 2), "b": torch.zeros(2)}
+    tasks = {"a": {"w": torch.ones(2, 2), "b": torch.zeros(2)}, "b": {"w": torch.zeros(2, 2), "b": torch.tensor([2.0, 0.0])}}
+    merged = make_merge("metagpt")(base, tasks)  # ‖τ_a‖² = 4, ‖τ_b‖² = 4: λ = 1/2 each
+    torch.testing.assert_close(torch.as_tensor(merged.details["lambda"].values), torch.tensor([0.5, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(merged.weights["w"], torch.full((2, 2), 0.5))
+    tasks["b"]["b"] = torch.tensor([4.0, 0.0])  # ‖τ_b‖² = 16: λ = 0.2, 0.8
+    merged = make_merge("metagpt")(base, tasks)
+    torch.testing.assert_close(merged.weights["b"], torch.tensor([3.2, 0.0]))
+    assert float(merged.details["lambda"].sum()) == pytest.approx(1.0)

@@ -104,7 +104,7 @@ def test_a_dry_run_prints_the_plan_and_writes_nothing(folders, tmp_path, capsys)
     ({"models": [{"model": "nowhere"}]}, r"no model at \['.*nowhere'\]"),
     ({"dtype": "float8"}, r"unknown dtype 'float8'"),
     ({"slices": []}, r"slices \(mergekit's layer stacking.*are not read"),
-    ({"merge_method": "tall"}, r"the merges that read data or serve each task its own weights run from Python: \[.*'tall'"),
+    ({"merge_method": "tall"}, r"the others, which read data, serve each task its own weights or need the whole model first, run from Python: \[.*'tall'"),
 ])
 def test_a_bad_configuration_is_refused_naming_what_is_wrong_before_anything_is_written(change, message, folders, tmp_path, capsys):
     base, tasks = folders

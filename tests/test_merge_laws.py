@@ -31,6 +31,7 @@ IDENTITY = {
     "sce": (3, {}),
     "passthrough": (1, {}),
     "magmax": (3, {"lam": 1.0}),
+    "metagpt": (3, {}),
     "tsv_merge": (1, {}),
     "iso_c": (1, {}),  # of FLATTENED: the model's spectrum flattened, see below
     "iso_cts": (1, {}),

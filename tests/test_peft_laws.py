@@ -143,7 +143,9 @@ def test_the_gradient_engine_equals_autograd_inside_the_adapter(name, backbone, 
         if shared:
             expected = torch.autograd.grad(losses[task], [p for _, p in shared], retain_graph=True, allow_unused=True, materialize_grads=True)
             for (parameter, _), want in zip(shared, expected):
-                torch.testing.assert_close(jacobian.blocks[parameter][index], want, msg=f"{task}, {parameter}")
+                # float32 sums in another order: to 1e-6 of the gradient's largest entry (the hypernetwork's reach 400)
+                torch.testing.assert_close(jacobian.blocks[parameter][index], want, rtol=1e-5, atol=1e-6 * float(want.abs().max()) + 1e-6,
+                                           msg=f"{task}, {parameter}")
         own = model.task_parameters()[task]
         for (parameter, _), want in zip(own, torch.autograd.grad(losses[task], [p for _, p in own], retain_graph=True, allow_unused=True,
                                                                   materialize_grads=True)):

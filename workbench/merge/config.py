@@ -118,7 +118,7 @@ def read_merge_config(path: str | os.PathLike) -> MergePlan:
     rules = [name for name in MERGES if hasattr(MERGES[name].target(), "rule") and name not in TENSOR_WISE_METHODS]
     if method not in MERGEKIT_METHODS and method not in TENSOR_WISE_METHODS and method not in presets + rules:
         raise _fail(path, f"unknown merge_method {method!r}; mergekit's methods read here: {sorted(MERGEKIT_METHODS | TENSOR_WISE_METHODS)}; "
-                          f"the workbench's: {presets + rules} (the merges that read data or serve each task its own weights run from Python: "
+                          f"the workbench's: {presets + rules} (the others, which read data, serve each task its own weights or need the whole model first, run from Python: "
                           f"{[n for n in MERGES if n not in presets + rules and n not in TENSOR_WISE_METHODS]})")
     entries = config.get("models")
     if not isinstance(entries, list) or not entries or not all(isinstance(e, Mapping) and "model" in e for e in entries):

@@ -145,3 +145,40 @@ def test_metagpt_weights_each_task_by_its_squared_norm_and_the_weights_sum_to_on
     merged = make_merge("metagpt")(base, tasks)
     torch.testing.assert_close(merged.weights["b"], torch.tensor([3.2, 0.0]))
     assert float(merged.details["lambda"].sum()) == pytest.approx(1.0)
+
+
+def official_pcb(flat, ratio):
+    """PCB merging as the official ``pcb-merging.py`` writes it (sorted rows, minmax ``normalize``, ``clamp``)."""
+
+    def normalize(x):
+        low, high = x.min(dim=1, keepdim=True).values, x.max(dim=1, keepdim=True).values
+        return (x - low) / (high - low)
+
+    def clamp(x, min_ratio=0.0, max_ratio=0.0):
+        d = x.size(1)
+        ordered = torch.sort(x, dim=1).values
+        return torch.clamp(x, ordered[:, int(d * min_ratio)].unsqueeze(1), ordered[:, int(d * (1 - max_ratio) - 1)].unsqueeze(1))
+
+    n = flat.shape[0]
+    magnitude = clamp(flat.abs(), 0.0001, 0.0001)
+    clipped = torch.sign(flat) * magnitude
+    task = torch.exp(n * normalize(magnitude) ** 2) * torch.tanh(flat * flat.sum(0))
+    scale = normalize(clamp(task, 1 - ratio, 0))
+    return (clipped * scale).sum(0) / torch.clamp(scale.sum(0), min=1e-12)
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.3])
+def test_pcb_equals_the_official_code_written_out_on_the_whole_models_task_vectors(ratio):
+    from workbench.merge import make_merge
+    from workbench.merge.pcb import pcb_merged_vector
+
+    base, tasks = models(n_tasks=3, seed=2, dtype=torch.float64)
+    flat = torch.stack([torch.cat([(sd[k] - base[k]).reshape(-1) for k in SHAPES]) for sd in tasks.values()])
+    expected = official_pcb(flat, ratio)
+    torch.testing.assert_close(pcb_merged_vector(flat, ratio), expected, atol=1e-12, rtol=0)
+    merged = make_merge("pcb", ratio=ratio, lam=0.8)(base, tasks).weights
+    ours = torch.cat([(merged[k] - base[k]).reshape(-1) for k in SHAPES])
+    torch.testing.assert_close(ours, 0.8 * expected, atol=1e-12, rtol=0)
+    assert torch.equal(merged["position_ids"], base["position_ids"])
+    kept = float((expected != 0).double().mean())
+    assert ratio - 0.02 < kept < 3 * ratio + 0.02  # each of the 3 tasks keeps its top r: their union holds r to 3r

@@ -13,7 +13,7 @@ after the base, the task models and the data), its paper, and these traits:
   SLERP one beside the base, NuSLERP two.
 
 Families: **data-free** (weight averaging, task arithmetic, TIES, DARE, DARE-TIES; Breadcrumbs (and its TIES form), DELLA (and
-DELLA-linear), SCE, passthrough, MagMax, TSV-M, Iso-C and Iso-CTS, MetaGPT, SLERP, NuSLERP, Model Stock and the Karcher mean, tensor-wise rules of :mod:`workbench.merge.tensor_wise`), **localised**
+DELLA-linear), SCE, passthrough, MagMax, TSV-M, Iso-C and Iso-CTS, PCB, MetaGPT, SLERP, NuSLERP, Model Stock and the Karcher mean, tensor-wise rules of :mod:`workbench.merge.tensor_wise`), **localised**
 (TALL masks: per-task retrieval and Consensus; EMR's elect, mask and rescale) and **data-dependent** (Fisher, RegMean, AdaMerging).
 """
 
@@ -71,6 +71,8 @@ MERGES: Registry[Entry] = Registry("merge", [
            "Marczak et al. 2025, No task left behind: isotropic model merging with common and task-specific subspaces"),
     _entry("iso_cts", "data-free", "a common subspace and each task's own directions, with a flat spectrum", "isotropic.iso_cts_merge",
            "Marczak et al. 2025, No task left behind: isotropic model merging with common and task-specific subspaces"),
+    _entry("pcb", "data-free", "each entry weighted by its size within its task and its agreement across tasks; the top fraction kept",
+           "pcb.pcb", "Du et al. 2024, Parameter competition balancing for model merging"),
     _entry("metagpt", "data-free", "task arithmetic with each task weighted by its task vector's squared norm", "metagpt.metagpt",
            "Zhou et al. 2024, MetaGPT: merging large language models using model exclusive task arithmetic"),
     _entry("slerp", "data-free", "the base and one model interpolated along the great circle", "slerp.slerp_merge",

@@ -50,7 +50,7 @@ from workbench.weights.model_folder import DEFAULT_SHARD_BYTES
 from workbench.weights.task_vectors import magnitude_thresholds, task_vector_chunks, work_dtype
 from workbench.progress import progress as progress_bar
 
-__all__ = ["MergeOptions", "merge_task_vectors", "merge_tensor", "combine_task_vectors", "elected_sign"]
+__all__ = ["MergeOptions", "merge_task_vectors", "merge_tensor", "combine_task_vectors", "elected_sign", "apply_combined"]
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,17 @@ def combine_task_vectors(tau: Tensor, weights: Tensor, options: MergeOptions, th
         divisor = (weights.T @ agreeing.sign_()).squeeze(0)
         merged.div_(divisor.masked_fill_(divisor == 0, 1.0))
     return merged
+
+
+def apply_combined(base: Tensor, tau: Tensor, weights: Sequence[float] | None, lam: float, options: MergeOptions) -> Tensor:
+    """θ_0 + λ · :func:`combine_task_vectors` of one tensor's task vectors ``tau`` ``(T, n)``, sparsified already (and
+    changed in place), with ``weights`` (T numbers, or ``None``: 1 each); ``base`` ``(*shape)``, the result its shape."""
+    count = tau.shape[0]
+    w = torch.ones(count, 1, dtype=tau.dtype) if weights is None else torch.as_tensor(weights, dtype=tau.dtype).reshape(-1, 1)
+    if w.shape[0] != count:
+        raise ValueError(f"{w.shape[0]} weights for {count} models")
+    merged = combine_task_vectors(tau, w, options, None, torch.empty_like(tau))
+    return base + lam * merged.reshape(base.shape)
 
 
 def _merge_key(

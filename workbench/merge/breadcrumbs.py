@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from workbench.merge.arithmetic import MergeOptions, combine_task_vectors
+from workbench.merge.arithmetic import MergeOptions, apply_combined
 from workbench.merge.tensor_wise import as_tensor_merge
 
 __all__ = ["breadcrumbs", "breadcrumbs_ties", "breadcrumbs_merge", "breadcrumbs_ties_merge", "breadcrumbs_mask"]
@@ -51,15 +51,10 @@ def _check(density: float, gamma: float) -> None:
 
 def _merge(base: Tensor, tensors: Tensor, density: float, gamma: float, lam: float, weights: Sequence[float] | None, elect_sign: bool) -> Tensor:
     _check(density, gamma)
-    count = tensors.shape[0]
-    tau = tensors.sub_(base).reshape(count, -1)  # the stacked inputs are the rule's to change
+    tau = tensors.sub_(base).reshape(tensors.shape[0], -1)  # the stacked inputs are the rule's to change
     for row in tau:
         row.mul_(breadcrumbs_mask(row, density, gamma))
-    w = torch.ones(count, 1, dtype=tau.dtype) if weights is None else torch.as_tensor(weights, dtype=tau.dtype).reshape(-1, 1)
-    if w.shape[0] != count:
-        raise ValueError(f"{w.shape[0]} weights for {count} models")
-    merged = combine_task_vectors(tau, w, MergeOptions(elect_sign=elect_sign, combine="sum"), None, torch.empty_like(tau))
-    return base + lam * merged.reshape(base.shape)
+    return apply_combined(base, tau, weights, lam, MergeOptions(elect_sign=elect_sign, combine="sum"))
 
 
 def breadcrumbs(base: Tensor, tensors: Tensor, density: float = 0.9, gamma: float = 0.01, lam: float = 1.0, weights: Sequence[float] | None = None) -> Tensor:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from workbench.merge.arithmetic import MergeOptions, combine_task_vectors
+from workbench.merge.arithmetic import MergeOptions, apply_combined
 from workbench.merge.tensor_wise import as_tensor_merge
 
 __all__ = ["della", "della_linear", "della_merge", "della_linear_merge", "keep_probabilities", "della_uniforms"]
@@ -76,8 +76,7 @@ def _check(density: float, epsilon: float) -> None:
 def _merge(base: Tensor, tensors: Tensor, name: str, density: float, epsilon: float, lam: float, weights: Sequence[float] | None,
            normalize: bool, rescale: bool, seed: int, elect_sign: bool) -> Tensor:
     _check(density, epsilon)
-    count = tensors.shape[0]
-    tau = tensors.sub_(base).reshape(count, -1)  # the stacked inputs are the rule's to change
+    tau = tensors.sub_(base).reshape(tensors.shape[0], -1)  # the stacked inputs are the rule's to change
     if density < 1:
         for m, row in enumerate(tau):
             magnitudes = row.abs()
@@ -89,12 +88,7 @@ def _merge(base: Tensor, tensors: Tensor, name: str, density: float, epsilon: fl
                 after = float(magnitudes.mul_(kept).sum())
                 if before >= 1e-7 and after >= 1e-7:
                     row.mul_(before / after)
-    w = torch.ones(count, 1, dtype=tau.dtype) if weights is None else torch.as_tensor(weights, dtype=tau.dtype).reshape(-1, 1)
-    if w.shape[0] != count:
-        raise ValueError(f"{w.shape[0]} weights for {count} models")
-    combine = "mean" if normalize else "sum"
-    merged = combine_task_vectors(tau, w, MergeOptions(elect_sign=elect_sign, combine=combine), None, torch.empty_like(tau))
-    return base + lam * merged.reshape(base.shape)
+    return apply_combined(base, tau, weights, lam, MergeOptions(elect_sign=elect_sign, combine="mean" if normalize else "sum"))
 
 
 def della(base: Tensor, tensors: Tensor, *, name: str, density: float = 0.5, epsilon: float = 0.15, lam: float = 1.0,

@@ -48,10 +48,9 @@ def emr(base: Weights, tasks: Mapping[str, TaskModel], data: MergeData | None, *
     for p in progress_bar(inputs.plans, "emr", enabled=progress, leave=False):
         if p.action != "merge":
             continue
-        tau = task_vectors(inputs.base[p.name], [checkpoint[p.name] if p.name in checkpoint else inputs.base[p.name] for checkpoint in inputs.checkpoints])
+        tau = task_vectors(inputs.base[p.name], inputs.tensors_of(p.name))
         if not bool(torch.isfinite(tau).all()):
-            bad = {name: [p.name] for name, checkpoint in zip(inputs.names, inputs.checkpoints) if p.name in checkpoint and not bool(torch.isfinite(checkpoint[p.name]).all())}
-            raise ValueError(f"NaN or infinite values in the task models: {bad}")
+            inputs.check_finite([p.name])
         unified[p.name], masks[p.name] = elect_mask(tau)
         scales += tau.abs().reshape(count, -1).mean(1).double()
         unified_scales += (unified[p.name] * masks[p.name]).abs().reshape(count, -1).mean(1).double()

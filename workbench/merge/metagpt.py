@@ -33,7 +33,7 @@ def metagpt_coefficients(base: Weights, tasks: Mapping[str, Weights], strict: bo
     squares = torch.zeros(len(inputs.names), dtype=torch.float64)
     for p in inputs.plans:
         if p.action == "merge":
-            tau = task_vectors(inputs.base[p.name], [c[p.name] if p.name in c else inputs.base[p.name] for c in inputs.checkpoints])
+            tau = task_vectors(inputs.base[p.name], inputs.tensors_of(p.name))
             squares += tau.double().square().reshape(len(squares), -1).sum(1)
     total = float(squares.sum())
     return squares / total if total > 0 else torch.full_like(squares, 1 / len(squares))

@@ -63,15 +63,9 @@ def pcb(base: Weights, tasks: Mapping[str, TaskModel], data: MergeData | None, *
     merged_plans = [p for p in inputs.plans if p.action == "merge"]
     if not merged_plans:
         return Merged(weights={p.name: fixed_tensor(p, inputs) for p in inputs.plans})
-    parts = [task_vectors(inputs.base[p.name], [c[p.name] if p.name in c else inputs.base[p.name] for c in inputs.checkpoints])
-             for p in merged_plans]
-    work = torch.float64 if any(part.dtype == torch.float64 for part in parts) else torch.float32
-    tau = torch.cat([part.reshape(len(inputs.names), -1).to(work) for part in parts], dim=1)
-    del parts
+    tau = torch.cat([task_vectors(inputs.base[p.name], inputs.tensors_of(p.name)).reshape(len(inputs.names), -1) for p in merged_plans], dim=1)
     if not bool(torch.isfinite(tau).all()):
-        bad = {name: [p.name for p in merged_plans if p.name in c and not bool(torch.isfinite(c[p.name]).all())]
-               for name, c in zip(inputs.names, inputs.checkpoints)}
-        raise ValueError(f"NaN or infinite values in the task models: { {k: v for k, v in bad.items() if v} }")
+        inputs.check_finite([p.name for p in merged_plans])
     vector = pcb_merged_vector(tau, ratio)
     weights, start = {}, 0
     for p in inputs.plans:
@@ -80,6 +74,6 @@ def pcb(base: Weights, tasks: Mapping[str, TaskModel], data: MergeData | None, *
             continue
         theta0 = inputs.base[p.name]
         size = theta0.numel()
-        weights[p.name] = (theta0.to(work) + lam * vector[start:start + size].reshape(theta0.shape)).to(p.dtype)
+        weights[p.name] = (theta0.to(vector.dtype) + lam * vector[start:start + size].reshape(theta0.shape)).to(p.dtype)
         start += size
     return Merged(weights=weights)

@@ -42,6 +42,20 @@ class MergeInputs:
         """The base (when there is one), then the models."""
         return ([self.base] if self.base is not None else []) + self.checkpoints
 
+    def tensors_of(self, name: str) -> list[Tensor]:
+        """Every model's tensor ``name``, the base's where a model lacks it (``strict=False``)."""
+        return [checkpoint[name] if name in checkpoint else self.base[name] for checkpoint in self.checkpoints]
+
+    def check_finite(self, names: Sequence[str]) -> None:
+        """Refuse the inputs when any holds NaN or infinite values in the tensors ``names``, naming the inputs and tensors."""
+        bad = {}
+        for checkpoint in self.inputs:
+            found = [name for name in names if name in checkpoint and not bool(torch.isfinite(checkpoint[name]).all())]
+            if found:
+                bad[checkpoint.name] = found
+        if bad:
+            raise ValueError(f"NaN or infinite values in the inputs, by input and tensor: {bad}; nothing was written")
+
 
 def _is_folder(source) -> bool:
     return isinstance(source, (str, os.PathLike)) and is_model_folder(source)

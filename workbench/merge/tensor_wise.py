@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from workbench.merge.method import MergeData, Merged, TaskModel, merge_signature
-from workbench.merge.streaming import emit, fixed_tensor, open_inputs
+from workbench.merge.streaming import MergeInputs, emit, fixed_tensor, open_inputs
 from workbench.progress import progress as progress_bar
 from workbench.weights.model_folder import DEFAULT_SHARD_BYTES
 from workbench.weights.state_dicts import Source, Weights
@@ -45,15 +45,12 @@ def _check_count(rule: TensorRule, names: Sequence[str]) -> None:
         raise ValueError(f"{rule.__name__} merges {wanted} model{'s' if most != 1 else ''} beside the base; got {len(names)}: {list(names)}")
 
 
-def _check_finite(name: str, stacked: Tensor, theta0: Tensor | None, inputs) -> None:
+def _check_finite(name: str, stacked: Tensor, theta0: Tensor | None, inputs: MergeInputs) -> None:
     """Refuse tensor ``name`` when an input holds NaN or infinite values there, naming the inputs. The sums are a fast
     first test (a finite sum means every entry is finite); only a non-finite one looks entry by entry, and a sum that
     merely overflowed passes."""
-    if bool(torch.isfinite(stacked.sum())) and (theta0 is None or bool(torch.isfinite(theta0.sum()))):
-        return
-    culprits = {c.name: [name] for c in inputs.inputs if name in c and not bool(torch.isfinite(c[name]).all())}
-    if culprits:
-        raise ValueError(f"NaN or infinite values in the inputs, by input and tensor: {culprits}; nothing was written")
+    if not (bool(torch.isfinite(stacked.sum())) and (theta0 is None or bool(torch.isfinite(theta0.sum())))):
+        inputs.check_finite([name])
 
 
 def _takes_name(rule: TensorRule) -> bool:
@@ -85,7 +82,7 @@ def merge_tensor_wise(
                 yield fixed_tensor(p, inputs)
                 continue
             work = work_dtype(p.dtype)
-            stacked = torch.stack([checkpoint[p.name] if p.name in checkpoint else inputs.base[p.name] for checkpoint in inputs.checkpoints]).to(work)
+            stacked = torch.stack(inputs.tensors_of(p.name)).to(work)
             theta0 = inputs.base[p.name].to(work) if uses_base else None
             _check_finite(p.name, stacked, theta0, inputs)
             merged = rule(theta0, stacked, **options, **({"name": p.name} if named else {}))

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from workbench.files import atomic_write, remove_leftovers
+from workbench.files import atomic_write, remove_leftovers, write_behind
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
@@ -61,12 +61,17 @@ def test_a_killed_merge_leaves_a_leftover_that_the_next_merge_into_the_folder_re
     script = (
         "import os, sys, torch\n"
         "from workbench.weights.state_dicts import write_state_dict\n"
+        "import glob, time\n"
         "def killed():\n"
-        "    yield torch.ones(1000)\n"
+        "    yield torch.ones(10000)\n"
+        "    for _ in range(500):  # killed once the first tensor reached the file (a second thread writes it)\n"
+        "        if any(os.path.getsize(p) > 0 for p in glob.glob(os.path.join(os.path.dirname(sys.argv[1]), '.merged*'))):\n"
+        "            break\n"
+        "        time.sleep(0.01)\n"
         "    os._exit(9)\n"
         "class Tensors(dict):\n"
         "    def values(self): return killed()\n"
-        "write_state_dict(sys.argv[1], Tensors(a=torch.ones(1000), b=torch.ones(10)))\n"
+        "write_state_dict(sys.argv[1], Tensors(a=torch.ones(10000), b=torch.ones(10)))\n"
     )
     out = tmp_path / "merged.safetensors"
     assert subprocess.run([sys.executable, "-c", script, str(out)]).returncode == 9
@@ -91,3 +96,22 @@ def test_an_atomic_write_reaches_the_disk_before_its_rename_and_the_folder_after
         temporary.write_text("complete")
     assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
     assert ".report.html.partial-" in events[0][1] and events[1][1] == str(target) and events[2][1] == str(tmp_path)
+
+
+def test_a_write_behind_writes_every_piece_in_order(tmp_path):
+    path = tmp_path / "out.bin"
+    with open(path, "wb") as file, write_behind(file) as write:
+        for k in range(50):
+            write(bytes([k]) * 1000)
+    assert path.read_bytes() == b"".join(bytes([k]) * 1000 for k in range(50))
+
+
+def test_a_failed_write_behind_is_raised_on_the_callers_thread():
+    class Full:
+        def write(self, piece):
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        with write_behind(Full()) as write:
+            for _ in range(10):
+                write(b"x")

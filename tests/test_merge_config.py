@@ -9,9 +9,10 @@ from tests.test_model_folder import _fine_tuned, _save
 from tests.test_encoders import tiny_bert
 from workbench.cli import main
 from workbench.merge.arithmetic import merge_task_vectors
-from workbench.merge.config import parse_size, read_merge_config
+from workbench.merge.config import dry_run, parse_size, read_merge_config
 from workbench.merge.presets import preset_options
 from workbench.weights.model_folder import open_model_folder
+from workbench.weights.task_vectors import CHUNK, READ_CHUNKS
 
 
 @pytest.fixture()
@@ -191,6 +192,22 @@ def test_a_tensor_wise_method_refuses_parameters_that_vary_by_layer_and_a_wrong_
 def test_a_tensor_wise_dry_run_expects_every_inputs_tensor_in_memory(folders, tmp_path, capsys):
     base, tasks = folders
     config = {"merge_method": "model_stock", "base_model": "base", "models": [{"model": p.name} for p in tasks.values()]}
-    assert main(["merge", str(_write(tmp_path, config)), str(tmp_path / "merged"), "--dry-run"]) == 0
+    path = _write(tmp_path, config)
+    assert main(["merge", str(path), str(tmp_path / "merged"), "--dry-run"]) == 0
     largest = max(t.numel() for t in _state(base).values() if t.is_floating_point())
-    assert f"holds about {(4 + 2) * 4 * largest / 2**20:,.1f} MiB" in capsys.readouterr().out and not (tmp_path / "merged").exists()
+    # the base's and 3 models' tensors, twice as much work, the merged tensor made and the one being written (float32)
+    expected = (4 + 2) * 4 * largest + 2 * 4 * largest
+    assert dry_run(read_merge_config(path))["peak_bytes"] == expected
+    assert f"holds about {expected / 2**20:,.1f} MiB" in capsys.readouterr().out and not (tmp_path / "merged").exists()
+
+
+def test_a_dry_run_of_the_core_expects_its_read_ahead_and_chunk_buffers(folders, tmp_path):
+    base, tasks = folders
+    path = _write(tmp_path, {"merge_method": "task_arithmetic", "base_model": "base", "models": [{"model": p.name} for p in tasks.values()], "dtype": "float16"})
+    largest = max(t.numel() for t in _state(base).values() if t.is_floating_point())
+    chunk = min(CHUNK, largest)
+    # two float16 merged tensors, two read-ahead blocks of the 4 float32 inputs, τ and its scratch of 3 models
+    expected = 2 * 2 * largest + 2 * 4 * min(largest, chunk * READ_CHUNKS) * 4 + 2 * 3 * chunk * 4
+    assert dry_run(read_merge_config(path))["peak_bytes"] == expected
+
+

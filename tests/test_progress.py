@@ -54,3 +54,25 @@ def test_a_quiet_or_disabled_bar_shows_nothing(kernel, monkeypatch):
     monkeypatch.setenv("WORKBENCH_PROGRESS", "0")
     assert list(bars.progress(range(3), "quiet")) == [0, 1, 2]
     assert kernel == []
+
+
+def test_a_bar_over_bytes_counts_each_item_once_its_work_is_done(kernel):
+    seen = []
+    for item in bars.progress_bytes(["small", "large"], [1024, 3 * 1024], "merge"):
+        (handle,) = kernel
+        seen.append(item)
+    ((text, _),) = handle.updates
+    assert seen == ["small", "large"] and "merge: 100%" in text["text/plain"] and "4.00k/4.00k" in text["text/plain"]
+
+
+def test_a_bar_over_bytes_stopped_early_shows_the_bytes_done(kernel):
+    for item in bars.progress_bytes(["a", "b", "c"], [1024, 1024, 2048], "merge"):
+        if item == "b":
+            break
+    ((text, _),) = kernel[0].updates
+    assert "25%" in text["text/plain"] and "1.00k/4.00k" in text["text/plain"]
+
+
+def test_a_bar_over_bytes_needs_a_size_for_every_item():
+    with pytest.raises(ValueError, match="2 sizes for 3 items"):
+        list(bars.progress_bytes([1, 2, 3], [1, 2], "merge"))

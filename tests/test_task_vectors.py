@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_merge import SHAPES, random_models
-from workbench.weights import TaskMasks
+from workbench.weights import TaskMasks, open_weights, task_vector_chunks
+from workbench.weights.task_vectors import streaming_threads
 from workbench.probes import mask_overlap, task_vector_similarity
 
 
@@ -73,3 +74,52 @@ def test_mask_overlap_counts_and_jaccard_on_known_masks():
     assert ds.selfish_by_task.values.tolist() == [1, 0, 1]
     assert ds.jaccard.sel(task="a", other_task="b") == 2 / 4  # a = {w0, w1, w4}, b = {w0, w4, v1}
     np.testing.assert_allclose(np.diagonal(ds.jaccard.values), 1)
+
+
+def test_chunks_read_ahead_from_files_equal_those_of_the_tensors_in_memory(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr("workbench.weights.task_vectors.READ_CHUNKS", 3)  # blocks of 3 chunks: several blocks per tensor
+    base, tasks = random_models(n_tasks=3)
+    save_file(base, str(tmp_path / "base.safetensors"))
+    for name, sd in tasks.items():
+        save_file(sd, str(tmp_path / f"{name}.safetensors"))
+    in_memory = [open_weights(base, "base"), [open_weights(sd, name) for name, sd in tasks.items()]]
+    on_disk = [open_weights(tmp_path / "base.safetensors"), [open_weights(tmp_path / f"{name}.safetensors") for name in tasks]]
+    for key in SHAPES:
+        expected = [(a, b, t0.clone(), tau.clone()) for a, b, t0, tau in task_vector_chunks(*in_memory, key, chunk=4)]
+        read = [(a, b, t0.clone(), tau.clone()) for a, b, t0, tau in task_vector_chunks(*on_disk, key, chunk=4)]
+        assert len(read) == len(expected) > 1
+        for (a, b, t0, tau), (a2, b2, t02, tau2) in zip(read, expected):
+            assert (a, b) == (a2, b2) and torch.equal(t0, t02) and torch.equal(tau, tau2)
+
+
+def test_a_read_ahead_stopped_early_leaves_no_reading_thread(tmp_path, monkeypatch):
+    import threading
+
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr("workbench.weights.task_vectors.READ_CHUNKS", 1)
+
+    base, tasks = random_models(n_tasks=2)
+    save_file(base, str(tmp_path / "base.safetensors"))
+    save_file(tasks["t0"], str(tmp_path / "t0.safetensors"))
+    key = max(SHAPES, key=lambda k: base[k].numel())
+    chunks = task_vector_chunks(open_weights(tmp_path / "base.safetensors"), [open_weights(tmp_path / "t0.safetensors")], key, chunk=4)
+    next(chunks)
+    assert any(t.name.startswith("workbench-read") for t in threading.enumerate())
+    chunks.close()
+    assert not any(t.name.startswith("workbench-read") for t in threading.enumerate())
+
+
+def test_streaming_threads_leave_a_core_to_the_reads_and_give_it_back(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    before = torch.get_num_threads()
+    save_file({"w": torch.ones(3)}, str(tmp_path / "w.safetensors"))
+    with streaming_threads([open_weights({"w": torch.ones(3)}), None]):
+        assert torch.get_num_threads() == before  # nothing read from disk
+    with streaming_threads([open_weights(tmp_path / "w.safetensors")]):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

@@ -18,10 +18,12 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from queue import Queue
 from pathlib import Path
 
-__all__ = ["atomic_write", "remove_leftovers", "fsync_file", "fsync_folder"]
+__all__ = ["atomic_write", "remove_leftovers", "fsync_file", "fsync_folder", "write_behind"]
 
 _MARKER = ".partial-"
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
@@ -52,6 +54,40 @@ def fsync_folder(folder: str | os.PathLike) -> None:
     """Flush a folder's entries (a rename into it, say) to disk; a no-op where folders cannot be opened (Windows)."""
     if os.name == "posix":
         fsync_file(Path(folder))
+
+
+@contextlib.contextmanager
+def write_behind(file) -> Iterator[Callable[[object], None]]:
+    """A ``write(data)`` that hands ``data`` (bytes, or a buffer kept alive until written) to a second thread writing
+    it to the open binary ``file``, while the caller makes the next piece: at most one piece waits, so a writer holds
+    the piece being written and one more. A failed write is raised by the next ``write`` or on leaving the block, which
+    waits until everything is written.
+    """
+    pieces: Queue = Queue(maxsize=1)
+    failure: list[BaseException] = []
+
+    def drain() -> None:
+        while (piece := pieces.get()) is not None:
+            if not failure:
+                try:
+                    file.write(piece)
+                except BaseException as error:  # raised on the caller's thread
+                    failure.append(error)
+
+    def write(piece) -> None:
+        if failure:
+            raise failure[0]
+        pieces.put(piece)
+
+    thread = threading.Thread(target=drain, name="workbench-write", daemon=True)
+    thread.start()
+    try:
+        yield write
+    finally:
+        pieces.put(None)
+        thread.join()
+    if failure:
+        raise failure[0]
 
 
 @contextlib.contextmanager

@@ -15,12 +15,12 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from tqdm.auto import tqdm
 
-__all__ = ["progress", "batch_run", "quiet", "ENV_VARIABLE", "BATCH_VARIABLE"]
+__all__ = ["progress", "progress_bytes", "batch_run", "quiet", "ENV_VARIABLE", "BATCH_VARIABLE"]
 
 ENV_VARIABLE = "WORKBENCH_PROGRESS"
 BATCH_VARIABLE = "WORKBENCH_BATCH"
@@ -43,6 +43,20 @@ def progress(iterable: Iterable[T], desc: str, enabled: bool = True, **options) 
     In a kernel the bar is tqdm's widget until it closes, then its last line of text (see :func:`_bar`).
     """
     return _bar()(iterable, desc=desc, disable=not enabled or quiet(), **options)
+
+
+def progress_bytes(items: Sequence[T], sizes: Sequence[int], desc: str, enabled: bool = True, **options) -> Iterator[T]:
+    """``items`` with a bar over bytes (as :func:`progress`): ``sizes[k]`` bytes count as done once the caller asks for
+    the item after ``items[k]``, so the bar moves with the work on each item, however unequal their sizes."""
+    if len(sizes) != len(items):
+        raise ValueError(f"{len(sizes)} sizes for {len(items)} items")
+    bar = _bar()(total=sum(sizes), desc=desc, disable=not enabled or quiet(), unit="B", unit_scale=True, unit_divisor=1024, **options)
+    try:
+        for item, size in zip(items, sizes):
+            yield item
+            bar.update(size)
+    finally:
+        bar.close()
 
 
 @functools.cache

@@ -47,8 +47,8 @@ from torch import Tensor
 from workbench.weights.state_dicts import MemoryWeights, Source, Weights
 from workbench.merge.streaming import emit, fixed_tensor, open_inputs
 from workbench.weights.model_folder import DEFAULT_SHARD_BYTES
-from workbench.weights.task_vectors import magnitude_thresholds, task_vector_chunks, work_dtype
-from workbench.progress import progress as progress_bar
+from workbench.weights.task_vectors import magnitude_thresholds, streaming_threads, task_vector_chunks, work_dtype
+from workbench.progress import progress_bytes
 
 __all__ = ["MergeOptions", "merge_task_vectors", "merge_tensor", "combine_task_vectors", "elected_sign", "apply_combined"]
 
@@ -192,22 +192,23 @@ def _merge_key(
         rescale = _l1_scales(base, tasks, name, options).to(work) if options.rescale == "l1" else torch.full((len(tasks), 1), 1 / (1 - drop), dtype=work)
     result = torch.empty(tasks[0].numel(name), dtype=dtype or work)
     scratch = None
-    for start, stop, theta0, tau in task_vector_chunks(base, tasks, name):
-        if scratch is None or scratch.shape != tau.shape:
-            scratch = torch.empty_like(tau)
-        if options.drop > 0:
-            tau.mul_(_keep_masks(generators, options.drop, scratch)).mul_(rescale)
-        merged = combine_task_vectors(tau, weights, options, thresholds, scratch).mul_(options.lam)
-        merged = merged.add_(theta0) if theta0 is not None else merged
-        if not bool(torch.isfinite(merged).all()):
-            raise _non_finite(name, ([base] if base is not None else []) + list(tasks), start, stop)
-        result[start:stop] = merged
-        if not bool(torch.isfinite(result[start:stop]).all()):  # finite in the work dtype, beyond the range of the output's
-            raise ValueError(
-                f"merging tensor {name!r} gave values beyond the range of {result.dtype} at entries {start}..{stop - 1} "
-                f"(largest magnitude {merged.abs().max().item():.4g}, finite in {merged.dtype}); "
-                f"nothing was written: write the merge in a wider dtype (out_dtype=torch.float32)"
-            )
+    with streaming_threads([base, *tasks]):
+        for start, stop, theta0, tau in task_vector_chunks(base, tasks, name):
+            if scratch is None or scratch.shape != tau.shape:
+                scratch = torch.empty_like(tau)
+            if options.drop > 0:
+                tau.mul_(_keep_masks(generators, options.drop, scratch)).mul_(rescale)
+            merged = combine_task_vectors(tau, weights, options, thresholds, scratch).mul_(options.lam)
+            merged = merged.add_(theta0) if theta0 is not None else merged
+            if not bool(torch.isfinite(merged).all()):
+                raise _non_finite(name, ([base] if base is not None else []) + list(tasks), start, stop)
+            result[start:stop] = merged
+            if result.dtype != merged.dtype and not bool(torch.isfinite(result[start:stop]).all()):  # finite in the work dtype, beyond the output's range
+                raise ValueError(
+                    f"merging tensor {name!r} gave values beyond the range of {result.dtype} at entries {start}..{stop - 1} "
+                    f"(largest magnitude {merged.abs().max().item():.4g}, finite in {merged.dtype}); "
+                    f"nothing was written: write the merge in a wider dtype (out_dtype=torch.float32)"
+                )
     return result.reshape(shape)
 
 
@@ -273,7 +274,7 @@ def merge_task_vectors(
     out_plans = inputs.out_plans(out_dtype)
 
     def tensors() -> Iterator[Tensor]:
-        for p, out_plan in zip(progress_bar(plans, "merge", enabled=progress, leave=False), out_plans):
+        for p, out_plan in zip(progress_bytes(plans, inputs.bytes_read(), "merge", enabled=progress, leave=False), out_plans):
             if p.action == "merge":
                 weights = options.task_weights(p.name, len(checkpoints))
                 yield _merge_key(base_checkpoint, checkpoints, p.name, options, weights, thresholds, out_plan.dtype)

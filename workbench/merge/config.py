@@ -37,6 +37,7 @@ import torch
 from workbench.merge.arithmetic import MergeOptions, merge_task_vectors
 from workbench.merge.presets import preset_options
 from workbench.merge.registry import MERGES
+from workbench.merge.streaming import open_inputs
 from workbench.merge.tensor_wise import merge_tensor_wise
 
 __all__ = ["MERGEKIT_METHODS", "TENSOR_WISE_METHODS", "MergePlan", "read_merge_config", "dry_run", "run_merge_config", "parse_size", "describe_dry_run"]
@@ -237,32 +238,31 @@ def _workbench_options(path: Path, method: str, general: dict, per_model: list[d
 def dry_run(plan: MergePlan) -> dict[str, Any]:
     """What the merge will read, write and hold, from the files' headers only (no weight is read).
 
-    ``peak_bytes`` is an estimate from the merge's buffers, not a measurement: the largest merged tensor in the work
-    dtype (and once more in the output dtype), plus two buffers of one 2^16-entry chunk per model for the generalised
-    core, or that tensor of every input and twice more for a tensor-wise rule."""
-    from workbench.weights.state_dicts import open_task_weights, open_weights, plan as plan_tensors
-    from workbench.weights.task_vectors import work_dtype
+    ``peak_bytes`` is an estimate from the merge's buffers, not a measurement (``benchmarks/bench_merge.py`` sets the
+    two side by side): the largest merged tensor in the output dtype twice (the one being made and the one the writer's
+    thread writes, :func:`~workbench.files.write_behind`); for the generalised core, besides, two blocks of :data:`~workbench.weights.task_vectors.READ_CHUNKS` chunks per input read ahead and two chunk
+    buffers per model (τ and its scratch); for a tensor-wise rule, that tensor of every input and twice more for the rule's work."""
+    from workbench.weights.task_vectors import CHUNK, READ_CHUNKS, work_dtype
 
-    _, checkpoints = open_task_weights({label: str(p) for label, p in plan.models.items()})
-    base = open_weights(str(plan.base)) if plan.base is not None else None
-    plans = plan_tensors(checkpoints, base)
-    nbytes = lambda p, dtype: int(torch.Size(p.shape).numel()) * dtype.itemsize  # noqa: E731
-    merged = [p for p in plans if p.action == "merge"]
-    inputs = len(checkpoints) + (base is not None)
-    read = sum(nbytes(p, p.dtype) for p in merged) * inputs + sum(nbytes(p, p.dtype) for p in plans if p.action != "merge")
-    written = sum(nbytes(p, plan.dtype or p.dtype) if p.action == "merge" else nbytes(p, p.dtype) for p in plans)
-    largest = max(merged, key=lambda p: int(torch.Size(p.shape).numel()), default=None)
+    inputs = open_inputs(str(plan.base) if plan.base is not None else None, {label: str(p) for label, p in plan.models.items()})
+    reads_base = not plan.tensor_wise or MERGES[plan.method].target().uses_base
+    merged = [p for p in inputs.plans if p.action == "merge"]
+    out_plans = inputs.out_plans(plan.dtype)
+    largest = max(merged, key=lambda p: p.nbytes, default=None)
     peak = 0
     if largest is not None:
-        work = work_dtype(largest.dtype)
-        output = nbytes(largest, plan.dtype) if plan.dtype not in (None, work) else 0
-        if plan.tensor_wise:  # the tensor of every input in the work dtype, the merged one and about as much of the rule's work
-            peak = (inputs + 2) * nbytes(largest, work) + output
+        entries, work = int(torch.Size(largest.shape).numel()), work_dtype(largest.dtype).itemsize
+        output = 2 * entries * (plan.dtype or largest.dtype).itemsize
+        count = len(inputs.checkpoints) + (reads_base and inputs.base is not None)
+        if plan.tensor_wise:  # the tensor of every input in the work dtype, and about twice as much of the rule's work
+            peak = (count + 2) * entries * work + output
         else:
-            peak = nbytes(largest, work) + output + 2 * len(checkpoints) * 2**16 * work.itemsize
+            chunk = min(CHUNK, entries)
+            read_ahead = 2 * count * min(entries, chunk * READ_CHUNKS) * largest.dtype.itemsize
+            peak = output + read_ahead + 2 * len(inputs.checkpoints) * chunk * work
     return {"method": plan.method, "options": plan.options, "base": str(plan.base) if plan.base else None,
-            "models": {label: str(p) for label, p in plan.models.items()}, "tensors": len(plans), "merged_tensors": len(merged),
-            "bytes_read": read, "bytes_written": written, "peak_bytes": peak}
+            "models": {label: str(p) for label, p in plan.models.items()}, "tensors": len(inputs.plans), "merged_tensors": len(merged),
+            "bytes_read": sum(inputs.bytes_read(reads_base)), "bytes_written": sum(p.nbytes for p in out_plans), "peak_bytes": peak}
 
 
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}

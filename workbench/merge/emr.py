@@ -25,7 +25,7 @@ from torch import Tensor
 
 from workbench.merge.method import MergeData, Merged, TaskModel
 from workbench.merge.streaming import fixed_tensor, open_inputs
-from workbench.progress import progress as progress_bar
+from workbench.progress import progress_bytes
 from workbench.weights.state_dicts import Weights
 from workbench.weights.task_vectors import TaskMasks, task_vectors
 
@@ -45,7 +45,7 @@ def emr(base: Weights, tasks: Mapping[str, TaskModel], data: MergeData | None, *
     count = len(inputs.names)
     unified, masks = {}, {}
     scales, unified_scales = torch.zeros(count, dtype=torch.float64), torch.zeros(count, dtype=torch.float64)
-    for p in progress_bar(inputs.plans, "emr", enabled=progress, leave=False):
+    for p in progress_bytes(inputs.plans, inputs.bytes_read(), "emr", enabled=progress, leave=False):
         if p.action != "merge":
             continue
         tau = task_vectors(inputs.base[p.name], inputs.tensors_of(p.name))

@@ -42,6 +42,12 @@ class MergeInputs:
         """The base (when there is one), then the models."""
         return ([self.base] if self.base is not None else []) + self.checkpoints
 
+    def bytes_read(self, reads_base: bool = True) -> list[int]:
+        """Per plan, the bytes a merge reads for that tensor: every model's (and, when ``reads_base``, the base's) for a
+        merged tensor, one copy's for a tensor taken as it is."""
+        readers = len(self.checkpoints) + (reads_base and self.base is not None)
+        return [p.nbytes * (readers if p.action == "merge" else 1) for p in self.plans]
+
     def tensors_of(self, name: str) -> list[Tensor]:
         """Every model's tensor ``name``, the base's where a model lacks it (``strict=False``)."""
         return [checkpoint[name] if name in checkpoint else self.base[name] for checkpoint in self.checkpoints]

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from workbench.merge.method import MergeData, Merged, TaskModel, merge_signature
 from workbench.merge.streaming import MergeInputs, emit, fixed_tensor, open_inputs
-from workbench.progress import progress as progress_bar
+from workbench.progress import progress_bytes
 from workbench.weights.model_folder import DEFAULT_SHARD_BYTES
 from workbench.weights.state_dicts import Source, Weights
 from workbench.weights.task_vectors import work_dtype
@@ -77,7 +77,7 @@ def merge_tensor_wise(
     named = _takes_name(rule)
 
     def tensors() -> Iterator[Tensor]:
-        for p, out_plan in zip(progress_bar(inputs.plans, "merge", enabled=progress, leave=False), out_plans):
+        for p, out_plan in zip(progress_bytes(inputs.plans, inputs.bytes_read(uses_base), "merge", enabled=progress, leave=False), out_plans):
             if p.action != "merge":
                 yield fixed_tensor(p, inputs)
                 continue

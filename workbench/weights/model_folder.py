@@ -37,7 +37,6 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from workbench.weights.state_dicts import (
@@ -99,7 +98,7 @@ def shard_plans(plans: Sequence[TensorPlan], max_shard_bytes: int) -> list[list[
     shards: list[list[TensorPlan]] = [[]]
     held = 0
     for p in plans:
-        size = int(torch.Size(p.shape).numel()) * p.dtype.itemsize
+        size = p.nbytes
         if shards[-1] and held + size > max_shard_bytes:
             shards.append([])
             held = 0
@@ -136,7 +135,7 @@ def write_model_folder(
         if next(stream, None) is not None:
             raise ValueError(f"more tensors than the {len(plans)} plans")
         if len(shards) > 1:
-            total = sum(int(torch.Size(p.shape).numel()) * p.dtype.itemsize for p in plans)
+            total = sum(p.nbytes for p in plans)
             (staging / SAFETENSORS_INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
         if like is not None:
             _copy_non_weights(Path(like), staging)

@@ -15,10 +15,12 @@ share these pieces:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +30,17 @@ from torch import Tensor
 
 from workbench.weights.state_dicts import MemoryWeights, Weights, write_state_dict
 
-__all__ = ["CHUNK", "work_dtype", "task_vectors", "task_vector_chunks", "magnitude_thresholds", "trim", "TaskMasks"]
+__all__ = ["CHUNK", "READ_CHUNKS", "work_dtype", "task_vectors", "task_vector_chunks", "streaming_threads", "magnitude_thresholds", "trim", "TaskMasks"]
 
 # Entries per task in one chunk: T × 2^16 float32 entries (2 MiB at T = 8) stay in the processor's cache.
 CHUNK = 1 << 16
 # Below this many entries per task the thresholds come from selecting among all of them.
 EXACT_UP_TO = 1 << 18
 SAMPLE = 1 << 15
+# Chunks read at once from a file: 2^20 entries per input (4 MiB of float32) make few, large reads.
+READ_CHUNKS = 16
+# Threads reading the inputs' next blocks side by side (a deeper queue of reads is faster on virtual and network disks).
+READERS = 4
 
 
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -49,12 +55,6 @@ def task_vectors(base: Tensor | None, tasks: Sequence[Tensor]) -> Tensor:
     return stacked - base.to(dtype) if base is not None else stacked
 
 
-def _read_work(checkpoint: Weights, key: str, start: int, stop: int, buffer: Tensor) -> Tensor:
-    """Entries start..stop-1 of tensor ``key`` in ``buffer``'s dtype: a view of an in-memory tensor when the dtypes agree, else ``buffer`` filled."""
-    part = checkpoint.read(key, start, stop, out=None if checkpoint.in_memory else buffer)
-    return part if part.dtype == buffer.dtype else buffer.copy_(part)
-
-
 def task_vector_chunks(
     base: Weights | None, tasks: Sequence[Weights], key: str, chunk: int | None = None
 ) -> Iterator[tuple[int, int, Tensor | None, Tensor]]:
@@ -62,23 +62,79 @@ def task_vector_chunks(
 
     c is a multiple of 4 except in the last chunk (the DARE masks take 16-bit words four at a time). The parts are in the work dtype and live in buffers reused by the next step: use them (or copy
     them) before asking for the next chunk. Without a base, τ_t = θ_t.
+
+    Inputs read from disk are read :data:`READ_CHUNKS` chunks at a time, one block ahead, by up to :data:`READERS`
+    threads while the caller works on the current block (two sets of read buffers take turns). Those threads only read:
+    their positioned reads release the interpreter's lock, and the tensor arithmetic stays on the caller's thread (see
+    :func:`streaming_threads` for the cores it leaves the reads).
     """
+    inputs = ([base] if base is not None else []) + list(tasks)
     n = tasks[0].numel(key)
     dtype = work_dtype(tasks[0].spec(key)[1])
     size = max(1, min(max(4, (chunk or CHUNK) // 4 * 4), n))
-    tau = torch.empty(len(tasks), size, dtype=dtype)
-    base_buffer, task_buffer = torch.empty(size, dtype=dtype), torch.empty(size, dtype=dtype)
-    for start in range(0, n, size):
-        stop = min(n, start + size)
-        c = stop - start
-        theta0 = _read_work(base, key, start, stop, base_buffer[:c]) if base is not None else None
-        for t, task in enumerate(tasks):
-            theta = _read_work(task, key, start, stop, task_buffer[:c])
-            if theta0 is None:
-                tau[t, :c].copy_(theta)
-            else:
-                torch.sub(theta, theta0, out=tau[t, :c])
-        yield start, stop, theta0, tau[:, :c]
+    on_disk = [i for i, checkpoint in enumerate(inputs) if not checkpoint.in_memory]
+    block = min(n, size * READ_CHUNKS) if on_disk else n
+    blocks = range(0, n, block)
+    slots = 2 if on_disk and len(blocks) > 1 else 1
+    read_buffers = [{i: torch.empty(block, dtype=inputs[i].spec(key)[1]) for i in on_disk} for _ in range(slots)]
+    tau, work_buffer = torch.empty(len(tasks), size, dtype=dtype), torch.empty(size, dtype=dtype)
+    base_buffer = torch.empty(size, dtype=dtype) if base is not None else None
+
+    def read(first: int, slot: int, i: int) -> Tensor:
+        """Input ``i``'s entries of the block from ``first`` in its stored dtype, in its buffer of ``slot``."""
+        last = min(n, first + block)
+        return inputs[i].read(key, first, last, out=read_buffers[slot][i][: last - first])
+
+    def parts(first: int, read_in: dict[int, Tensor]) -> Iterator[tuple[int, int, Tensor | None, Tensor]]:
+        """The chunks of the block from ``first``, whose on-disk inputs are ``read_in``."""
+        for start in range(first, min(n, first + block), size):
+            stop = min(n, start + size)
+            c = stop - start
+
+            def entries(i: int, buffer: Tensor) -> Tensor:  # input i's entries in the work dtype (a view where it can)
+                part = read_in[i][start - first : stop - first] if i in read_in else inputs[i].read(key, start, stop)
+                return part if part.dtype == dtype else buffer[:c].copy_(part)
+
+            theta0 = entries(0, base_buffer) if base is not None else None
+            for t in range(len(tasks)):
+                theta = entries(t + (base is not None), work_buffer)
+                if theta0 is None:
+                    tau[t, :c].copy_(theta)
+                else:
+                    torch.sub(theta, theta0, out=tau[t, :c])
+            yield start, stop, theta0, tau[:, :c]
+
+    if slots == 1:
+        for first in blocks:
+            yield from parts(first, {i: read(first, 0, i) for i in on_disk})
+        return
+    with ThreadPoolExecutor(max_workers=min(len(on_disk), READERS), thread_name_prefix="workbench-read") as readers:
+        pending = {i: readers.submit(read, blocks[0], 0, i) for i in on_disk}
+        try:
+            for index, first in enumerate(blocks):
+                read_in = {i: future.result() for i, future in pending.items()}
+                if index + 1 < len(blocks):
+                    pending = {i: readers.submit(read, blocks[index + 1], (index + 1) % 2, i) for i in on_disk}
+                yield from parts(first, read_in)
+        finally:
+            for future in pending.values():
+                future.cancel()
+
+
+@contextlib.contextmanager
+def streaming_threads(checkpoints: Sequence[Weights | None]) -> Iterator[None]:
+    """While inside, when any of ``checkpoints`` is read from disk, torch's parallel operations leave one core to
+    :func:`task_vector_chunks`' reading thread (on two cores: one thread; parallel operations on small chunks beside
+    the reads made the arithmetic 4× slower on such a machine); unchanged otherwise."""
+    threads = torch.get_num_threads()
+    streamed = any(c is not None and not c.in_memory for c in checkpoints)
+    if streamed:
+        torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - 1)))
+    try:
+        yield
+    finally:
+        if streamed:
+            torch.set_num_threads(threads)
 
 
 def _kth_largest(values: Tensor, k: int) -> Tensor:

@@ -93,6 +93,27 @@ def test_the_published_data_free_ordering_needs_both_svd_merges_above_ties_above
     assert published_data_free_ordering(scores(task_arithmetic=0.86, ties=0.85, tsv_merge=0.9, iso_cts=0.88)).endswith("does not hold here")
 
 
+def test_a_curve_still_rising_at_the_grids_end_is_swept_further(built):
+    from workbench.studies.merging import lambda_curves, load_merge_set, swept_scores
+
+    cache, _ = built
+    merges = load_merge_set(RECIPE, cache=str(cache), progress=False)
+    curve = swept_scores(merges, "task_arithmetic", [0.02, 0.04], extend_to=2.0)
+    lams = [float(lam) for lam in curve.model.values]
+    assert lams[:2] == [0.02, 0.04] and np.allclose(np.diff(lams), 0.02)
+    best = int(np.argmax(curve.mean("task").values))
+    assert len(lams) > 2 and (best < len(lams) - 1 or lams[-1] + 0.02 > 2.0)  # swept on until the best is inside the grid
+    for k in (0, len(lams) - 1):
+        np.testing.assert_allclose(curve.isel(model=k).values, swept_scores(merges, "task_arithmetic", [lams[k]]).isel(model=0).values)
+    with pytest.raises(ValueError, match="the λ grid must increase"):
+        swept_scores(merges, "ties", [0.5, 0.3])
+    curves = lambda_curves(merges, [0.02, 0.04], extend_to=0.1)
+    assert set(curves.attrs["at_edge"]) <= set(curves.method.values) and float(curves.lam.max()) <= 0.1 + 1e-9
+    for method in curves.attrs["at_edge"]:
+        mean = curves["mean"].sel({"method": method}).dropna("lam")  # sel(method=...) is sel's own option
+        assert float(mean.lam[int(np.argmax(mean.values))]) == float(mean.lam[-1])
+
+
 def test_the_explorer_merges_live_and_falls_back_to_the_precomputed_curves_in_a_batch_run(built, monkeypatch):
     from workbench import viz
     from workbench.studies.merging import lambda_curves, load_merge_set, swept_merges, swept_scores

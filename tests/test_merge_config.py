@@ -105,7 +105,7 @@ def test_a_dry_run_prints_the_plan_and_writes_nothing(folders, tmp_path, capsys)
     ({"models": [{"model": "nowhere"}]}, r"no model at \['.*nowhere'\]"),
     ({"dtype": "float8"}, r"unknown dtype 'float8'"),
     ({"slices": []}, r"slices \(mergekit's layer stacking.*are not read"),
-    ({"merge_method": "tall"}, r"the others, which read data, serve each task its own weights or need the whole model first, run from Python: \[.*'tall'"),
+    ({"merge_method": "tall"}, r"the others, which read data, serve each task its own weights or hold the whole model at once, run from Python: \[.*'tall'"),
 ])
 def test_a_bad_configuration_is_refused_naming_what_is_wrong_before_anything_is_written(change, message, folders, tmp_path, capsys):
     base, tasks = folders
@@ -187,6 +187,26 @@ def test_a_tensor_wise_method_refuses_parameters_that_vary_by_layer_and_a_wrong_
     config["models"].append({"model": "task1"})
     assert main(["merge", str(_write(tmp_path, config)), str(tmp_path / "merged")]) == 2
     assert "slerp merges exactly 1 model beside the base; got 2" in capsys.readouterr().err and not (tmp_path / "merged").exists()
+
+
+def test_a_streamed_whole_model_merge_runs_on_folders_as_it_does_in_memory_and_its_dry_run_counts_both_passes(folders, tmp_path, capsys):
+    from workbench.merge import make_merge
+
+    base, tasks = folders
+    path = _write(tmp_path, {"merge_method": "metagpt", "base_model": "base", "models": [{"model": p.name} for p in tasks.values()]})
+    summary = dry_run(read_merge_config(path))
+    state = _state(base)
+    floating = sum(t.numel() * t.element_size() for t in state.values() if t.is_floating_point())
+    others = sum(t.numel() * t.element_size() for t in state.values() if not t.is_floating_point())
+    assert summary["bytes_read"] == 2 * 4 * floating + others  # the norms' pass and the merge's, each over the base and 3 models
+    assert main(["merge", str(path), str(tmp_path / "merged")]) == 0
+    expected = make_merge("metagpt")(state, {label: _state(folder) for label, folder in tasks.items()}).weights
+    ours = _state(tmp_path / "merged")
+    for key in expected:
+        torch.testing.assert_close(ours[key], expected[key], rtol=0, atol=0, msg=key)
+    bad = _write(tmp_path, {"merge_method": "metagpt", "base_model": "base", "models": [{"model": p.name, "parameters": {"weight": 2.0}} for p in tasks.values()]}, "bad.yaml")
+    assert main(["merge", str(bad), str(tmp_path / "other")]) == 2
+    assert "unknown parameters ['weight'] for metagpt" in capsys.readouterr().err and not (tmp_path / "other").exists()
 
 
 def test_a_tensor_wise_dry_run_expects_every_inputs_tensor_in_memory(folders, tmp_path, capsys):

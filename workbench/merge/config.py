@@ -89,9 +89,12 @@ class MergePlan:
     source: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def tensor_wise(self) -> bool:
-        """Whether the merge is a tensor-wise rule (:mod:`workbench.merge.tensor_wise`) rather than the generalised core."""
-        return not isinstance(self.options, MergeOptions)
+    def kind(self) -> str:
+        """How it runs: ``"core"`` (the generalised merge), ``"tensor_wise"`` (a rule, :mod:`workbench.merge.tensor_wise`)
+        or ``"streamed"`` (a whole-model merge's own streamed form, its entry's ``streamed`` attribute)."""
+        if isinstance(self.options, MergeOptions):
+            return "core"
+        return "streamed" if hasattr(MERGES[self.method].target(), "streamed") else "tensor_wise"
 
 
 def _fail(path: Path, message: str) -> ValueError:
@@ -117,9 +120,10 @@ def read_merge_config(path: str | os.PathLike) -> MergePlan:
     method = config.get("merge_method")
     presets = [name for name in MERGES if hasattr(MERGES[name].target(), "options_of")]
     rules = [name for name in MERGES if hasattr(MERGES[name].target(), "rule") and name not in TENSOR_WISE_METHODS]
+    rules += [name for name in MERGES if hasattr(MERGES[name].target(), "streamed")]
     if method not in MERGEKIT_METHODS and method not in TENSOR_WISE_METHODS and method not in presets + rules:
         raise _fail(path, f"unknown merge_method {method!r}; mergekit's methods read here: {sorted(MERGEKIT_METHODS | TENSOR_WISE_METHODS)}; "
-                          f"the workbench's: {presets + rules} (the others, which read data, serve each task its own weights or need the whole model first, run from Python: "
+                          f"the workbench's: {presets + rules} (the others, which read data, serve each task its own weights or hold the whole model at once, run from Python: "
                           f"{[n for n in MERGES if n not in presets + rules and n not in TENSOR_WISE_METHODS]})")
     entries = config.get("models")
     if not isinstance(entries, list) or not entries or not all(isinstance(e, Mapping) and "model" in e for e in entries):
@@ -138,7 +142,7 @@ def read_merge_config(path: str | os.PathLike) -> MergePlan:
     if method in TENSOR_WISE_METHODS:
         reads_base = TENSOR_WISE_METHODS[method][1]
     else:
-        reads_base = MERGES[method].target().uses_base if method in rules else method not in ("linear", "average")
+        reads_base = getattr(MERGES[method].target(), "uses_base", True) if method in rules else method not in ("linear", "average")
     if base is None and reads_base:
         raise _fail(path, f"{method} reads a base_model; give one")
     if base is not None and reads_base is False:
@@ -245,7 +249,9 @@ def dry_run(plan: MergePlan) -> dict[str, Any]:
     from workbench.weights.task_vectors import CHUNK, READ_CHUNKS, work_dtype
 
     inputs = open_inputs(str(plan.base) if plan.base is not None else None, {label: str(p) for label, p in plan.models.items()})
-    reads_base = not plan.tensor_wise or MERGES[plan.method].target().uses_base
+    target = MERGES[plan.method].target() if plan.kind != "core" else None
+    reads_base = getattr(target, "uses_base", True)
+    passes = getattr(target, "passes", 1)
     merged = [p for p in inputs.plans if p.action == "merge"]
     out_plans = inputs.out_plans(plan.dtype)
     largest = max(merged, key=lambda p: p.nbytes, default=None)
@@ -254,7 +260,7 @@ def dry_run(plan: MergePlan) -> dict[str, Any]:
         entries, work = int(torch.Size(largest.shape).numel()), work_dtype(largest.dtype).itemsize
         output = 2 * entries * (plan.dtype or largest.dtype).itemsize
         count = len(inputs.checkpoints) + (reads_base and inputs.base is not None)
-        if plan.tensor_wise:  # the tensor of every input in the work dtype, and about twice as much of the rule's work
+        if plan.kind == "tensor_wise":  # the tensor of every input in the work dtype, and about twice as much of the rule's work
             peak = (count + 2) * entries * work + output
         else:
             chunk = min(CHUNK, entries)
@@ -262,7 +268,7 @@ def dry_run(plan: MergePlan) -> dict[str, Any]:
             peak = output + read_ahead + 2 * len(inputs.checkpoints) * chunk * work
     return {"method": plan.method, "options": plan.options, "base": str(plan.base) if plan.base else None,
             "models": {label: str(p) for label, p in plan.models.items()}, "tensors": len(inputs.plans), "merged_tensors": len(merged),
-            "bytes_read": sum(inputs.bytes_read(reads_base)), "bytes_written": sum(p.nbytes for p in out_plans), "peak_bytes": peak}
+            "bytes_read": sum(n * (passes if p.action == "merge" else 1) for p, n in zip(inputs.plans, inputs.bytes_read(reads_base))), "bytes_written": sum(p.nbytes for p in out_plans), "peak_bytes": peak}
 
 
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -296,7 +302,9 @@ def run_merge_config(plan: MergePlan, out: str | os.PathLike, max_shard_bytes: i
     shared = {"out": out, "out_dtype": plan.dtype, "like": plan.like, "progress": progress} | ({} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes})
     base = str(plan.base) if plan.base is not None else None
     models = {label: str(p) for label, p in plan.models.items()}
-    if plan.tensor_wise:
-        target = MERGES[plan.method].target()
+    if plan.kind == "core":
+        return merge_task_vectors(base, models, plan.options, **shared)
+    target = MERGES[plan.method].target()
+    if plan.kind == "tensor_wise":
         return merge_tensor_wise(base, models, target.rule, plan.options, uses_base=target.uses_base and base is not None, **shared)
-    return merge_task_vectors(base, models, plan.options, **shared)
+    return target.streamed(base, models, **plan.options, **shared)

@@ -105,13 +105,23 @@ def swept_merges() -> list[str]:
     return [name for name, entry in MERGES.items() if entry.traits["data"] == "none" and "lam" in entry.options()]
 
 
-def swept_scores(merges: MergeSet, method: str, lambdas, split: str = "validation") -> xr.DataArray:
-    """``normalised`` ``(model, task)`` of the swept ``method`` (one of :func:`swept_merges`) merged with each λ of ``lambdas`` (the ``model`` labels)."""
+def swept_scores(merges: MergeSet, method: str, lambdas, split: str = "validation", extend_to: float | None = None) -> xr.DataArray:
+    """``normalised`` ``(model, task)`` of the swept ``method`` (one of :func:`swept_merges`) merged with each λ of
+    ``lambdas`` (the ``model`` labels, increasing). With ``extend_to``, while the best mean score is at the last λ the
+    grid goes on at its last spacing, up to ``extend_to``: a curve still rising at the grid's end has not shown its best."""
     if method not in swept_merges():
         raise ValueError(f"unknown swept method {method!r}; the swept methods are {swept_merges()}")
+    lambdas = [float(lam) for lam in lambdas]
+    if any(b <= a for a, b in zip(lambdas, lambdas[1:])):
+        raise ValueError(f"the λ grid must increase, got {lambdas}")
     at_one = make_merge(method, lam=1.0)(merges.base, merges.individual).weights
-    models = {lam: merges.model(_at_lambda(merges.base, at_one, lam)) for lam in lambdas}
-    return merges.scores(models, split).normalised
+    score = lambda grid: merges.scores({lam: merges.model(_at_lambda(merges.base, at_one, lam)) for lam in grid}, split).normalised  # noqa: E731
+    scores = score(lambdas)
+    step = lambdas[-1] - lambdas[-2] if len(lambdas) > 1 else lambdas[-1]
+    while extend_to is not None and int(np.argmax(scores.mean("task").values)) == scores.sizes["model"] - 1 and lambdas[-1] + step <= extend_to + 1e-9:
+        lambdas.append(round(lambdas[-1] + step, 6))
+        scores = xr.concat([scores, score(lambdas[-1:])], dim="model")
+    return scores
 
 
 def _at_lambda(base: dict[str, Tensor], at_one: dict[str, Tensor], lam: float) -> dict[str, Tensor]:
@@ -120,17 +130,25 @@ def _at_lambda(base: dict[str, Tensor], at_one: dict[str, Tensor], lam: float) -
     return {k: (base[k] + lam * (v - base[k])).to(v.dtype) if v.is_floating_point() else v for k, v in at_one.items()}
 
 
-def lambda_curves(merges: MergeSet, lambdas=LAMBDAS, split: str = "validation") -> xr.Dataset:
-    """``normalised`` ``(method, lam, task)`` of every swept merge at every λ, and its ``mean`` over tasks."""
+def lambda_curves(merges: MergeSet, lambdas=LAMBDAS, split: str = "validation", extend_to: float | None = 4.0) -> xr.Dataset:
+    """``normalised`` ``(method, lam, task)`` of every swept merge at every λ, and its ``mean`` over tasks.
+
+    A method whose best λ is the grid's last is swept further (:func:`swept_scores`' ``extend_to``); the other methods
+    hold NaN at those λ. ``attrs["at_edge"]`` names the methods whose best is still their last λ (at ``extend_to``):
+    their best λ lies beyond what was swept."""
     methods = swept_merges()
-    curves = [swept_scores(merges, method, lambdas, split).rename(model="lam") for method in methods]
-    ds = xr.concat(curves, dim="method").assign_coords(method=methods).to_dataset(name="normalised")
-    return ds.assign(mean=ds.normalised.mean("task")).assign_coords(lam=list(lambdas))
+    curves = [swept_scores(merges, method, lambdas, split, extend_to).rename(model="lam") for method in methods]
+    curves = [curve.assign_coords(lam=[float(lam) for lam in curve.lam.values]) for curve in curves]
+    ds = xr.concat(curves, dim="method", join="outer").assign_coords(method=methods).to_dataset(name="normalised")
+    ds = ds.assign(mean=ds.normalised.mean("task", skipna=False))
+    last = {method: float(curve.lam.values[-1]) for method, curve in zip(methods, curves)}
+    ds.attrs["at_edge"] = [m for m in methods if _best_lambda(ds, m) == last[m]]
+    return ds
 
 
 def _best_lambda(curves: xr.Dataset, method: str) -> float:
     mean = curves["mean"].sel({"method": method})
-    return float(mean.lam[int(np.argmax(mean.values))])
+    return float(mean.lam[int(np.nanargmax(mean.values))])
 
 
 def compare_merges(

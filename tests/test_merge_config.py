@@ -105,7 +105,7 @@ def test_a_dry_run_prints_the_plan_and_writes_nothing(folders, tmp_path, capsys)
     ({"models": [{"model": "nowhere"}]}, r"no model at \['.*nowhere'\]"),
     ({"dtype": "float8"}, r"unknown dtype 'float8'"),
     ({"slices": []}, r"slices \(mergekit's layer stacking.*are not read"),
-    ({"merge_method": "tall"}, r"the others, which read data, serve each task its own weights or hold the whole model at once, run from Python: \[.*'tall'"),
+    ({"merge_method": "tall"}, r"the others read data, or choose each task's λ_t on it, and run from Python: \[.*'tall'"),
 ])
 def test_a_bad_configuration_is_refused_naming_what_is_wrong_before_anything_is_written(change, message, folders, tmp_path, capsys):
     base, tasks = folders
@@ -207,6 +207,46 @@ def test_a_streamed_whole_model_merge_runs_on_folders_as_it_does_in_memory_and_i
     bad = _write(tmp_path, {"merge_method": "metagpt", "base_model": "base", "models": [{"model": p.name, "parameters": {"weight": 2.0}} for p in tasks.values()]}, "bad.yaml")
     assert main(["merge", str(bad), str(tmp_path / "other")]) == 2
     assert "unknown parameters ['weight'] for metagpt" in capsys.readouterr().err and not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("method, parameters", [("pcb", {"ratio": 0.2, "lam": 0.8}), ("emr", {})])
+def test_a_merge_that_holds_the_whole_model_runs_on_folders_as_it_does_in_memory(method, parameters, folders, tmp_path):
+    from workbench.merge import make_merge
+
+    base, tasks = folders
+    path = _write(tmp_path, {"merge_method": method, "base_model": "base", "models": [{"model": p.name} for p in tasks.values()],
+                             "parameters": parameters, "dtype": "float32"})
+    summary = dry_run(read_merge_config(path))
+    state = _state(base)
+    model_bytes = sum(t.numel() * t.element_size() for t in state.values())
+    served = len(tasks) if method == "emr" else 1
+    assert summary["bytes_written"] == served * model_bytes
+    assert main(["merge", str(path), str(tmp_path / "merged")]) == 0
+    expected = make_merge(method, **parameters)(state, {label: _state(folder) for label, folder in tasks.items()})
+    for task in tasks:
+        folder = tmp_path / "merged" / task if method == "emr" else tmp_path / "merged"
+        ours, theirs = _state(folder), expected.for_task(task)
+        assert sorted(ours) == sorted(theirs) and (folder / "config.json").is_file()
+        for key in theirs:
+            torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=0, msg=key)
+    if method == "emr":
+        assert sorted(p.name for p in (tmp_path / "merged").iterdir()) == sorted(tasks)  # a folder per task, nothing else
+
+
+def test_a_merge_that_reads_data_is_refused_by_the_command_naming_where_it_runs(folders, tmp_path, capsys):
+    base, tasks = folders
+    path = _write(tmp_path, {"merge_method": "regmean", "base_model": "base", "models": [{"model": p.name} for p in tasks.values()]})
+    assert main(["merge", str(path), str(tmp_path / "merged")]) == 2
+    error = capsys.readouterr().err
+    assert "unknown merge_method 'regmean'" in error and "run from Python: ['tall', 'consensus', 'fisher', 'regmean'" in error
+    assert not (tmp_path / "merged").exists()
+
+
+def test_a_merge_beyond_the_output_dtypes_range_is_refused_before_anything_is_written(folders, tmp_path, capsys):
+    base, tasks = folders
+    path = _write(tmp_path, {"merge_method": "passthrough", "models": [{"model": "task0"}], "parameters": {"scale": 1e6}, "dtype": "float16"})
+    assert main(["merge", str(path), str(tmp_path / "merged")]) == 2
+    assert "beyond the range of torch.float16" in capsys.readouterr().err and not (tmp_path / "merged").exists()
 
 
 def test_a_tensor_wise_dry_run_expects_every_inputs_tensor_in_memory(folders, tmp_path, capsys):

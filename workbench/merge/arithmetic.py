@@ -178,21 +178,21 @@ def _merge_key(
     dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Tensor ``name`` merged chunk by chunk, in ``dtype`` (default: the work dtype); ``weights`` shape (T,), ``thresholds`` (T,) or None."""
-    shape, stored = tasks[0].spec(name)
-    work = work_dtype(stored)
-    if options.density < 1 and options.trim == "tensor":
-        thresholds = magnitude_thresholds(base, tasks, [name], options.density)
-    elif options.density < 1 and thresholds is None:
-        raise ValueError("model-wide trimming needs each task's threshold (magnitude_thresholds over the model)")
-    thresholds = thresholds.to(work).view(-1, 1) if options.density < 1 else None
-    weights = weights.to(work).view(-1, 1)
-    if options.drop > 0:
-        generators = _dare_generators(options.seed, name, len(tasks))
-        drop = _effective_drop(options.drop)
-        rescale = _l1_scales(base, tasks, name, options).to(work) if options.rescale == "l1" else torch.full((len(tasks), 1), 1 / (1 - drop), dtype=work)
-    result = torch.empty(tasks[0].numel(name), dtype=dtype or work)
-    scratch = None
-    with streaming_threads([base, *tasks]):
+    with streaming_threads([base, *tasks]):  # thresholds, L1 scales and the merge read the inputs alike
+        shape, stored = tasks[0].spec(name)
+        work = work_dtype(stored)
+        if options.density < 1 and options.trim == "tensor":
+            thresholds = magnitude_thresholds(base, tasks, [name], options.density)
+        elif options.density < 1 and thresholds is None:
+            raise ValueError("model-wide trimming needs each task's threshold (magnitude_thresholds over the model)")
+        thresholds = thresholds.to(work).view(-1, 1) if options.density < 1 else None
+        weights = weights.to(work).view(-1, 1)
+        if options.drop > 0:
+            generators = _dare_generators(options.seed, name, len(tasks))
+            drop = _effective_drop(options.drop)
+            rescale = _l1_scales(base, tasks, name, options).to(work) if options.rescale == "l1" else torch.full((len(tasks), 1), 1 / (1 - drop), dtype=work)
+        result = torch.empty(tasks[0].numel(name), dtype=dtype or work)
+        scratch = None
         for start, stop, theta0, tau in task_vector_chunks(base, tasks, name):
             if scratch is None or scratch.shape != tau.shape:
                 scratch = torch.empty_like(tau)
@@ -209,7 +209,7 @@ def _merge_key(
                     f"(largest magnitude {merged.abs().max().item():.4g}, finite in {merged.dtype}); "
                     f"nothing was written: write the merge in a wider dtype (out_dtype=torch.float32)"
                 )
-    return result.reshape(shape)
+        return result.reshape(shape)
 
 
 def _non_finite(name: str, checkpoints: Sequence[Weights], start: int, stop: int) -> ValueError:
@@ -270,7 +270,8 @@ def merge_task_vectors(
     merged_names = [p.name for p in plans if p.action == "merge"]
     thresholds = None
     if options.density < 1 and options.trim == "model":
-        thresholds = magnitude_thresholds(base_checkpoint, checkpoints, merged_names, options.density)
+        with streaming_threads([base_checkpoint, *checkpoints]):
+            thresholds = magnitude_thresholds(base_checkpoint, checkpoints, merged_names, options.density)
     out_plans = inputs.out_plans(out_dtype)
 
     def tensors() -> Iterator[Tensor]:

@@ -27,6 +27,8 @@ workbench's option names in ``parameters``. Paths are relative to the configurat
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +38,11 @@ import torch
 
 from workbench.merge.arithmetic import MergeOptions, merge_task_vectors
 from workbench.merge.presets import preset_options
-from workbench.merge.registry import MERGES
-from workbench.merge.streaming import open_inputs
+from workbench.merge.registry import MERGES, make_merge
+from workbench.merge.streaming import as_output, emit, open_inputs
 from workbench.merge.tensor_wise import merge_tensor_wise
 
-__all__ = ["MERGEKIT_METHODS", "TENSOR_WISE_METHODS", "MergePlan", "read_merge_config", "dry_run", "run_merge_config", "parse_size", "describe_dry_run"]
+__all__ = ["MERGEKIT_METHODS", "TENSOR_WISE_METHODS", "MergePlan", "workbench_methods", "read_merge_config", "dry_run", "run_merge_config", "parse_size", "describe_dry_run"]
 
 _TOP_LEVEL = {"merge_method", "base_model", "models", "parameters", "dtype", "tokenizer_source"}
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
@@ -90,11 +92,28 @@ class MergePlan:
 
     @property
     def kind(self) -> str:
-        """How it runs: ``"core"`` (the generalised merge), ``"tensor_wise"`` (a rule, :mod:`workbench.merge.tensor_wise`)
-        or ``"streamed"`` (a whole-model merge's own streamed form, its entry's ``streamed`` attribute)."""
-        if isinstance(self.options, MergeOptions):
-            return "core"
-        return "streamed" if hasattr(MERGES[self.method].target(), "streamed") else "tensor_wise"
+        """How it runs (:func:`workbench_methods`); mergekit's methods of the generalised merge are ``"core"``."""
+        return "core" if isinstance(self.options, MergeOptions) else workbench_methods()[self.method]
+
+
+def workbench_methods() -> dict[str, str]:
+    """The registered merges ``workbench merge`` runs, by how: ``"core"`` (a preset of the generalised merge, streamed),
+    ``"tensor_wise"`` (a rule, :mod:`workbench.merge.tensor_wise`, streamed tensor by tensor), ``"streamed"`` (a whole-model
+    merge's own streamed form, its entry's ``streamed`` attribute: MetaGPT) or ``"whole_model"`` (a data-free merge that
+    holds every task vector at once, as PCB's and EMR's statistics are over the whole model: run through the shared merge
+    call, then written). Merges that read data are not among them."""
+    kinds = {}
+    for name, entry in MERGES.items():
+        target = entry.target()
+        if hasattr(target, "options_of"):
+            kinds[name] = "core"
+        elif hasattr(target, "streamed"):
+            kinds[name] = "streamed"
+        elif hasattr(target, "rule"):
+            kinds[name] = "tensor_wise"
+        elif entry.traits["data"] == "none":
+            kinds[name] = "whole_model"
+    return kinds
 
 
 def _fail(path: Path, message: str) -> ValueError:
@@ -118,13 +137,13 @@ def read_merge_config(path: str | os.PathLike) -> MergePlan:
     if unknown:
         raise _fail(path, f"unknown keys {unknown}; a configuration has {sorted(_TOP_LEVEL)}")
     method = config.get("merge_method")
-    presets = [name for name in MERGES if hasattr(MERGES[name].target(), "options_of")]
-    rules = [name for name in MERGES if hasattr(MERGES[name].target(), "rule") and name not in TENSOR_WISE_METHODS]
-    rules += [name for name in MERGES if hasattr(MERGES[name].target(), "streamed")]
+    own = workbench_methods()
+    presets = [name for name, kind in own.items() if kind == "core"]
+    rules = [name for name, kind in own.items() if kind != "core" and name not in TENSOR_WISE_METHODS]  # read by their option names
     if method not in MERGEKIT_METHODS and method not in TENSOR_WISE_METHODS and method not in presets + rules:
         raise _fail(path, f"unknown merge_method {method!r}; mergekit's methods read here: {sorted(MERGEKIT_METHODS | TENSOR_WISE_METHODS)}; "
-                          f"the workbench's: {presets + rules} (the others, which read data, serve each task its own weights or hold the whole model at once, run from Python: "
-                          f"{[n for n in MERGES if n not in presets + rules and n not in TENSOR_WISE_METHODS]})")
+                          f"the workbench's: {presets + rules} (the others read data, or choose each task's λ_t on it, and run from Python: "
+                          f"{[n for n in MERGES if n not in own]})")
     entries = config.get("models")
     if not isinstance(entries, list) or not entries or not all(isinstance(e, Mapping) and "model" in e for e in entries):
         raise _fail(path, "models must be a list of {model: PATH, parameters: {...}}")
@@ -244,8 +263,12 @@ def dry_run(plan: MergePlan) -> dict[str, Any]:
 
     ``peak_bytes`` is an estimate from the merge's buffers, not a measurement (``benchmarks/bench_merge.py`` sets the
     two side by side): the largest merged tensor in the output dtype twice (the one being made and the one the writer's
-    thread writes, :func:`~workbench.files.write_behind`); for the generalised core, besides, two blocks of :data:`~workbench.weights.task_vectors.READ_CHUNKS` chunks per input read ahead and two chunk
-    buffers per model (τ and its scratch); for a tensor-wise rule, that tensor of every input and twice more for the rule's work."""
+    thread writes, :func:`~workbench.files.write_behind`); for the generalised core, besides, two blocks of
+    :data:`~workbench.weights.task_vectors.READ_CHUNKS` chunks per input read ahead and two chunk buffers per model (τ and
+    its scratch), and so for a streamed whole-model merge (MetaGPT), whose merged tensors are read once per pass (its
+    entry's ``passes``); for a tensor-wise rule, that tensor of every input and twice more for the rule's work; for a
+    merge that holds the whole model (PCB, EMR), six times every task vector in the work dtype, and its output (EMR's,
+    one model per task)."""
     from workbench.weights.task_vectors import CHUNK, READ_CHUNKS, work_dtype
 
     inputs = open_inputs(str(plan.base) if plan.base is not None else None, {label: str(p) for label, p in plan.models.items()})
@@ -254,13 +277,17 @@ def dry_run(plan: MergePlan) -> dict[str, Any]:
     passes = getattr(target, "passes", 1)
     merged = [p for p in inputs.plans if p.action == "merge"]
     out_plans = inputs.out_plans(plan.dtype)
+    served = len(inputs.names) if plan.method in _PER_TASK else 1
     largest = max(merged, key=lambda p: p.nbytes, default=None)
     peak = 0
     if largest is not None:
         entries, work = int(torch.Size(largest.shape).numel()), work_dtype(largest.dtype).itemsize
         output = 2 * entries * (plan.dtype or largest.dtype).itemsize
         count = len(inputs.checkpoints) + (reads_base and inputs.base is not None)
-        if plan.kind == "tensor_wise":  # the tensor of every input in the work dtype, and about twice as much of the rule's work
+        if plan.kind == "whole_model":  # every task vector in the work dtype and about five times as much of the method's work
+            whole = sum(int(torch.Size(p.shape).numel()) for p in merged)
+            peak = 6 * len(inputs.checkpoints) * whole * work + served * sum(p.nbytes for p in out_plans)
+        elif plan.kind == "tensor_wise":  # the tensor of every input in the work dtype, and about twice as much of the rule's work
             peak = (count + 2) * entries * work + output
         else:
             chunk = min(CHUNK, entries)
@@ -268,7 +295,7 @@ def dry_run(plan: MergePlan) -> dict[str, Any]:
             peak = output + read_ahead + 2 * len(inputs.checkpoints) * chunk * work
     return {"method": plan.method, "options": plan.options, "base": str(plan.base) if plan.base else None,
             "models": {label: str(p) for label, p in plan.models.items()}, "tensors": len(inputs.plans), "merged_tensors": len(merged),
-            "bytes_read": sum(n * (passes if p.action == "merge" else 1) for p, n in zip(inputs.plans, inputs.bytes_read(reads_base))), "bytes_written": sum(p.nbytes for p in out_plans), "peak_bytes": peak}
+            "bytes_read": sum(n * (passes if p.action == "merge" else 1) for p, n in zip(inputs.plans, inputs.bytes_read(reads_base))), "bytes_written": served * sum(p.nbytes for p in out_plans), "peak_bytes": peak}
 
 
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -307,4 +334,38 @@ def run_merge_config(plan: MergePlan, out: str | os.PathLike, max_shard_bytes: i
     target = MERGES[plan.method].target()
     if plan.kind == "tensor_wise":
         return merge_tensor_wise(base, models, target.rule, plan.options, uses_base=target.uses_base and base is not None, **shared)
-    return target.streamed(base, models, **plan.options, **shared)
+    if plan.kind == "streamed":
+        return target.streamed(base, models, **plan.options, **shared)
+    return _run_whole_model(plan, base, models, Path(out), max_shard_bytes, progress)
+
+
+_PER_TASK = ("emr",)
+"""Whole-model merges that serve each task its own model: ``workbench merge`` writes a model folder per task under OUT_DIR."""
+
+
+def _run_whole_model(plan: MergePlan, base: str, models: dict[str, str], out: Path, max_shard_bytes: int | None, progress: bool) -> Path:
+    """A merge that holds the whole model (:func:`workbench_methods`), run through the shared merge call and written as a
+    model folder, or a folder per task under ``out`` for a merge that serves each task its own weights (written in a
+    staging folder first, so that ``out`` appears only complete)."""
+    merged = make_merge(plan.method, **plan.options)(base, models, progress=progress)
+    inputs = open_inputs(base, models)
+    out_plans = inputs.out_plans(plan.dtype)
+    shard = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
+
+    def write(weights: dict, target: Path) -> Path:
+        tensors = (as_output(o.name, weights[o.name], o.dtype) for o in out_plans)
+        return emit(out_plans, tensors, target, {"merged": ",".join(inputs.names), "method": plan.method, "options": repr(plan.options)},
+                    like=plan.like, **shard)
+
+    if merged.task_weights is None:
+        return write(merged.weights, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        for task, weights in merged.task_weights.items():
+            write(weights, staging / task)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out

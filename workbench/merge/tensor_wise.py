@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from workbench.merge.method import MergeData, Merged, TaskModel, merge_signature
-from workbench.merge.streaming import MergeInputs, emit, fixed_tensor, open_inputs
+from workbench.merge.streaming import MergeInputs, as_output, emit, fixed_tensor, open_inputs
 from workbench.progress import progress_bytes
 from workbench.weights.model_folder import DEFAULT_SHARD_BYTES
 from workbench.weights.state_dicts import Source, Weights
@@ -88,7 +88,7 @@ def merge_tensor_wise(
             merged = rule(theta0, stacked, **options, **({"name": p.name} if named else {}))
             if not bool(torch.isfinite(merged).all()):
                 raise ValueError(f"merging tensor {p.name!r} gave non-finite values though every input is finite there; nothing was written")
-            yield merged.to(out_plan.dtype)
+            yield as_output(p.name, merged, out_plan.dtype)
 
     metadata = {"merged": ",".join(inputs.names), "rule": rule.__name__, "options": repr(options)}
     return emit(out_plans, tensors(), out, metadata, like=like, base=base, max_shard_bytes=max_shard_bytes)

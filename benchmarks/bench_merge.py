@@ -274,6 +274,8 @@ def main() -> None:
     parser.add_argument("--large-dir", default=str(Path(tempfile.gettempdir()) / "workbench-bench-merge"))
     parser.add_argument("--large-shape", nargs=2, type=int, default=list(LARGE_SHAPE), metavar=("ROWS", "COLUMNS"), help="each large tensor's shape (default: 4096 8192)")
     parser.add_argument("--large-mergekit-ties", action="store_true", help="also time mergekit's TIES on the large set (about 10 minutes)")
+    parser.add_argument("--large-without-mergekit", nargs="+", default=[], choices=list(METHODS), metavar="METHOD",
+                        help="methods whose mergekit run is left out on the large sets (its Breadcrumbs takes over 10 minutes)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--rounds", type=int, default=3, help="rounds on the MiniLM set (default: 3; 1 with --quick)")
     parser.add_argument("--keep-page-cache", action="store_true", help="do not drop the page cache before the large-set runs")
@@ -308,7 +310,8 @@ def main() -> None:
             task_bytes = METHODS[method][3] * model_bytes
             results = {}
             for who in ("workbench", "mergekit", "copy"):
-                if set_name != "minilm" and who == "mergekit" and (set_name == "large_folder" or (method == "ties" and not args.large_mergekit_ties)):
+                if set_name != "minilm" and who == "mergekit" and (set_name == "large_folder" or method in args.large_without_mergekit
+                                                                    or (method == "ties" and not args.large_mergekit_ties)):
                     continue
                 if who == "copy" and method not in ("task_arithmetic", "slerp", "nuslerp"):
                     continue  # the same bytes for every method of as many models

@@ -114,6 +114,26 @@ def test_a_curve_still_rising_at_the_grids_end_is_swept_further(built):
         assert float(mean.lam[int(np.argmax(mean.values))]) == float(mean.lam[-1])
 
 
+def test_density_curves_sweep_every_merge_with_a_kept_fraction_at_its_best_lambda(built):
+    from workbench.merge import MERGES, make_merge
+    from workbench.studies.merging import density_curves, density_merges, lambda_curves, load_merge_set
+
+    cache, _ = built
+    merges = load_merge_set(RECIPE, cache=str(cache), progress=False)
+    found = density_merges()
+    assert {"ties": "density", "dare": "drop", "della": "density", "sce": "select_topk", "pcb": "ratio"}.items() <= found.items()
+    assert all(MERGES[name].traits["data"] == "none" for name in found) and "task_arithmetic" not in found
+    curves = lambda_curves(merges, [0.3, 1.0], extend_to=None)
+    densities = density_curves(merges, curves, [0.1, 0.5])
+    assert list(densities.method.values) == list(found) and list(densities.density.values) == [0.1, 0.5]
+    assert "della@0.1" in densities.attrs["refused"]  # density − ε = −0.05: DELLA refuses it
+    assert np.isnan(densities["mean"].sel({"method": "della", "density": 0.1})) and not np.isnan(densities["mean"].sel({"method": "della", "density": 0.5}))
+    lam = float(curves.lam[int(np.argmax(curves["mean"].sel({"method": "dare"}).values))])
+    served = merges.model(make_merge("dare", lam=lam, drop=0.9)(merges.base, merges.individual).weights)  # kept 0.1: DARE drops 0.9
+    expected = merges.scores({"x": served}, "validation").normalised.isel(model=0).values
+    np.testing.assert_allclose(densities.normalised.sel({"method": "dare", "density": 0.1}).values, expected)
+
+
 def test_the_explorer_merges_live_and_falls_back_to_the_precomputed_curves_in_a_batch_run(built, monkeypatch):
     from workbench import viz
     from workbench.studies.merging import lambda_curves, load_merge_set, swept_merges, swept_scores

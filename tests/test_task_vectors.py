@@ -1,6 +1,7 @@
 """Task-vector probes: cosines and norms against the flattened vectors, sign conflicts and mask overlap on known cases."""
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -123,3 +124,23 @@ def test_streaming_threads_leave_a_core_to_the_reads_and_give_it_back(tmp_path, 
     with streaming_threads([open_weights(tmp_path / "w.safetensors")]):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+@settings(deadline=None, max_examples=20)
+@given(seed=st.integers(0, 10_000), double=st.booleans())
+def test_magnitude_bits_order_as_the_magnitudes_do(seed, double):
+    from workbench.weights.task_vectors import magnitude_bits
+
+    g = torch.Generator().manual_seed(seed)
+    dtype = torch.float64 if double else torch.float32
+    values = torch.cat([torch.randn(200, generator=g, dtype=dtype).abs(), torch.zeros(5, dtype=dtype),
+                        torch.full((5,), torch.finfo(dtype).tiny / 4, dtype=dtype), torch.full((5,), 3.0, dtype=dtype)])  # zeros, subnormals, ties
+    bits = magnitude_bits(values)
+    assert np.array_equal(np.sort(bits).view(values.numpy().dtype), np.sort(values.numpy()))
+
+
+def test_magnitude_bits_refuse_a_dtype_they_cannot_read():
+    from workbench.weights.task_vectors import magnitude_bits
+
+    with pytest.raises(TypeError, match="float32 or float64 magnitudes, got torch.bfloat16"):
+        magnitude_bits(torch.ones(3, dtype=torch.bfloat16))

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from workbench.merge.arithmetic import MergeOptions, apply_combined
 from workbench.merge.tensor_wise import as_tensor_merge
+from workbench.weights.task_vectors import magnitude_bits, sorts_by_bits
 
 __all__ = ["breadcrumbs", "breadcrumbs_ties", "breadcrumbs_merge", "breadcrumbs_ties_merge", "breadcrumbs_mask"]
 
@@ -28,7 +30,8 @@ def breadcrumbs_mask(tau: Tensor, density: float, gamma: float) -> Tensor:
     """1 where a task vector ``tau`` (any shape) keeps its entry, 0 elsewhere (see the module docstring); ``tau``'s shape.
 
     The kept places of the ascending order are those whose magnitude lies between the ``(b + 1)``-th and the
-    ``(b + k)``-th smallest, found by two selections (no sort); magnitudes tied at either end are kept together."""
+    ``(b + k)``-th smallest, found by one selection of both (no sort; on CPU NumPy's partition of the magnitudes' bits,
+    :func:`~workbench.weights.task_vectors.magnitude_bits`); magnitudes tied at either end are kept together."""
     if density >= 1:
         return torch.ones_like(tau)
     n = tau.numel()
@@ -37,9 +40,17 @@ def breadcrumbs_mask(tau: Tensor, density: float, gamma: float) -> Tensor:
         return torch.zeros_like(tau)
     bottom = max(0, n - keep - top)
     magnitude = tau.abs().reshape(-1)
-    low = magnitude.kthvalue(bottom + 1).values
-    high = magnitude.kthvalue(bottom + keep).values
+    low, high = _sorted_places(magnitude, bottom, bottom + keep - 1)
     return ((magnitude >= low) & (magnitude <= high)).to(tau.dtype).reshape(tau.shape)
+
+
+def _sorted_places(magnitude: Tensor, first: int, last: int) -> tuple[Tensor, Tensor]:
+    """The entries of 0-based places ``first`` and ``last`` of the ascending order of the 1-D ``magnitude``."""
+    if not sorts_by_bits(magnitude):
+        return magnitude.kthvalue(first + 1).values, magnitude.kthvalue(last + 1).values
+    picked = np.partition(magnitude_bits(magnitude), [first, last])[[first, last]]
+    low, high = torch.from_numpy(picked.view(magnitude.numpy().dtype))
+    return low, high
 
 
 def _check(density: float, gamma: float) -> None:

@@ -23,8 +23,8 @@ from workbench.studies.composition import COMPOSITIONS, LORAHUB_CLAIMS, check_lo
 from workbench.studies.fine_tuned import FineTunedSet, Recipe, fine_tuned_checkpoints
 from workbench.studies.grouping import GroupingStudy, study_task_grouping
 from workbench.studies.merging import (
-    MergeSet, compare_merges, interference_correlations, lambda_curves, load_merge_set, pairwise_interference, published_data_free_ordering,
-    published_ordering, swept_merges, swept_scores,
+    MergeSet, compare_merges, density_curves, density_merges, interference_correlations, lambda_curves, load_merge_set, pairwise_interference,
+    published_data_free_ordering, published_ordering, swept_merges, swept_scores,
 )
 from workbench.studies.methods import compare_methods, method_summary
 from workbench.studies.problems import DATA_SHAPES, DATASETS, Problem, load_problem
@@ -80,6 +80,8 @@ __all__ = [
     "grouping_loss",
     "interference_correlations",
     "lambda_curves",
+    "density_curves",
+    "density_merges",
     "load_merge_set",
     "load_problem",
     "measure_transfer",

@@ -32,7 +32,7 @@ from workbench.train.loop import Monitor
 
 __all__ = [
     "MergeSet", "load_merge_set", "swept_merges", "lambda_curves", "swept_scores", "compare_merges", "published_ordering", "published_data_free_ordering",
-    "pairwise_interference", "interference_correlations", "LAMBDAS",
+    "pairwise_interference", "interference_correlations", "LAMBDAS", "DENSITIES", "KEPT_FRACTION", "density_merges", "density_curves",
 ]
 
 PUBLISHED_ORDER = ("task_arithmetic", "ties", "layer_wise_adamerging", "regmean")
@@ -143,6 +143,49 @@ def lambda_curves(merges: MergeSet, lambdas=LAMBDAS, split: str = "validation", 
     ds = ds.assign(mean=ds.normalised.mean("task", skipna=False))
     last = {method: float(curve.lam.values[-1]) for method, curve in zip(methods, curves)}
     ds.attrs["at_edge"] = [m for m in methods if _best_lambda(ds, m) == last[m]]
+    return ds
+
+
+KEPT_FRACTION = {"density": lambda kept: kept, "drop": lambda kept: 1 - kept, "ratio": lambda kept: kept, "select_topk": lambda kept: kept}
+"""The options that set the fraction of each task vector (or of the entries) a merge keeps: ``{option: its value for a
+kept fraction}`` (DARE's ``drop`` is the fraction dropped)."""
+DENSITIES = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+
+
+def density_merges() -> dict[str, str]:
+    """The registered data-free merges with an option that sets the fraction they keep: ``{merge: that option}``."""
+    found = {}
+    for name, entry in MERGES.items():
+        options = [option for option in KEPT_FRACTION if option in entry.options()]
+        if entry.traits["data"] == "none" and options:
+            found[name] = options[0]
+    return found
+
+
+def density_curves(merges: MergeSet, curves: xr.Dataset | None = None, densities=DENSITIES, split: str = "validation") -> xr.Dataset:
+    """``normalised`` ``(method, density, task)`` and its ``mean`` of every :func:`density_merges` entry at each kept
+    fraction (``density``), each at its best λ in ``curves`` (:func:`lambda_curves`; its default λ without). A fraction
+    a merge refuses (DELLA's density ± ε must lie in (0, 1)) is NaN; ``attrs["refused"]`` lists them as ``method@density``."""
+    densities = [float(d) for d in densities]
+    found, refused = [], []
+    for method, option in density_merges().items():
+        lam = {"lam": _best_lambda(curves, method)} if curves is not None and method in curves.method.values else {}
+        models = {}
+        for kept in densities:
+            try:
+                merged = make_merge(method, **lam, **{option: KEPT_FRACTION[option](kept)})(merges.base, merges.individual)
+            except ValueError:
+                refused.append(f"{method}@{kept}")
+                continue
+            models[kept] = merges.served(merged)
+        scores = merges.scores(models, split).normalised if models else None
+        curve = xr.DataArray(np.full((len(densities), len(merges.tasks)), np.nan), coords={"density": densities, "task": merges.tasks}, dims=("density", "task"))
+        if scores is not None:
+            curve.loc[{"density": [float(k) for k in scores.model.values]}] = scores.values
+        found.append(curve)
+    ds = xr.concat(found, dim="method").assign_coords(method=list(density_merges())).to_dataset(name="normalised")
+    ds = ds.assign(mean=ds.normalised.mean("task", skipna=False))
+    ds.attrs["refused"] = refused
     return ds
 
 

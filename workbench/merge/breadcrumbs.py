@@ -15,13 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from workbench.merge.arithmetic import MergeOptions, apply_combined
 from workbench.merge.tensor_wise import as_tensor_merge
-from workbench.weights.task_vectors import magnitude_bits, sorts_by_bits
+from workbench.weights.task_vectors import sorted_places, sorts_by_bits
 
 __all__ = ["breadcrumbs", "breadcrumbs_ties", "breadcrumbs_merge", "breadcrumbs_ties_merge", "breadcrumbs_mask"]
 
@@ -30,8 +29,8 @@ def breadcrumbs_mask(tau: Tensor, density: float, gamma: float) -> Tensor:
     """1 where a task vector ``tau`` (any shape) keeps its entry, 0 elsewhere (see the module docstring); ``tau``'s shape.
 
     The kept places of the ascending order are those whose magnitude lies between the ``(b + 1)``-th and the
-    ``(b + k)``-th smallest, found by one selection of both (no sort; on CPU NumPy's partition of the magnitudes' bits,
-    :func:`~workbench.weights.task_vectors.magnitude_bits`); magnitudes tied at either end are kept together."""
+    ``(b + k)``-th smallest, found by selections, not a sort (on CPU from a sampled bracket of each,
+    :func:`~workbench.weights.task_vectors.sorted_places`); magnitudes tied at either end are kept together."""
     if density >= 1:
         return torch.ones_like(tau)
     n = tau.numel()
@@ -48,8 +47,7 @@ def _sorted_places(magnitude: Tensor, first: int, last: int) -> tuple[Tensor, Te
     """The entries of 0-based places ``first`` and ``last`` of the ascending order of the 1-D ``magnitude``."""
     if not sorts_by_bits(magnitude):
         return magnitude.kthvalue(first + 1).values, magnitude.kthvalue(last + 1).values
-    picked = np.partition(magnitude_bits(magnitude), [first, last])[[first, last]]
-    low, high = torch.from_numpy(picked.view(magnitude.numpy().dtype))
+    low, high = sorted_places(magnitude, [first, last])
     return low, high
 
 

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from workbench.weights.state_dicts import MemoryWeights, Weights, write_state_dict
 
-__all__ = ["CHUNK", "READ_CHUNKS", "work_dtype", "task_vectors", "task_vector_chunks", "streaming_threads", "magnitude_bits", "sorts_by_bits", "magnitude_thresholds", "trim", "TaskMasks"]
+__all__ = ["CHUNK", "READ_CHUNKS", "work_dtype", "task_vectors", "task_vector_chunks", "streaming_threads", "magnitude_bits", "sorts_by_bits", "sorted_places", "magnitude_thresholds", "trim", "TaskMasks"]
 
 # Entries per task in one chunk: T × 2^16 float32 entries (2 MiB at T = 8) stay in the processor's cache.
 CHUNK = 1 << 16
@@ -150,6 +150,33 @@ def magnitude_bits(magnitudes: Tensor) -> np.ndarray:
 def sorts_by_bits(magnitudes: Tensor) -> bool:
     """Whether :func:`magnitude_bits` applies: a CPU tensor of float32 or float64."""
     return magnitudes.device.type == "cpu" and magnitudes.dtype in (torch.float32, torch.float64)
+
+
+def sorted_places(values: Tensor, places: Sequence[int], sample: int = SAMPLE, seed: int = 0) -> Tensor:
+    """The entries at the 0-based ``places`` of the ascending order of the 1-D CPU tensor ``values`` (finite, float32 or
+    float64): shape ``(len(places),)``, ``values``' dtype.
+
+    Exact, as :func:`magnitude_thresholds` finds its thresholds: above :data:`EXACT_UP_TO` entries a seeded sample of
+    ``sample`` entries brackets each place (±5 binomial standard deviations of its rank, plus 10); one pass counts the
+    entries below the bracket and keeps those inside it (about 10/√sample of them), among which the place is selected. A
+    bracket that misses (the count says so) falls back to selecting among all entries; so do small tensors, by NumPy's
+    partition of their bits (:func:`magnitude_bits`)."""
+    n = values.numel()
+    array = values.numpy()
+    if n <= EXACT_UP_TO:
+        return torch.from_numpy(np.partition(magnitude_bits(values), list(places))[list(places)].view(array.dtype))
+    drawn = np.sort(array[np.random.default_rng(seed).integers(0, n, sample)])
+    found = []
+    for place in places:
+        fraction = (place + 0.5) / n
+        margin = 5 * math.sqrt(sample * fraction * (1 - fraction)) + 10
+        low_rank, high_rank = math.floor(fraction * sample - margin), math.ceil(fraction * sample + margin)
+        low = drawn[low_rank] if low_rank >= 0 else -np.inf
+        high = drawn[high_rank] if high_rank < sample else np.inf
+        need = place - int(np.count_nonzero(array < low))
+        inside = array[(array >= low) & (array <= high)]  # boolean indexing copies
+        found.append(np.partition(inside, need)[need] if 0 <= need < len(inside) else np.partition(array, place)[place])
+    return torch.tensor(np.array(found, dtype=array.dtype))
 
 
 def _kth_largest(values: Tensor, k: int) -> Tensor:

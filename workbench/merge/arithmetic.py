@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from workbench.weights.state_dicts import MemoryWeights, Source, Weights
-from workbench.merge.streaming import emit, fixed_tensor, open_inputs
+from workbench.merge.streaming import all_finite, emit, fixed_tensor, open_inputs
 from workbench.weights.model_folder import DEFAULT_SHARD_BYTES
 from workbench.weights.task_vectors import magnitude_thresholds, streaming_threads, task_vector_chunks, work_dtype
 from workbench.progress import progress_bytes
@@ -200,10 +200,10 @@ def _merge_key(
                 tau.mul_(_keep_masks(generators, options.drop, scratch)).mul_(rescale)
             merged = combine_task_vectors(tau, weights, options, thresholds, scratch).mul_(options.lam)
             merged = merged.add_(theta0) if theta0 is not None else merged
-            if not bool(torch.isfinite(merged).all()):
+            if not all_finite(merged):
                 raise _non_finite(name, ([base] if base is not None else []) + list(tasks), start, stop)
             result[start:stop] = merged
-            if result.dtype != merged.dtype and not bool(torch.isfinite(result[start:stop]).all()):  # finite in the work dtype, beyond the output's range
+            if result.dtype != merged.dtype and not all_finite(result[start:stop]):  # finite in the work dtype, beyond the output's range
                 raise ValueError(
                     f"merging tensor {name!r} gave values beyond the range of {result.dtype} at entries {start}..{stop - 1} "
                     f"(largest magnitude {merged.abs().max().item():.4g}, finite in {merged.dtype}); "

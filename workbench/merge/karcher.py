@@ -44,7 +44,8 @@ def karcher(base: Tensor | None, tensors: Tensor, max_iter: int = 10, tol: float
         phis = torch.arccos(dots)
         moving = phis >= tol
         factors = torch.where(moving, phis / torch.sin(torch.where(moving, phis, torch.ones_like(phis))), torch.zeros_like(phis))
-        tangent = ((alphas * factors)[:, None] * (units - dots[:, None] * mean)).sum(0)
+        coefficients = alphas * factors  # T = Σ_m c_m (u_m − cos φ_m u) = Σ_m c_m u_m − (Σ_m c_m cos φ_m) u, with no (N, n) temporary
+        tangent = coefficients @ units - (coefficients @ dots) * mean
         length = torch.linalg.vector_norm(tangent)
         if length < tol:
             break

@@ -31,8 +31,9 @@ def model_stock(base: Tensor, tensors: Tensor, filter_wise: bool = False) -> Ten
         theta0, thetas = base.reshape(-1), tensors.reshape(count, -1)
     offsets = thetas - theta0
     norms = torch.linalg.vector_norm(offsets, dim=-1)
-    cosines = [((offsets[m] * offsets[k]).sum(-1) / (norms[m] * norms[k]).clamp(min=1e-6)).clamp(-1, 1)
-               for m, k in itertools.combinations(range(count), 2)]
+    # every pair's dot products along the last dimension at once: (N, N), or (*rows, N, N) filter-wise
+    gram = offsets @ offsets.T if offsets.dim() == 2 else torch.einsum("m...c,k...c->...mk", offsets, offsets)
+    cosines = [(gram[..., m, k] / (norms[m] * norms[k]).clamp(min=1e-6)).clamp(-1, 1) for m, k in itertools.combinations(range(count), 2)]
     cos = torch.stack(cosines).mean(0).unsqueeze(-1)
     denominator = 1 + (count - 1) * cos
     singular = denominator.abs() < 1e-6

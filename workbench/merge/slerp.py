@@ -26,18 +26,23 @@ DOT_THRESHOLD = 0.9995
 CHUNK = 1 << 20
 
 
-def _dot64(a: Tensor, b: Tensor) -> float:
-    """``⟨a, b⟩`` of two flat tensors, accumulated in float64 a chunk at a time (float32 over millions of entries
-    loses the digits that ``acos`` near 1 amplifies)."""
-    return sum(float(torch.dot(a[i:i + CHUNK].double(), b[i:i + CHUNK].double())) for i in range(0, a.numel(), CHUNK))
+def _gram64(a: Tensor, b: Tensor) -> tuple[float, float, float]:
+    """``⟨a, a⟩, ⟨a, b⟩, ⟨b, b⟩`` of two flat tensors in one pass, accumulated in float64 a chunk at a time (float32 over
+    millions of entries loses the digits that ``acos`` near 1 amplifies)."""
+    gram = torch.zeros(2, 2, dtype=torch.float64)
+    for i in range(0, a.numel(), CHUNK):
+        both = torch.stack([a[i:i + CHUNK], b[i:i + CHUNK]]).double()
+        gram += both @ both.T
+    return float(gram[0, 0]), float(gram[0, 1]), float(gram[1, 1])
 
 
 def spherical_interpolation(v0: Tensor, v1: Tensor, t: float, threshold: float = DOT_THRESHOLD, eps: float = 1e-8) -> Tensor:
     """``v0`` and ``v1`` (the same shape) interpolated at ``t`` along the great circle through their directions (see the
     module docstring), linearly where ``|cos Ω| > threshold``; the norms and the angle in float64."""
     a, b = v0.reshape(-1), v1.reshape(-1)
-    norm_a, norm_b = math.sqrt(_dot64(a, a)), math.sqrt(_dot64(b, b))
-    dot = min(max(_dot64(a, b) / ((norm_a if norm_a > eps else 1.0) * (norm_b if norm_b > eps else 1.0)), -1.0), 1.0)
+    squares_a, product, squares_b = _gram64(a, b)
+    norm_a, norm_b = math.sqrt(squares_a), math.sqrt(squares_b)
+    dot = min(max(product / ((norm_a if norm_a > eps else 1.0) * (norm_b if norm_b > eps else 1.0)), -1.0), 1.0)
     if abs(dot) > threshold:
         return (1 - t) * v0 + t * v1
     omega = math.acos(dot)

@@ -21,7 +21,7 @@ from torch import Tensor
 from workbench.weights.model_folder import DEFAULT_SHARD_BYTES, check_model_folders, is_model_folder, write_model_folder
 from workbench.weights.state_dicts import Source, TensorPlan, Weights, equal_buffer, open_task_weights, open_weights, plan, write_safetensors
 
-__all__ = ["MergeInputs", "open_inputs", "fixed_tensor", "as_output", "emit"]
+__all__ = ["MergeInputs", "open_inputs", "fixed_tensor", "all_finite", "as_output", "emit"]
 
 
 @dataclass(frozen=True)
@@ -90,10 +90,18 @@ def fixed_tensor(p: TensorPlan, inputs: MergeInputs) -> Tensor:
     return equal_buffer(p.name, inputs.inputs)
 
 
+def all_finite(tensor: Tensor) -> bool:
+    """Whether every entry of the floating ``tensor`` is finite: its sum first (a finite sum means every entry is), entry
+    by entry only when the sum is not finite (a sum that merely overflowed)."""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
 def as_output(name: str, tensor: Tensor, dtype: torch.dtype) -> Tensor:
-    """The merged tensor ``name`` in the output ``dtype``, refused when its values lie beyond that dtype's range."""
+    """The merged tensor ``name`` (finite) in the output ``dtype``, refused when its values lie beyond that dtype's range."""
+    if tensor.dtype == dtype:
+        return tensor
     converted = tensor.to(dtype)
-    if converted.is_floating_point() and not bool(torch.isfinite(converted).all()) and bool(torch.isfinite(tensor).all()):
+    if converted.is_floating_point() and not all_finite(converted):
         raise ValueError(
             f"merging tensor {name!r} gave values beyond the range of {dtype} (largest magnitude {tensor.abs().max().item():.4g}, "
             f"finite in {tensor.dtype}); nothing was written: write the merge in a wider dtype (out_dtype=torch.float32)"

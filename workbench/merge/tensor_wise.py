@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from workbench.merge.method import MergeData, Merged, TaskModel, merge_signature
-from workbench.merge.streaming import MergeInputs, as_output, emit, fixed_tensor, open_inputs
+from workbench.merge.streaming import MergeInputs, all_finite, as_output, emit, fixed_tensor, open_inputs
 from workbench.progress import progress_bytes
 from workbench.weights.model_folder import DEFAULT_SHARD_BYTES
 from workbench.weights.state_dicts import Source, Weights
@@ -49,7 +49,7 @@ def _check_finite(name: str, stacked: Tensor, theta0: Tensor | None, inputs: Mer
     """Refuse tensor ``name`` when an input holds NaN or infinite values there, naming the inputs. The sums are a fast
     first test (a finite sum means every entry is finite); only a non-finite one looks entry by entry, and a sum that
     merely overflowed passes."""
-    if not (bool(torch.isfinite(stacked.sum())) and (theta0 is None or bool(torch.isfinite(theta0.sum())))):
+    if not (all_finite(stacked) and (theta0 is None or all_finite(theta0))):
         inputs.check_finite([name])
 
 
@@ -86,7 +86,7 @@ def merge_tensor_wise(
             theta0 = inputs.base[p.name].to(work) if uses_base else None
             _check_finite(p.name, stacked, theta0, inputs)
             merged = rule(theta0, stacked, **options, **({"name": p.name} if named else {}))
-            if not bool(torch.isfinite(merged).all()):
+            if not all_finite(merged):
                 raise ValueError(f"merging tensor {p.name!r} gave non-finite values though every input is finite there; nothing was written")
             yield as_output(p.name, merged, out_plan.dtype)
 

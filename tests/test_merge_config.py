@@ -255,8 +255,8 @@ def test_a_tensor_wise_dry_run_expects_every_inputs_tensor_in_memory(folders, tm
     path = _write(tmp_path, config)
     assert main(["merge", str(path), str(tmp_path / "merged"), "--dry-run"]) == 0
     largest = max(t.numel() for t in _state(base).values() if t.is_floating_point())
-    # the base's and 3 models' tensors, twice as much work, the merged tensor made and the one being written (float32)
-    expected = (4 + 2) * 4 * largest + 2 * 4 * largest
+    # the base's and 3 models' tensors as read and stacked, two more of work, the merged tensor made and the one being written
+    expected = (2 * 4 + 2) * 4 * largest + 2 * 4 * largest
     assert dry_run(read_merge_config(path))["peak_bytes"] == expected
     assert f"holds about {expected / 2**20:,.1f} MiB" in capsys.readouterr().out and not (tmp_path / "merged").exists()
 

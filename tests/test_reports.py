@@ -211,7 +211,7 @@ def test_saliency_report(tmp_path):
 def test_merging_report(tmp_path):
     """Notebook 05, quick: checkpoints built into a fresh cache, every merge on both sets, task vectors and masks, offline."""
     folder = run_quick("notebooks/05_model_merging.ipynb", {"quick": True, "checkpoints_dir": str(tmp_path / "checkpoints")}, tmp_path / "out")
-    html = assert_renders_offline(folder / "05_model_merging.html", figures=10)
+    html = assert_renders_offline(folder / "05_model_merging.html", figures=12)
     assert "The published ordering TA &lt; TIES" in html or "The published ordering TA < TIES" in html
     from workbench.merge import MERGES
 
@@ -222,6 +222,8 @@ def test_merging_report(tmp_path):
     lexicon = results.load(folder / "05_model_merging" / "lexicon_scores.nc").model.values
     assert "task_wise_adamerging" not in lexicon and "regmean" in lexicon  # AdaMerging needs classification tasks
     assert len(list((tmp_path / "checkpoints").glob("*/manifest.json"))) == 2
+    densities = results.load(folder / "05_model_merging" / "multidigits_density_curves.nc")
+    assert "ties" in densities.method.values and densities.density.values.tolist() == [0.2, 0.5]  # the quick run's fractions
 
 
 @pytest.mark.slow

@@ -278,7 +278,7 @@ def dry_run(plan: MergePlan) -> dict[str, Any]:
     passes = getattr(target, "passes", 1)
     merged = [p for p in inputs.plans if p.action == "merge"]
     out_plans = inputs.out_plans(plan.dtype)
-    served = len(inputs.names) if plan.method in _PER_TASK else 1
+    served = len(inputs.names) if plan.kind != "core" and MERGES[plan.method].family == "localised" else 1  # a model per task
     largest = max(merged, key=lambda p: p.nbytes, default=None)
     peak = 0
     if largest is not None:
@@ -338,10 +338,6 @@ def run_merge_config(plan: MergePlan, out: str | os.PathLike, max_shard_bytes: i
     if plan.kind == "streamed":
         return target.streamed(base, models, **plan.options, **shared)
     return _run_whole_model(plan, base, models, Path(out), max_shard_bytes, progress)
-
-
-_PER_TASK = ("emr",)
-"""Whole-model merges that serve each task its own model: ``workbench merge`` writes a model folder per task under OUT_DIR."""
 
 
 def _run_whole_model(plan: MergePlan, base: str, models: dict[str, str], out: Path, max_shard_bytes: int | None, progress: bool) -> Path:

@@ -178,11 +178,11 @@ def density_curves(merges: MergeSet, curves: xr.Dataset | None = None, densities
                 refused.append(f"{method}@{kept}")
                 continue
             models[kept] = merges.served(merged)
-        scores = merges.scores(models, split).normalised if models else None
-        curve = xr.DataArray(np.full((len(densities), len(merges.tasks)), np.nan), coords={"density": densities, "task": merges.tasks}, dims=("density", "task"))
-        if scores is not None:
-            curve.loc[{"density": [float(k) for k in scores.model.values]}] = scores.values
-        found.append(curve)
+        if not models:  # every fraction refused: a curve of NaN
+            found.append(xr.DataArray(np.nan, coords={"density": densities, "task": merges.tasks}, dims=("density", "task")))
+            continue
+        scores = merges.scores(models, split).normalised.rename(model="density")
+        found.append(scores.assign_coords(density=list(models)).reindex(density=densities))
     ds = xr.concat(found, dim="method").assign_coords(method=list(density_merges())).to_dataset(name="normalised")
     ds = ds.assign(mean=ds.normalised.mean("task", skipna=False))
     ds.attrs["refused"] = refused

@@ -18,14 +18,14 @@ from workbench.progress import batch_run
 from workbench.viz.explorer_kit import LiveBox, busy, show
 
 __all__ = [
-    "lambda_curve_figure", "per_task_curves_figure", "merge_option_widgets", "scores_figure", "MergeScorer", "merge_explorer", "merge_comparison_figure", "task_vector_heatmap", "mask_overlap_figure", "interference_figure",
+    "mean_curve_figure", "per_task_curves_figure", "merge_option_widgets", "scores_figure", "MergeScorer", "merge_explorer", "merge_comparison_figure", "task_vector_heatmap", "mask_overlap_figure", "interference_figure",
 ]
 
 
 _SWEPT = {"lam": "λ", "density": "fraction of each task vector kept"}
 
 
-def lambda_curve_figure(curves: xr.Dataset, title: str) -> go.Figure:
+def mean_curve_figure(curves: xr.Dataset, title: str) -> go.Figure:
     """The mean normalised score ``(method, lam)`` of each swept method against λ, or ``(method, density)`` against the
     fraction kept (:func:`~workbench.studies.merging.density_curves`); 1: as good as the individual models."""
     along = "lam" if "lam" in curves.dims else "density"
